@@ -1,0 +1,15 @@
+"""The database: the server (embedded or external), engines, the ORM models and the migrations."""
+
+from ynet_db.db.engine import engine_from_settings, make_engine, session_factory
+from ynet_db.db.models import Base, Embedding, EmbeddingJob, Model, Product
+
+__all__ = [
+    "Base",
+    "Embedding",
+    "EmbeddingJob",
+    "Model",
+    "Product",
+    "engine_from_settings",
+    "make_engine",
+    "session_factory",
+]

@@ -1,0 +1,168 @@
+"""The ORM: typed SQLAlchemy 2 models of the `ynet` schema.
+
+The schema itself is created by the Alembic migrations in `migrations/`; a test checks that these
+models and the migrated schema agree. Triggers and functions (job recording, dimension checks, one
+HNSW index per model) live only in the migrations, because SQLAlchemy does not model them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from pgvector.sqlalchemy import Vector
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+SCHEMA = "ynet"
+
+# Deterministic constraint names, so migrations and the models name things the same way.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+JOB_STATES = ("pending", "running", "retry", "done", "dead", "superseded")
+MODEL_STATES = ("registered", "backfilling", "active", "retired")
+
+Timestamp = TIMESTAMP(timezone=True)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(schema=SCHEMA, naming_convention=NAMING_CONVENTION)
+
+
+class Product(Base):
+    """A catalogue product: what the shop sells, with the tags TagYNet attends by."""
+
+    __tablename__ = "products"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    external_id: Mapped[str] = mapped_column(Text, unique=True, comment="The shop's stable id (SKU).")
+    title: Mapped[str] = mapped_column(Text, server_default="")
+    category: Mapped[str] = mapped_column(Text)
+    tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    image_uri: Mapped[str] = mapped_column(Text, comment="A path, file:// or http(s):// URL.")
+    image_sha256: Mapped[str | None] = mapped_column(
+        String(64), comment="Content hash of the image, when known; a change re-embeds."
+    )
+    price: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
+    stock: Mapped[int | None]
+    extra: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    embeddings: Mapped[list[Embedding]] = relationship(
+        back_populates="product", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    __table_args__ = (
+        Index("ix_products_tags", "tags", postgresql_using="gin"),
+        Index("ix_products_category", "category"),
+    )
+
+    def __repr__(self) -> str:
+        return f"Product({self.external_id!r}, category={self.category!r})"
+
+
+class Model(Base):
+    """A registered embedding model. Vectors of different models are never compared."""
+
+    __tablename__ = "models"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    version: Mapped[str] = mapped_column(Text, unique=True, comment="Content hash of weights and config.")
+    embedding_dim: Mapped[int]
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    state: Mapped[str] = mapped_column(Text, server_default="registered")
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    activated_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    __table_args__ = (
+        CheckConstraint("embedding_dim BETWEEN 1 AND 2000", name="embedding_dim_indexable"),
+        CheckConstraint(f"state IN {MODEL_STATES}", name="state"),
+        # At most one model serves searches at a time.
+        Index("uq_models_one_active", "state", unique=True, postgresql_where=text("state = 'active'")),
+    )
+
+    def __repr__(self) -> str:
+        return f"Model({self.version!r}, state={self.state!r})"
+
+
+class Embedding(Base):
+    """A product's shop-image embedding under one model, for one image content."""
+
+    __tablename__ = "embeddings"
+
+    product_id: Mapped[int] = mapped_column(ForeignKey(Product.id, ondelete="CASCADE"), primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey(Model.id, ondelete="CASCADE"), primary_key=True)
+    image_sha256: Mapped[str] = mapped_column(String(64))
+    embedding: Mapped[Any] = mapped_column(Vector())
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+    product: Mapped[Product] = relationship(back_populates="embeddings")
+    model: Mapped[Model] = relationship()
+
+    __table_args__ = (Index("ix_embeddings_model_id", "model_id"),)
+
+
+class EmbeddingJob(Base):
+    """One unit of embedding work: a product's image content under one model.
+
+    Written by the catalogue triggers in the same transaction as the product row, so no work is lost
+    when the broker or the workers are down.
+    """
+
+    __tablename__ = "embedding_jobs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    product_id: Mapped[int] = mapped_column(ForeignKey(Product.id, ondelete="CASCADE"))
+    model_id: Mapped[int] = mapped_column(ForeignKey(Model.id, ondelete="CASCADE"))
+    image_uri: Mapped[str] = mapped_column(Text)
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
+    state: Mapped[str] = mapped_column(Text, server_default="pending")
+    attempts: Mapped[int] = mapped_column(server_default="0")
+    max_attempts: Mapped[int] = mapped_column(server_default="5")
+    run_after: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    claimed_by: Mapped[str | None] = mapped_column(Text)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+    product: Mapped[Product] = relationship()
+    model: Mapped[Model] = relationship()
+
+    __table_args__ = (
+        CheckConstraint(f"state IN {JOB_STATES}", name="state"),
+        # The claim query scans only open jobs, in order of readiness.
+        Index(
+            "ix_embedding_jobs_open",
+            "run_after",
+            postgresql_where=text("state IN ('pending', 'retry', 'running')"),
+        ),
+        Index("ix_embedding_jobs_product_id", "product_id"),
+        Index("ix_embedding_jobs_model_id_state", "model_id", "state"),
+    )
+
+    def __repr__(self) -> str:
+        return f"EmbeddingJob({self.id}, product={self.product_id}, state={self.state!r})"
