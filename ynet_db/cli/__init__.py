@@ -11,6 +11,8 @@ import logging
 
 import click
 
+from ynet_db.cli.context import App
+
 # name -> (module:attribute, one-line help shown by `ynet-db --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
     "db": ("ynet_db.cli.db:db", "Start, stop and migrate the database."),
@@ -43,7 +45,8 @@ class LazyGroup(click.Group):
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log what ynet-db is doing.")
 @click.version_option(package_name="ynet-db")
-def main(verbose: bool) -> None:
+@click.pass_context
+def main(ctx: click.Context, verbose: bool) -> None:
     """ynet-db: visual product search inside your PostgreSQL.
 
     With no settings everything runs on this machine (an embedded PostgreSQL 18 with pgvector in
@@ -51,3 +54,6 @@ def main(verbose: bool) -> None:
     YNET_DATA_DIR, YNET_DEVICE, YNET_MODEL.
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    app = App.from_env()
+    ctx.obj = app
+    ctx.call_on_close(app.close)

@@ -8,7 +8,7 @@ import click
 from tqdm import tqdm
 
 from ynet_db.catalog import RowError, count_rows, import_catalog, write_rejections
-from ynet_db.cli.context import engine
+from ynet_db.cli.context import App, pass_app
 
 SHOWN_REJECTIONS = 20
 EXIT_ROWS_REJECTED = 3
@@ -27,7 +27,8 @@ def catalog() -> None:
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write every rejected row (line, id, reason) to this CSV file.",
 )
-def import_(file: Path, batch_size: int, rejects: Path | None) -> None:
+@pass_app
+def import_(app: App, file: Path, batch_size: int, rejects: Path | None) -> None:
     """Import products from FILE (.csv or .jsonl), idempotent on the product id.
 
     Fields: id (required, the shop's SKU), category (required), image (required: a path relative to
@@ -40,7 +41,7 @@ def import_(file: Path, batch_size: int, rejects: Path | None) -> None:
     """
     with tqdm(total=count_rows(file), unit="row", desc="importing", disable=None) as bar:
         try:
-            summary = import_catalog(engine(), file, batch_size=batch_size, progress=bar.update)
+            summary = import_catalog(app.engine, file, batch_size=batch_size, progress=bar.update)
         except RowError as error:
             raise click.ClickException(str(error)) from error
     click.echo(str(summary))

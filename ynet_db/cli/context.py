@@ -1,8 +1,8 @@
-"""What every sub-command shares: the settings and one engine for the process."""
+"""What every sub-command shares: the settings, and one engine for the process, made when first used."""
 
 from __future__ import annotations
 
-from functools import cache
+from dataclasses import dataclass, field
 
 import click
 from sqlalchemy import Engine
@@ -11,20 +11,33 @@ from ynet_db.config import Settings, SettingsError
 from ynet_db.db.server import DatabaseUnavailable
 
 
-@cache
-def settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except SettingsError as error:
-        raise click.UsageError(str(error)) from error
+@dataclass
+class App:
+    settings: Settings
+    _engine: Engine | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_env(cls) -> App:
+        try:
+            return cls(Settings.from_env())
+        except SettingsError as error:
+            raise click.UsageError(str(error)) from error
+
+    @property
+    def engine(self) -> Engine:
+        """The database engine; starts the embedded server when no YNET_DATABASE_URL is set."""
+        if self._engine is None:
+            from ynet_db.db.engine import engine_from_settings
+
+            try:
+                self._engine = engine_from_settings(self.settings)
+            except DatabaseUnavailable as error:
+                raise click.ClickException(str(error)) from error
+        return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
 
 
-@cache
-def engine() -> Engine:
-    """The database engine; starts the embedded server when no YNET_DATABASE_URL is set."""
-    from ynet_db.db.engine import engine_from_settings
-
-    try:
-        return engine_from_settings(settings())
-    except DatabaseUnavailable as error:
-        raise click.ClickException(str(error)) from error
+pass_app = click.make_pass_decorator(App)

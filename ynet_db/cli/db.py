@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ynet_db.cli.context import engine, settings
+from ynet_db.cli.context import App, pass_app
 from ynet_db.db import migrate, server
 
 
@@ -18,49 +18,55 @@ def db() -> None:
 
 
 @db.command()
-def start() -> None:
+@pass_app
+def start(app: App) -> None:
     """Start the embedded database (or find it running) and print its URL."""
-    if settings().database_url:
+    if app.settings.database_url:
         raise click.UsageError("YNET_DATABASE_URL is set: ynet-db uses that server and starts none of its own.")
-    embedded = server.start_embedded(settings().data_dir)
+    embedded = server.start_embedded(app.settings.data_dir)
     click.echo(f"embedded PostgreSQL running, pid {embedded.pid}")
     click.echo(server.libpq_dsn(embedded.url()))
 
 
 @db.command()
-def stop() -> None:
+@pass_app
+def stop(app: App) -> None:
     """Stop the embedded database."""
-    stopped = server.stop_embedded(settings().data_dir)
+    stopped = server.stop_embedded(app.settings.data_dir)
     click.echo("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
 
 
 @db.command()
-def url() -> None:
+@pass_app
+def url(app: App) -> None:
     """Print the database URL, e.g. for `psql "$(ynet-db db url)"`."""
-    click.echo(server.libpq_dsn(engine().url))
+    click.echo(server.libpq_dsn(app.engine.url))
 
 
 @db.command()
 @click.argument("revision", default="head")
-def upgrade(revision: str) -> None:
+@pass_app
+def upgrade(app: App, revision: str) -> None:
     """Migrate the ynet schema up to REVISION (default: the newest)."""
-    migrate.upgrade(engine(), revision)
-    click.echo(f"schema at {migrate.status(engine()).current}")
+    migrate.upgrade(app.engine, revision)
+    click.echo(f"schema at {migrate.status(app.engine).current}")
 
 
 @db.command()
 @click.argument("revision")
-def downgrade(revision: str) -> None:
+@pass_app
+def downgrade(app: App, revision: str) -> None:
     """Migrate the ynet schema down to REVISION ('base' removes it; the data goes with it)."""
-    migrate.downgrade(engine(), revision)
-    click.echo(f"schema at {migrate.status(engine()).current or 'base (empty)'}")
+    migrate.downgrade(app.engine, revision)
+    click.echo(f"schema at {migrate.status(app.engine).current or 'base (empty)'}")
 
 
 @db.command()
-def status() -> None:
+@pass_app
+def status(app: App) -> None:
     """Show the schema revision and whether migrations are pending."""
-    state = migrate.status(engine())
-    click.echo(f"database: {engine().url.render_as_string(hide_password=True)}")
+    state = migrate.status(app.engine)
+    click.echo(f"database: {app.engine.url.render_as_string(hide_password=True)}")
     click.echo(f"schema revision: {state.current or 'none'} (newest: {state.head})")
     if state.pending:
         click.echo(f"pending migrations: {', '.join(state.pending)} - run `ynet-db db upgrade`")

@@ -1,0 +1,110 @@
+"""Fixtures shared by every suite: a real PostgreSQL with pgvector, and a fresh database per test.
+
+The server is the embedded one (started once per test session in a temporary directory) or the one
+in YNET_TEST_DATABASE_URL. A template database is migrated once; each test gets its own copy of it,
+which PostgreSQL makes in a few milliseconds.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from sqlalchemy import Engine
+from sqlalchemy.engine import URL, make_url
+
+from ynet_db.config import Settings
+from ynet_db.db import migrate
+from ynet_db.db.engine import make_engine
+from ynet_db.db.server import libpq_dsn, start_embedded, stop_embedded
+
+TEMPLATE = "ynet_test_template"
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+    """An administrative URL of the test server; tests create their databases through it."""
+    external = Settings.from_env().test_database_url
+    if external:
+        yield make_url(external).set(drivername="postgresql+psycopg")
+        return
+    data_dir = tmp_path_factory.mktemp("embedded")
+    yield start_embedded(data_dir).url("postgres")
+    stop_embedded(data_dir)
+
+
+def _admin(server_url: URL) -> psycopg.Connection:
+    return psycopg.connect(libpq_dsn(server_url), autocommit=True)
+
+
+def create_database(server_url: URL, template: str | None = None) -> URL:
+    name = f"ynet_test_{uuid.uuid4().hex[:12]}"
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    with _admin(server_url) as conn:
+        conn.execute(statement)
+    return server_url.set(database=name)
+
+
+def drop_database(server_url: URL, name: str) -> None:
+    with _admin(server_url) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def template_database(server_url: URL) -> Iterator[str]:
+    drop_database(server_url, TEMPLATE)
+    url = server_url.set(database=TEMPLATE)
+    with _admin(server_url) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()  # a template must have no open connections when it is copied
+    yield TEMPLATE
+    drop_database(server_url, TEMPLATE)
+
+
+@pytest.fixture
+def database_factory(server_url: URL) -> Iterator[Callable[..., URL]]:
+    """Make databases for this test (empty, or copies of a template); all dropped afterwards."""
+    made: list[URL] = []
+
+    def make(template: str | None = None) -> URL:
+        made.append(create_database(server_url, template))
+        return made[-1]
+
+    yield make
+    for url in made:
+        drop_database(server_url, str(url.database))
+
+
+@pytest.fixture
+def database_url(database_factory: Callable[..., URL], template_database: str) -> URL:
+    """A fresh database migrated to the newest schema."""
+    return database_factory(template_database)
+
+
+@pytest.fixture
+def engine(database_url: URL) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def empty_engine(database_factory: Callable[..., URL]) -> Iterator[Engine]:
+    """A fresh database with no ynet schema at all, for migration tests."""
+    engine = make_engine(database_factory())
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(database_url: URL, tmp_path: Path) -> Settings:
+    """Settings that point ynet-db at this test's database and a private data directory."""
+    return Settings(database_url=database_url.render_as_string(hide_password=False), data_dir=tmp_path / "data")

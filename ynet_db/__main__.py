@@ -1,0 +1,3 @@
+from ynet_db.cli import main
+
+main()
