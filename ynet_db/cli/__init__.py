@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("ynet_db.cli.evaluate:evaluate", "Top-k retrieval accuracy of a model on a dataset."),
     "attention": ("ynet_db.cli.attention:attention", "Draw a model's attention map over an image."),
     "demo": ("ynet_db.cli.demo:demo", "The end-to-end demo on the embedded database."),
+    "status": ("ynet_db.cli.status:status", "Products, embedding work and model coverage."),
 }
 
 

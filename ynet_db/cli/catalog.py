@@ -41,7 +41,7 @@ def import_(app: App, file: Path, batch_size: int, rejects: Path | None) -> None
     """
     with tqdm(total=count_rows(file), unit="row", desc="importing", disable=None) as bar:
         try:
-            summary = import_catalog(app.engine, file, batch_size=batch_size, progress=bar.update)
+            summary = import_catalog(app.migrated_engine, file, batch_size=batch_size, progress=bar.update)
         except RowError as error:
             raise click.ClickException(str(error)) from error
     click.echo(str(summary))

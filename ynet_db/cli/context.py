@@ -35,6 +35,19 @@ class App:
                 raise click.ClickException(str(error)) from error
         return self._engine
 
+    @property
+    def migrated_engine(self) -> Engine:
+        """The engine, after checking that the ynet schema is at the newest revision."""
+        from ynet_db.db import migrate
+
+        state = migrate.status(self.engine)
+        if not state.up_to_date:
+            raise click.ClickException(
+                f"the ynet schema is at revision {state.current or 'none'}, this ynet-db needs {state.head}: "
+                "run `ynet-db db upgrade` first"
+            )
+        return self.engine
+
     def close(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
