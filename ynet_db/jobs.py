@@ -1,0 +1,179 @@
+"""The embedding queue in PostgreSQL: claim, complete, fail, sweep and re-drive.
+
+The truth lives in `ynet.embedding_jobs`; a broker only carries wake-ups. Workers claim with
+`FOR UPDATE SKIP LOCKED` and a lease, so two workers never hold one job and a dead worker's jobs come
+back when the lease expires. Each failure is recorded, retried with exponential backoff, and a job
+that keeps failing ends `dead` instead of blocking the queue.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+DEFAULT_LEASE = timedelta(minutes=5)
+BACKOFF_BASE = timedelta(seconds=2)
+BACKOFF_CAP = timedelta(minutes=30)
+MAX_ERROR_LENGTH = 2000
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: int
+    product_id: int
+    model_id: int
+    image_uri: str
+    image_sha256: str | None
+    tags: list[str]
+    category: str
+    attempts: int
+    max_attempts: int
+
+
+CLAIM = text(
+    """
+    UPDATE ynet.embedding_jobs AS j
+       SET state = 'running', attempts = j.attempts + 1, claimed_by = :worker,
+           lease_expires_at = now() + :lease, updated_at = now()
+      FROM ynet.products AS p
+     WHERE j.product_id = p.id
+       AND j.id IN (SELECT id FROM ynet.embedding_jobs
+                     WHERE state IN ('pending', 'retry') AND run_after <= now()
+                       AND (CAST(:model_id AS integer) IS NULL OR model_id = :model_id)
+                     ORDER BY run_after, id
+                     LIMIT :limit
+                     FOR UPDATE SKIP LOCKED)
+    RETURNING j.id, j.product_id, j.model_id, j.image_uri, j.image_sha256, j.tags, p.category,
+              j.attempts, j.max_attempts
+    """
+)
+
+
+def claim(
+    engine: Engine, worker: str, limit: int, *, lease: timedelta = DEFAULT_LEASE, model_id: int | None = None
+) -> list[ClaimedJob]:
+    """Take up to `limit` ready jobs for `worker` until the lease expires."""
+    with engine.begin() as conn:
+        rows = conn.execute(CLAIM, {"worker": worker, "lease": lease, "limit": limit, "model_id": model_id})
+        return sorted((ClaimedJob(*row) for row in rows), key=lambda job: job.id)
+
+
+# The embedding is written only while the job is still this worker's and the product still shows the
+# image and tags the job was made for; a late, superseded or re-claimed job changes nothing.
+COMPLETE = text(
+    """
+    WITH job AS (
+        SELECT j.id, j.product_id, j.model_id
+          FROM ynet.embedding_jobs j JOIN ynet.products p ON p.id = j.product_id
+         WHERE j.id = :job_id AND j.state = 'running' AND j.claimed_by = :worker
+           AND p.image_uri = j.image_uri AND p.tags = j.tags
+           AND p.image_sha256 IS NOT DISTINCT FROM j.image_sha256
+           FOR UPDATE OF j
+    ), written AS (
+        INSERT INTO ynet.embeddings (product_id, model_id, image_sha256, embedding)
+        SELECT product_id, model_id, :image_sha256, CAST(:embedding AS vector) FROM job
+        ON CONFLICT (product_id, model_id) DO UPDATE
+           SET image_sha256 = EXCLUDED.image_sha256, embedding = EXCLUDED.embedding, created_at = now()
+        RETURNING product_id
+    )
+    UPDATE ynet.embedding_jobs
+       SET state = 'done', finished_at = now(), updated_at = now(), lease_expires_at = NULL, last_error = NULL
+     WHERE id IN (SELECT id FROM job) AND EXISTS (SELECT 1 FROM written)
+    RETURNING id
+    """
+)
+
+RELEASE_STALE = text(
+    """
+    UPDATE ynet.embedding_jobs
+       SET state = 'superseded', finished_at = now(), updated_at = now(), lease_expires_at = NULL
+     WHERE id = :job_id AND state = 'running' AND claimed_by = :worker
+    """
+)
+
+
+def complete(engine: Engine, job: ClaimedJob, worker: str, embedding: Sequence[float], image_sha256: str) -> bool:
+    """Write the job's embedding and mark it done; False if the job was no longer this worker's to finish."""
+    vector = "[" + ",".join(repr(float(x)) for x in embedding) + "]"
+    with engine.begin() as conn:
+        done = conn.execute(
+            COMPLETE, {"job_id": job.id, "worker": worker, "image_sha256": image_sha256, "embedding": vector}
+        ).first()
+        if done is None:
+            conn.execute(RELEASE_STALE, {"job_id": job.id, "worker": worker})
+        return done is not None
+
+
+FAIL = text(
+    """
+    UPDATE ynet.embedding_jobs
+       SET state = CASE WHEN :permanent OR attempts >= max_attempts THEN 'dead' ELSE 'retry' END,
+           run_after = now() + :backoff, last_error = :error, updated_at = now(), lease_expires_at = NULL,
+           finished_at = CASE WHEN :permanent OR attempts >= max_attempts THEN now() END
+     WHERE id = :job_id AND state = 'running' AND claimed_by = :worker
+    RETURNING state
+    """
+)
+
+
+def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
+    """Exponential backoff with jitter, so a burst of failures does not come back as a burst."""
+    delay = min(BACKOFF_BASE * (2 ** max(attempts - 1, 0)), BACKOFF_CAP)
+    return delay * (0.5 + (rng or random).random() / 2)
+
+
+def fail(engine: Engine, job: ClaimedJob, worker: str, error: str, *, permanent: bool = False) -> str | None:
+    """Record a failure: 'retry' after a backoff, or 'dead' when attempts are spent or it can never work."""
+    params: dict[str, Any] = {
+        "job_id": job.id,
+        "worker": worker,
+        "error": error[:MAX_ERROR_LENGTH],
+        "permanent": permanent,
+        "backoff": backoff(job.attempts),
+    }
+    with engine.begin() as conn:
+        row = conn.execute(FAIL, params).first()
+    return None if row is None else str(row[0])
+
+
+SWEEP = text(
+    """
+    UPDATE ynet.embedding_jobs
+       SET state = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'retry' END,
+           last_error = coalesce(last_error || ' / ', '') || 'lease expired on ' || coalesce(claimed_by, '?'),
+           finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
+           lease_expires_at = NULL, updated_at = now()
+     WHERE state = 'running' AND lease_expires_at < now()
+    RETURNING id
+    """
+)
+
+
+def sweep(engine: Engine) -> int:
+    """Return jobs whose worker died (lease expired) to the queue; count them."""
+    with engine.begin() as conn:
+        return len(conn.execute(SWEEP).all())
+
+
+REDRIVE = text(
+    """
+    UPDATE ynet.embedding_jobs
+       SET state = 'pending', attempts = 0, run_after = now(), finished_at = NULL, updated_at = now()
+     WHERE state = 'dead' AND (CAST(:job_ids AS integer[]) IS NULL OR id = ANY(:job_ids))
+    RETURNING id
+    """
+)
+
+
+def redrive(engine: Engine, job_ids: Sequence[int] | None = None) -> int:
+    """Give dead jobs (all, or those named) a fresh set of attempts; the last error stays for reference."""
+    with engine.begin() as conn:
+        count = len(conn.execute(REDRIVE, {"job_ids": list(job_ids) if job_ids is not None else None}).all())
+        if count:
+            conn.execute(text("SELECT pg_notify('ynet_embedding_jobs', '')"))
+        return count
