@@ -67,3 +67,30 @@ class RetrievalDataset:
     @property
     def splits(self) -> list[str]:
         return sorted({p.split for p in self.pairs})
+
+
+class DatasetError(ValueError):
+    """A dataset file that does not follow its release format; the message names the file and line."""
+
+    def __init__(self, path: Path, reason: str, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        self.reason = reason
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {reason}")
+
+
+def make_tag(field: str, value: str) -> str:
+    """The 'field:value' tag for an attribute, lower-case with runs of spaces as '_'.
+
+    One spelling per tag whatever the release wrote ('Short Sleeve', 'short  sleeve'), so a tag
+    vocabulary built from one dataset matches the tags of another.
+    """
+    field_part, value_part = _tag_part(field), _tag_part(value)
+    if not field_part or not value_part or ":" in field_part:
+        raise ValueError(f"cannot make a tag of field {field!r} and value {value!r}")
+    return f"{field_part}:{value_part}"
+
+
+def _tag_part(text: str) -> str:
+    return "_".join(text.lower().split())

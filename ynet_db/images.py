@@ -1,0 +1,242 @@
+"""Fetch and safely decode images: bytes in, an RGB Pillow image or a named `ImageError` out.
+
+Images are untrusted input (design principle 7). Every failure a caller can meet (missing file,
+HTTP error, timeout, too many bytes, decompression bomb, truncated or corrupt data, an image too
+small to embed, a crop box outside the image) becomes an `ImageError` that names the image, so a
+batch records one failed item and carries on. No torch here: the core imports without it.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from ynet_db.data.records import Box, ImageRef
+
+log = logging.getLogger(__name__)
+
+# Raster formats shops and phones produce (JPEG covers MPO, the multi-picture JPEG of phones).
+# Everything else (EPS runs Ghostscript, PSD, ICNS, ...) is refused before its plugin parses a byte.
+SAFE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
+
+_READ_CHUNK = 64 * 1024
+
+
+class ImageError(ValueError):
+    """An image that cannot be used; `source` names it, `reason` says why."""
+
+    def __init__(self, source: str, reason: str, hint: str = "") -> None:
+        self.source = source
+        self.reason = reason
+        self.hint = hint
+        super().__init__(f"image {source}: {reason}" + (f"; {hint}" if hint else ""))
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 32 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    """Checked against the header's width x height before any pixel is decoded."""
+    min_side: int = 8
+    formats: tuple[str, ...] = SAFE_FORMATS
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1 or self.max_pixels < 1 or self.min_side < 1:
+            raise ValueError(f"image limits must be positive: {self}")
+
+
+DEFAULT_LIMITS = ImageLimits()
+
+
+def decode_image(data: bytes, *, source: str, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Decode `data` into a fully loaded RGB image, upright per its EXIF orientation."""
+    if not data:
+        raise ImageError(source, "is empty (0 bytes)", "re-upload or re-download it")
+    if len(data) > limits.max_bytes:
+        raise ImageError(source, f"has {len(data)} bytes, over the limit of {limits.max_bytes}")
+    image = _open_checked(data, source, limits)
+    if min(image.size) < limits.min_side:
+        raise ImageError(
+            source, f"is {image.width}x{image.height} pixels, smaller than {limits.min_side} on a side"
+        )
+    return _to_rgb(_upright(image, source), source)
+
+
+def _open_checked(data: bytes, source: str, limits: ImageLimits) -> Image.Image:
+    """Open, check the header's pixel count, then decode everything (so truncation surfaces here)."""
+    try:
+        image = Image.open(io.BytesIO(data), formats=list(limits.formats))
+    except Image.DecompressionBombError as exc:
+        raise ImageError(source, f"is a decompression bomb ({exc})") from exc
+    except Exception as exc:  # Pillow's plugins raise many types on hostile headers
+        raise ImageError(source, "is not an image in a supported format", _formats_hint(limits)) from exc
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ImageError(
+            source,
+            f"is {width}x{height} = {width * height} pixels, over the limit of {limits.max_pixels}",
+            "a decompression bomb, or a photo to downscale before upload",
+        )
+    try:
+        image.load()
+    except Exception as exc:  # truncated files raise OSError, corrupt ones SyntaxError/ValueError/...
+        raise ImageError(source, f"cannot be decoded ({exc})", "the file is truncated or corrupt") from exc
+    return image
+
+
+def _formats_hint(limits: ImageLimits) -> str:
+    return "accepted formats: " + ", ".join(limits.formats)
+
+
+def _upright(image: Image.Image, source: str) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as exc:  # a broken EXIF block should not cost a usable picture
+        log.warning("image %s: EXIF orientation ignored (%s)", source, exc)
+        return image
+
+
+def _to_rgb(image: Image.Image, source: str) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        return _high_depth_to_rgb(image)
+    if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (image.mode == "P" and "transparency" in image.info):
+        return _composite_on_white(image.convert("RGBA"))
+    try:
+        return image.convert("RGB")  # CMYK, YCbCr, L, 1, P: Pillow's own conversions are correct
+    except ValueError as exc:
+        raise ImageError(source, f"has pixel mode {image.mode}, which cannot be converted to RGB") from exc
+
+
+def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
+    """Scale 16-bit and float greyscale to 8 bits; Pillow's own convert clips everything over 255 to white."""
+    values = np.asarray(image).astype(np.float64)
+    if image.mode == "F":
+        top = 1.0 if values.size and float(values.max()) <= 1.0 else 255.0
+    elif image.mode == "I" and values.size and float(values.max()) <= 255.0:
+        top = 255.0  # 'I' holds 8-bit data too (e.g. after some TIFF decoders)
+    else:
+        top = 65535.0
+    grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
+
+
+def _composite_on_white(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def read_image(ref: ImageRef, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    """Read, decode and crop one dataset image to its box (clamped to the image)."""
+    source = str(ref.path)
+    data = _read_file(ref.path, source, limits)
+    image = decode_image(data, source=source, limits=limits)
+    return image if ref.box is None else crop_to_box(image, ref.box, source=source, limits=limits)
+
+
+def crop_to_box(image: Image.Image, box: Box, *, source: str, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
+    left, top = max(box.left, 0), max(box.top, 0)
+    right, bottom = min(box.right, image.width), min(box.bottom, image.height)
+    if right <= left or bottom <= top:
+        raise ImageError(
+            source,
+            f"box ({box.left}, {box.top}, {box.right}, {box.bottom}) lies outside the {image.width}x{image.height} image",
+            "check the release's bounding-box file",
+        )
+    if min(right - left, bottom - top) < limits.min_side:
+        raise ImageError(
+            source, f"box crop is {right - left}x{bottom - top} pixels, smaller than {limits.min_side} on a side"
+        )
+    return image.crop((left, top, right, bottom))
+
+
+def fetch_image_bytes(location: str, *, timeout_s: float = 10, limits: ImageLimits = DEFAULT_LIMITS) -> bytes:
+    """The bytes at a plain path, a file:// URL or an http(s):// URL, at most `limits.max_bytes`."""
+    parts = urlsplit(location)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        return _fetch_http(location, timeout_s, limits)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ImageError(location, f"file URL names a remote host {parts.netloc!r}", "use a local path")
+        return _read_file(Path(urllib.request.url2pathname(parts.path)), location, limits)
+    if scheme == "":
+        return _read_file(Path(location), location, limits)
+    raise ImageError(location, f"has unsupported scheme {scheme!r}", "use a path, file://, http:// or https://")
+
+
+def _read_file(path: Path, source: str, limits: ImageLimits) -> bytes:
+    try:
+        with path.open("rb") as stream:
+            return _read_capped(stream, source, limits, deadline=None)
+    except FileNotFoundError as exc:
+        raise ImageError(source, "does not exist", "check the path") from exc
+    except IsADirectoryError as exc:
+        raise ImageError(source, "is a directory, not an image file") from exc
+    except PermissionError as exc:
+        raise ImageError(source, "cannot be read (permission denied)") from exc
+
+
+def _read_capped(stream: BinaryIO, source: str, limits: ImageLimits, deadline: float | None) -> bytes:
+    """Read at most max_bytes; one byte more proves the source too large without reading it all."""
+    chunks: list[bytes] = []
+    total = 0
+    while total <= limits.max_bytes:
+        if deadline is not None and time.monotonic() > deadline:
+            raise ImageError(source, "took too long to download", "the server is slow or the file is large")
+        chunk = stream.read(min(_READ_CHUNK, limits.max_bytes + 1 - total))
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+    raise ImageError(source, f"is larger than the limit of {limits.max_bytes} bytes")
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """urllib follows redirects to ftp:// too; a fetched URL must not leave http(s)."""
+
+    def redirect_request(  # type: ignore[override]
+        self, req: urllib.request.Request, fp: BinaryIO, code: int, msg: str, headers: object, newurl: str
+    ) -> urllib.request.Request | None:
+        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
+            raise urllib.error.URLError(f"redirect to a non-HTTP URL {newurl!r} refused")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)  # type: ignore[arg-type]
+
+
+def _fetch_http(url: str, timeout_s: float, limits: ImageLimits) -> bytes:
+    opener = urllib.request.build_opener(_HttpOnlyRedirects)
+    request = urllib.request.Request(url, headers={"User-Agent": "ynet-db image fetcher"})
+    # urlopen's timeout bounds each socket operation; the deadline bounds the whole download.
+    deadline = time.monotonic() + timeout_s
+    try:
+        with opener.open(request, timeout=timeout_s) as response:
+            declared = response.headers.get("Content-Length")
+            if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
+                raise ImageError(url, f"declares {declared} bytes, over the limit of {limits.max_bytes}")
+            data = _read_capped(response, url, limits, deadline)
+    except urllib.error.HTTPError as exc:
+        raise ImageError(url, f"answered HTTP {exc.code} {exc.reason}", "check that the URL is public") from exc
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, TimeoutError):
+            raise _timed_out(url, timeout_s) from exc
+        raise ImageError(url, f"could not be fetched ({exc.reason})") from exc
+    except TimeoutError as exc:
+        raise _timed_out(url, timeout_s) from exc
+    except OSError as exc:
+        raise ImageError(url, f"could not be fetched ({exc})") from exc
+    return data
+
+
+def _timed_out(url: str, timeout_s: float) -> ImageError:
+    return ImageError(url, f"timed out after {timeout_s:g} s", "the server is slow or unreachable")
