@@ -1,0 +1,159 @@
+"""The ladder of issue 3, measured in one run on one dataset (a benchmark command, not a test).
+
+    python bench/ladder.py DATASET [--epochs 20] [--ctx-epochs 10] [--out bench/ladder-out]
+
+Rows, each beside its matched control (the previous stage trained the same way for as long):
+  pretrained     the backbone's average-pooled features (identity 1280-d, and the 256-d PCA start)
+  Y-Net          both branches trained E epochs from the PCA start
+  TagYNet        the same E epochs with tag attention learned jointly   | control: Y-Net
+  CtxYNet        TagYNet's top 256 re-ranked; street branch + context  | control: the street branch
+                 attention trained C epochs on held-out products         trained C epochs alone
+Then the shop encoder's throughput against the bare backbone (batch 32) and the re-rank cost of 256
+candidates. Every stage trains on cached trunk features; the test split is never trained on.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+import torch.nn.functional as F
+
+
+def throughput(batch: int, repeats: int) -> dict[str, float]:
+    """Images/s of RetrievalModel.encode_shop and of the bare backbone classifier, interleaved."""
+    from ynet_db.nn.backbone import pretrained_lite0
+    from ynet_db.nn.model import RetrievalModel
+
+    model = RetrievalModel.load_default()
+    backbone = pretrained_lite0()
+    pixels = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    tags = [["category:dress"]] * batch
+    times: dict[str, list[float]] = {"shop_encoder": [], "backbone": []}
+    with torch.inference_mode():
+        backbone(pixels[:2])
+        model.encode_shop(pixels[:2], tags[:2])
+        for _ in range(repeats):
+            for name, run in (("backbone", lambda: backbone(pixels)), ("shop_encoder", lambda: model.encode_shop(pixels, tags))):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    result = {f"{name}_images_per_s": batch / min(values) for name, values in times.items()}
+    result["ratio"] = result["shop_encoder_images_per_s"] / result["backbone_images_per_s"]
+    return result
+
+
+def rerank_cost(candidates: int, repeats: int) -> dict[str, float]:
+    from ynet_db.nn.model import RetrievalModel
+
+    results = {}
+    for dim, name in ((1280, "default_1280d"), (256, "trained_256d")):
+        from ynet_db.nn.config import ModelConfig
+
+        config = ModelConfig() if dim == 1280 else ModelConfig(name="x", projection="linear", embedding_dim=256)
+        model = RetrievalModel.load_default(config=config)
+        street_map = torch.randn(config.locations, dim)
+        vectors = F.normalize(torch.randn(candidates, dim), dim=-1)
+        model.rerank(street_map, vectors)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model.rerank(street_map, vectors)
+        results[f"{name}_ms"] = (time.perf_counter() - start) / repeats * 1000
+    return results
+
+
+def row(name: str, result: dict[str, Any]) -> str:
+    top = result["top_k"]
+    se = result["standard_error"]
+    return f"| {name} | {top['1']:.3f} ± {se['1']:.3f} | {top['5']:.3f} | {top['10']:.3f} | {top['20']:.3f} ± {se['20']:.3f} | {top['50']:.3f} |"
+
+
+@click.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--epochs", default=20, show_default=True)
+@click.option("--ctx-epochs", default=10, show_default=True)
+@click.option("--lr", default=0.01, show_default=True)
+@click.option("--views", default=3, show_default=True)
+@click.option("--embedding-dim", default=256, show_default=True)
+@click.option("--holdout", default=0.3, show_default=True, help="Share of training products kept for the re-ranker.")
+@click.option("--context-form", type=click.Choice(["linear", "dot", "mlp"]), default="linear", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/ladder-out"), show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--threads", default=2, show_default=True)
+@click.option("--speed-repeats", default=5, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def ladder(dataset: Path, epochs: int, ctx_epochs: int, lr: float, views: int, embedding_dim: int, holdout: float, context_form: str, out_dir: Path, device: str, threads: int, speed_repeats: int, seed: int) -> None:
+    """Print the ladder table for DATASET (a release-format dataset with train and test splits)."""
+    from ynet_db.data import load_dataset
+    from ynet_db.evaluate import plot_topk, report, write_json
+    from ynet_db.nn.config import ModelConfig
+    from ynet_db.nn.fit import cache_split, cached_ranking, pair_features, split_items
+    from ynet_db.nn.model import build_network, resolve_device
+    from ynet_db.nn.tags import TagVocabulary
+    from ynet_db.nn.training import StageOptions, fit_pca_projection, train_stage
+
+    torch.set_num_threads(threads)
+    run_device = resolve_device(device)
+    data = load_dataset(dataset)
+    train, test = data.split("train"), data.split("test")
+    vocabulary = TagVocabulary.build(p.tags for p in train.products.values())
+    config = ModelConfig(name="ladder", projection="linear", embedding_dim=embedding_dim, context_form=context_form)  # type: ignore[arg-type]
+    start_net = build_network(config, len(vocabulary)).to(run_device)
+    cache = out_dir / "cache"
+    cached_train = cache_split(start_net, train, views=views, crop=False, cache_dir=cache, device=run_device)
+    cached_test = cache_split(start_net, test, views=1, crop=False, cache_dir=cache, device=run_device)
+    fit_pca_projection(start_net, cached_train.queries[:, 0], cached_train.positives, run_device)
+    first_items, held_items = split_items(cached_train.query_items, holdout, seed)
+    first = pair_features(cached_train.rows(first_items), vocabulary)
+    held = pair_features(cached_train.rows(held_items), vocabulary)
+    results: dict[str, Any] = {}
+
+    def evaluate(name: str, network: Any, **kw: Any) -> None:
+        results[name] = report(cached_ranking(network, cached_test, vocabulary, device=run_device, **kw))
+        click.echo(row(name, results[name]))
+
+    click.echo("| model | top-1 | top-5 | top-10 | top-20 | top-50 |\n|---|---|---|---|---|---|")
+    identity = build_network(ModelConfig(), 0).to(run_device)
+    evaluate("pretrained (1280-d, average pooling)", identity, use_tags=False)
+    evaluate(f"pretrained (PCA {embedding_dim}-d start)", start_net, use_tags=False)
+    base = StageOptions(epochs=epochs, lr=lr, seed=seed)
+    timings: dict[str, float] = {}
+    networks = {}
+    for stage in ("ynet", "tagynet"):
+        net = copy.deepcopy(start_net)
+        began = time.perf_counter()
+        train_stage(net, first, replace(base, stage=stage), device=run_device)  # type: ignore[arg-type]
+        timings[stage] = time.perf_counter() - began
+        networks[stage] = net
+        evaluate("Y-Net" if stage == "ynet" else "TagYNet (control: Y-Net above)", net, use_tags=stage == "tagynet")
+    for train_context in (False, True):
+        net = copy.deepcopy(networks["tagynet"])
+        options = replace(base, stage="ctxynet", epochs=ctx_epochs, train_context=train_context)
+        train_stage(net, held, options, device=run_device)
+        label = "CtxYNet re-rank of top 256" if train_context else "control: street branch trained alone"
+        if train_context:
+            evaluate(label, net, rerank=True)
+        else:
+            evaluate(label, net)
+    tag_gain = results["TagYNet (control: Y-Net above)"]["top_k"]["1"] / max(results["Y-Net"]["top_k"]["1"], 1e-9)
+    ctx_gain = results["CtxYNet re-rank of top 256"]["top_k"]["1"] - results["control: street branch trained alone"]["top_k"]["1"]
+    cost = rerank_cost(256, 50)  # before the throughput run, whose large buffers slow small kernels after it
+    speed = throughput(32, speed_repeats)
+    click.echo(f"\nTagYNet / control top-1: {tag_gain:.2f}x (target >= 1.15)")
+    click.echo(f"CtxYNet - control top-1: {ctx_gain:+.3f} (target >= +0.02)")
+    click.echo(f"shop encoder {speed['shop_encoder_images_per_s']:.1f} img/s vs bare backbone {speed['backbone_images_per_s']:.1f} img/s at batch 32: ratio {speed['ratio']:.2f} (target >= 0.9)")
+    click.echo(f"re-rank of 256 candidates: {cost['default_1280d_ms']:.2f} ms (1280-d default), {cost['trained_256d_ms']:.2f} ms (256-d)")
+    summary = {"results": results, "tag_gain_top1": tag_gain, "ctx_gain_top1": ctx_gain, "throughput": speed, "rerank_cost": cost, "train_seconds": timings,
+               "settings": {"epochs": epochs, "ctx_epochs": ctx_epochs, "lr": lr, "views": views, "embedding_dim": embedding_dim, "holdout": holdout, "context_form": context_form, "seed": seed, "threads": threads}}
+    write_json(summary, out_dir / "ladder.json")
+    plot_topk(results, out_dir / "ladder.png", title=f"Ladder on {data.name}")
+    click.echo(f"\nwrote {out_dir / 'ladder.json'} and {out_dir / 'ladder.png'}")
+
+
+if __name__ == "__main__":
+    ladder()

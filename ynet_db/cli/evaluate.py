@@ -1,0 +1,43 @@
+"""`ynet-db evaluate`: top-k retrieval accuracy of a model on a dataset split."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("evaluate")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), help="Checkpoint (default: the pretrained default model).")
+@click.option("--split", default="test", show_default=True, help="Which split's queries and gallery.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("evaluation"), show_default=True, help="Folder for results.json and topk.png.")
+@click.option("--crop/--no-crop", default=False, show_default=True, help="Crop images to the release's bounding boxes (off: whole photos, as the catalogue serves them).")
+@click.option("--distractors", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of images added to the gallery that match no query.")
+@click.option("--rerank/--no-rerank", default=None, help="CtxYNet re-ranking of the top 256 (default: only if the model was measured to gain from it).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--batch-size", default=32, show_default=True)
+def evaluate(dataset: Path, model_path: Path | None, split: str, out_dir: Path, crop: bool, distractors: Path | None, rerank: bool | None, device: str, batch_size: int) -> None:
+    """Measure top-k accuracy (k = 1, 5, 10, 20, 50) of a model on DATASET.
+
+    DATASET is a DeepFashion Consumer-to-Shop or Street2Shop release (or a generated benchmark).
+    Queries are the split's street photos; the gallery is every shop image of the split's products.
+    Writes results.json (overall, per category, bootstrap standard errors) and topk.png. Run it on
+    your own street-to-shop pairs to decide whether a trained checkpoint beats the default model.
+    """
+    from ynet_db.data import load_dataset
+    from ynet_db.evaluate import evaluate_model, plot_topk, write_json
+    from ynet_db.nn.model import RetrievalModel
+
+    model = RetrievalModel.load(model_path, device=device) if model_path else RetrievalModel.load_default(device=device)
+    data = load_dataset(dataset).split(split)
+    if not data.pairs:
+        raise click.ClickException(f"{dataset} has no {split!r} pairs")
+    use_rerank = model.rerank_measured_to_help if rerank is None else rerank
+    result = evaluate_model(model, data, crop=crop, distractors=distractors, rerank=use_rerank, batch_size=batch_size)
+    write_json(result, out_dir / "results.json")
+    plot_topk({model.version: result}, out_dir / "topk.png", title=f"{dataset.name} ({split})")
+    tops = "  ".join(f"top-{k} {v:.3f}" for k, v in result["top_k"].items())
+    click.echo(f"{model.version} on {data.name}: {result['queries']} queries, gallery {result['gallery']}: {tops}")
+    if result["unreadable"]:
+        click.echo(f"{len(result['unreadable'])} images could not be read (listed in results.json)", err=True)

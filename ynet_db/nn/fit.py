@@ -1,0 +1,178 @@
+"""Fitting a model on a dataset: cache trunk features, start from PCA, run the stages, write a checkpoint.
+
+The re-ranker is judged on data no stage trained on (the val split, or else a cross-fitted half of
+the held-out training products), and the checkpoint records whether it helped: search re-ranks by
+default only then (method.md: until measured to help, it should not change what users get).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ynet_db.data.records import ImageRef, RetrievalDataset
+from ynet_db.evaluate import Ranking, first_hit_ranks, report
+from ynet_db.nn.checkpoint import Checkpoint, CheckpointInfo, differing_tensors, save_checkpoint
+from ynet_db.nn.config import ContextForm, ModelConfig
+from ynet_db.nn.features import cached_trunk_features
+from ynet_db.nn.losses import Mining
+from ynet_db.nn.model import build_network
+from ynet_db.nn.tags import TagVocabulary
+from ynet_db.nn.training import PairFeatures, Stage, StageOptions, fit_pca_projection, train_stage
+from ynet_db.nn.ynet import YNet
+
+
+@dataclass(frozen=True)
+class FitPlan:
+    stages: tuple[Stage, ...] = ("tagynet", "ctxynet")
+    epochs: int = 20
+    ctx_epochs: int = 10
+    embedding_dim: int = 256
+    views: int = 3
+    """Cached views per street image (1 = no augmentation)."""
+    holdout: float = 0.3
+    """Share of training products kept from the first stages for training/judging the re-ranker."""
+    context_form: ContextForm = "linear"
+    name: str = "ynet-lite0-trained"
+    batch_size: int = 32
+    lr: float = 0.01
+    margin: float = 0.3
+    mining: Mining = "shifted"
+    seed: int = 0
+    crop: bool = False
+    """Crop images to the release's boxes. Off by default: the catalogue serves whole shop photos, and a
+    shop photo's box would cut away the other garments that tag attention learns to ignore."""
+
+
+@dataclass(frozen=True)
+class CachedSplit:
+    queries: torch.Tensor
+    """Tensor[Q, V, C, H, W] street trunk features (one row per pair)."""
+    positives: torch.Tensor
+    """Tensor[Q, C, H, W] the pair's shop image."""
+    query_items: list[str]
+    query_categories: list[str]
+    query_tags: list[tuple[str, ...]]
+    gallery: torch.Tensor
+    """Tensor[G, C, H, W]: every shop image of the split's products."""
+    gallery_items: list[str]
+    gallery_tags: list[tuple[str, ...]]
+
+    def rows(self, items: set[str]) -> CachedSplit:
+        q = [i for i, item in enumerate(self.query_items) if item in items]
+        g = [i for i, item in enumerate(self.gallery_items) if item in items]
+        return CachedSplit(
+            self.queries[q], self.positives[q], [self.query_items[i] for i in q], [self.query_categories[i] for i in q],
+            [self.query_tags[i] for i in q], self.gallery[g], [self.gallery_items[i] for i in g], [self.gallery_tags[i] for i in g],
+        )
+
+
+def uncropped(ref: ImageRef) -> ImageRef:
+    return ImageRef(ref.path, None)
+
+
+def cache_split(network: YNet, dataset: RetrievalDataset, *, views: int, crop: bool, cache_dir: Path | None, device: torch.device, progress: bool = True) -> CachedSplit:
+    config = network.config
+    fix = (lambda r: r) if crop else uncropped
+    common = {"device": device, "reader": None}
+    street = cached_trunk_features(network.trunk, config, [fix(p.street) for p in dataset.pairs], cache_dir, views=views, progress="street images" if progress else None, **common)
+    positives = cached_trunk_features(network.trunk, config, [fix(p.shop) for p in dataset.pairs], cache_dir, progress="shop images" if progress else None, **common)
+    gallery_refs = [(item, fix(ref)) for item, product in sorted(dataset.products.items()) for ref in product.shop_images]
+    gallery = cached_trunk_features(network.trunk, config, [r for _, r in gallery_refs], cache_dir, progress="gallery" if progress else None, **common)
+    products = dataset.products
+    return CachedSplit(
+        street.features, positives.features[:, 0], [p.item_id for p in dataset.pairs],
+        [products[p.item_id].category for p in dataset.pairs], [products[p.item_id].tags for p in dataset.pairs],
+        gallery.features[:, 0], [item for item, _ in gallery_refs], [products[item].tags for item, _ in gallery_refs],
+    )
+
+
+def pair_features(split: CachedSplit, vocabulary: TagVocabulary) -> PairFeatures:
+    codes = {item: i for i, item in enumerate(sorted(set(split.query_items)))}
+    items = torch.tensor([codes[i] for i in split.query_items], dtype=torch.int64)
+    return PairFeatures(split.queries, split.positives, vocabulary.encode(split.query_tags).multi_hot, items)
+
+
+@torch.inference_mode()
+def cached_ranking(network: YNet, split: CachedSplit, vocabulary: TagVocabulary, *, use_tags: bool = True, rerank: bool = False, device: torch.device | str = "cpu") -> Ranking:
+    """Ranks of the split's queries against its gallery, computed from cached trunk features."""
+    device = torch.device(device)
+    network.to(device).eval()
+    if use_tags:
+        tags = vocabulary.encode(split.gallery_tags).multi_hot
+    else:  # zero tags: the attention pools evenly, whatever vocabulary the network was built with
+        tags = torch.zeros(len(split.gallery_items), network.tag_attention.weight.shape[1])
+    gallery = torch.cat([
+        F.normalize(network.shop_vectors(split.gallery[s : s + 64].to(device, torch.float32), tags[s : s + 64].to(device))[0], dim=-1)
+        for s in range(0, len(split.gallery_items), 64)
+    ])
+    maps = torch.cat([network.street_maps(split.queries[s : s + 64, 0].to(device, torch.float32)) for s in range(0, len(split.query_items), 64)])
+    queries = F.normalize(maps.mean(dim=1), dim=-1)
+
+    def reranker(query: int, candidates: torch.Tensor) -> torch.Tensor:
+        return network.context_scores(maps[query][None], gallery[candidates][None])[0][0]
+
+    ranks = first_hit_ranks(queries, gallery, split.query_items, split.gallery_items, reranker=reranker if rerank else None)
+    return Ranking(ranks, split.query_categories)
+
+
+def training_data_hash(dataset: RetrievalDataset) -> str:
+    digest = hashlib.sha256()
+    for pair in dataset.pairs:
+        digest.update(f"{pair.street.path}|{pair.street.box}|{pair.shop.path}|{pair.shop.box}|{pair.item_id}\n".encode())
+    return digest.hexdigest()
+
+
+def split_items(items: list[str], share: float, seed: int) -> tuple[set[str], set[str]]:
+    order = sorted(set(items))
+    rng = np.random.default_rng(seed)
+    rng.shuffle(order)
+    cut = int(round(len(order) * share))
+    return set(order[cut:]), set(order[:cut])
+
+
+def fit(dataset: RetrievalDataset, out_dir: Path, plan: FitPlan, *, device: torch.device | str = "cpu", cache_dir: Path | None = None, progress: bool = True) -> Checkpoint:
+    device = torch.device(device)
+    train = dataset.split("train")
+    if not train.pairs:
+        raise ValueError(f"dataset {dataset.name} has no training pairs")
+    vocabulary = TagVocabulary.build(p.tags for p in train.products.values())
+    config = ModelConfig(name=plan.name, projection="linear", embedding_dim=plan.embedding_dim, context_form=plan.context_form)
+    network = build_network(config, len(vocabulary)).to(device)
+    cached = cache_split(network, train, views=plan.views, crop=plan.crop, cache_dir=cache_dir, device=device, progress=progress)
+    fit_pca_projection(network, cached.queries[:, 0], cached.positives, device)
+    use_ctx = "ctxynet" in plan.stages
+    first_items, held_items = split_items(cached.query_items, plan.holdout if use_ctx else 0.0, plan.seed)
+    metrics: dict[str, object] = {}
+    base = StageOptions(batch_size=plan.batch_size, lr=plan.lr, margin=plan.margin, mining=plan.mining, seed=plan.seed)
+    for stage in plan.stages:
+        if stage == "ctxynet":
+            continue
+        options = replace(base, stage=stage, epochs=plan.epochs)
+        losses = train_stage(network, pair_features(cached.rows(first_items), vocabulary), options, device=device, state_path=out_dir / f"state-{stage}.safetensors", progress=progress)
+        metrics[f"{stage}_losses"] = losses
+    helps = False
+    if use_ctx:
+        val = dataset.split("val")
+        ctx_items, measure_items = (held_items, set()) if val.pairs else split_items(sorted(held_items), 0.5, plan.seed + 1)
+        options = replace(base, stage="ctxynet", epochs=plan.ctx_epochs)
+        metrics["ctxynet_losses"] = train_stage(network, pair_features(cached.rows(ctx_items), vocabulary), options, device=device, state_path=out_dir / "state-ctxynet.safetensors", progress=progress)
+        judged = cache_split(network, val, views=1, crop=plan.crop, cache_dir=cache_dir, device=device, progress=progress) if val.pairs else cached.rows(measure_items)
+        plain = report(cached_ranking(network, judged, vocabulary, device=device))
+        reranked = report(cached_ranking(network, judged, vocabulary, rerank=True, device=device))
+        helps = rerank_helps(plain, reranked)
+        metrics["rerank_judged_on"] = {"plain": plain["top_k"], "reranked": reranked["top_k"], "standard_error": plain["standard_error"]}
+    base_state = build_network(config, len(vocabulary)).state_dict()
+    info = CheckpointInfo(config, vocabulary, training_data_hash(train), metrics, helps)
+    return save_checkpoint(out_dir / "model.safetensors", info, differing_tensors(network.cpu().state_dict(), base_state))
+
+
+def rerank_helps(plain: dict[str, object], reranked: dict[str, object]) -> bool:
+    """Top-1 better by more than one standard error, top-20 not worse."""
+    p, r, se = plain["top_k"], reranked["top_k"], plain["standard_error"]  # type: ignore[index]
+    return bool(r["1"] - p["1"] > se["1"] and r["20"] >= p["20"])  # type: ignore[index]

@@ -1,0 +1,178 @@
+"""The serving facade: what workers and search call to embed shop images and re-rank street queries.
+
+    model = RetrievalModel.load_default(device="cpu")     # pretrained network, attention = average pooling
+    model = RetrievalModel.load(path, device="cpu")       # a checkpoint; fails closed
+    shop = model.encode_shop(pixels, tags)                # .vectors [B, D], L2-normalised, CPU float32
+    street = model.encode_street(pixels)                  # .vectors [B, D], .maps [B, L, D]
+    scores = model.rerank(street.maps[0], candidates)     # [N], higher is better
+
+Load once per worker process and keep it: loading re-reads and re-hashes the backbone weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ynet_db.nn.backbone import pretrained_lite0
+from ynet_db.nn.checkpoint import (
+    BACKBONE_PREFIXES,
+    Checkpoint,
+    CheckpointError,
+    CheckpointInfo,
+    content_hash,
+    load_checkpoint,
+)
+from ynet_db.nn.config import ModelConfig
+from ynet_db.nn.tags import TagVocabulary
+from ynet_db.nn.ynet import YNet
+
+
+@dataclass(frozen=True)
+class ShopEncoding:
+    vectors: torch.Tensor
+    """Tensor[B, D] float32, L2-normalised, on the CPU: what the database stores."""
+    attention: torch.Tensor
+    """Tensor[B, L]: the tag attention's weights over the shop map's locations."""
+    unknown_tags: list[int]
+    """Per image, how many of its tags the model's vocabulary does not know (ignored)."""
+    average_pooled: list[bool]
+    """Per image, True when no tag was known, so the embedding is the plain average-pooled one."""
+
+
+@dataclass(frozen=True)
+class StreetEncoding:
+    vectors: torch.Tensor
+    """Tensor[B, D] float32, L2-normalised average-pooled query vectors (for the index prefilter)."""
+    maps: torch.Tensor
+    """Tensor[B, L, D]: the query maps, kept for CtxYNet re-ranking."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def build_network(config: ModelConfig, num_tags: int) -> YNet:
+    """The pretrained network in this config's structure, heads at their (deterministic) start."""
+    backbone = pretrained_lite0(expected_sha256=config.weights_sha256)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the MLP context form has random layers; same start on every load
+        network = YNet(config, backbone, num_tags)
+    return network.eval()
+
+
+def load_tensors(network: YNet, tensors: Mapping[str, torch.Tensor], source: str) -> None:
+    state = network.state_dict()
+    for name, tensor in tensors.items():
+        if name not in state:
+            raise CheckpointError(f"checkpoint {source}: tensor {name!r} is not part of the network")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"checkpoint {source}: tensor {name!r} has shape {tuple(tensor.shape)}, "
+                f"the network needs {tuple(state[name].shape)}"
+            )
+        state[name] = tensor
+    network.load_state_dict(state, strict=True)
+
+
+def head_tensors(network: YNet) -> dict[str, torch.Tensor]:
+    """The tensors that are not copies of the backbone (always part of a checkpoint's content)."""
+    return {k: v for k, v in network.state_dict().items() if not k.startswith(BACKBONE_PREFIXES)}
+
+
+class RetrievalModel:
+    """A loaded Y-Net / TagYNet / CtxYNet with its vocabulary, identity and measured facts."""
+
+    def __init__(self, network: YNet, info: CheckpointInfo, version: str, device: str | torch.device = "cpu"):
+        self.device = resolve_device(device)
+        self.network = network.to(self.device).eval()
+        self.info = info
+        self.version = version
+
+    @classmethod
+    def load_default(cls, device: str | torch.device = "cpu", config: ModelConfig | None = None) -> RetrievalModel:
+        """The pretrained network itself: identity projection, every attention head = average pooling."""
+        config = config or ModelConfig()
+        vocabulary = TagVocabulary(())
+        network = build_network(config, len(vocabulary))
+        digest = content_hash(config, vocabulary, head_tensors(network))
+        info = CheckpointInfo(config=config, vocabulary=vocabulary)
+        return cls(network, info, f"{config.name}@{digest[:8]}", device)
+
+    @classmethod
+    def load(cls, path: Path | str, device: str | torch.device = "cpu") -> RetrievalModel:
+        checkpoint = load_checkpoint(Path(path))
+        return cls.from_checkpoint(checkpoint, device, source=str(path))
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint, device: str | torch.device = "cpu", source: str = "") -> RetrievalModel:
+        info = checkpoint.info
+        network = build_network(info.config, len(info.vocabulary))
+        load_tensors(network, checkpoint.tensors, source or checkpoint.version)
+        return cls(network, info, checkpoint.version, device)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.info.config
+
+    @property
+    def name(self) -> str:
+        return self.info.config.name
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.info.config.embedding_dim
+
+    @property
+    def vocabulary(self) -> TagVocabulary:
+        return self.info.vocabulary
+
+    @property
+    def rerank_measured_to_help(self) -> bool:
+        """Search re-ranks by default only when this is True (measured on held-out data)."""
+        return self.info.rerank_measured_to_help
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        return self.config.preprocess(image)
+
+    @torch.inference_mode()
+    def encode_shop(self, pixels: torch.Tensor, tags: Sequence[Sequence[str]]) -> ShopEncoding:
+        if len(tags) != pixels.shape[0]:
+            raise ValueError(f"{pixels.shape[0]} images but {len(tags)} tag lists")
+        batch = self.vocabulary.encode(tags)
+        trunk = self.network.trunk(pixels.to(self.device))
+        vectors, weights = self.network.shop_vectors(trunk, batch.multi_hot.to(self.device))
+        return ShopEncoding(
+            vectors=F.normalize(vectors.float(), dim=-1).cpu(),
+            attention=weights.float().cpu(),
+            unknown_tags=batch.unknown,
+            average_pooled=batch.without_known_tags,
+        )
+
+    @torch.inference_mode()
+    def encode_street(self, pixels: torch.Tensor) -> StreetEncoding:
+        maps = self.network.street_maps(self.network.trunk(pixels.to(self.device))).float()
+        return StreetEncoding(vectors=F.normalize(maps.mean(dim=1), dim=-1).cpu(), maps=maps.cpu())
+
+    @torch.inference_mode()
+    def rerank(self, street_map: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """CtxYNet scores of N stored candidate vectors for one query map [L, D]; higher is better."""
+        scores, _ = self.network.context_scores(
+            street_map.to(self.device)[None], candidates.to(self.device, torch.float32)[None]
+        )
+        return scores[0].cpu()
+
+    @torch.inference_mode()
+    def context_weights(self, street_map: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """The query's attention [N, L] over its map given each candidate (for attention maps)."""
+        _, weights = self.network.context_scores(
+            street_map.to(self.device)[None], candidates.to(self.device, torch.float32)[None]
+        )
+        return weights[0].cpu()
