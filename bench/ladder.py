@@ -39,7 +39,10 @@ def throughput(batch: int, repeats: int) -> dict[str, float]:
         backbone(pixels[:2])
         model.encode_shop(pixels[:2], tags[:2])
         for _ in range(repeats):
-            for name, run in (("backbone", lambda: backbone(pixels)), ("shop_encoder", lambda: model.encode_shop(pixels, tags))):
+            for name, run in (
+                ("backbone", lambda: backbone(pixels)),
+                ("shop_encoder", lambda: model.encode_shop(pixels, tags)),
+            ):
                 start = time.perf_counter()
                 run()
                 times[name].append(time.perf_counter() - start)
@@ -82,12 +85,32 @@ def row(name: str, result: dict[str, Any]) -> str:
 @click.option("--embedding-dim", default=256, show_default=True)
 @click.option("--holdout", default=0.3, show_default=True, help="Share of training products kept for the re-ranker.")
 @click.option("--context-form", type=click.Choice(["linear", "dot", "mlp"]), default="linear", show_default=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench/ladder-out"), show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bench/ladder-out"),
+    show_default=True,
+)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--threads", default=2, show_default=True)
 @click.option("--speed-repeats", default=5, show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def ladder(dataset: Path, epochs: int, ctx_epochs: int, lr: float, views: int, embedding_dim: int, holdout: float, context_form: str, out_dir: Path, device: str, threads: int, speed_repeats: int, seed: int) -> None:
+def ladder(
+    dataset: Path,
+    epochs: int,
+    ctx_epochs: int,
+    lr: float,
+    views: int,
+    embedding_dim: int,
+    holdout: float,
+    context_form: str,
+    out_dir: Path,
+    device: str,
+    threads: int,
+    speed_repeats: int,
+    seed: int,
+) -> None:
     """Print the ladder table for DATASET (a release-format dataset with train and test splits)."""
     from ynet_db.data import load_dataset
     from ynet_db.evaluate import plot_topk, report, write_json
@@ -141,15 +164,39 @@ def ladder(dataset: Path, epochs: int, ctx_epochs: int, lr: float, views: int, e
         else:
             evaluate(label, net)
     tag_gain = results["TagYNet (control: Y-Net above)"]["top_k"]["1"] / max(results["Y-Net"]["top_k"]["1"], 1e-9)
-    ctx_gain = results["CtxYNet re-rank of top 256"]["top_k"]["1"] - results["control: street branch trained alone"]["top_k"]["1"]
+    ctx_gain = (
+        results["CtxYNet re-rank of top 256"]["top_k"]["1"]
+        - results["control: street branch trained alone"]["top_k"]["1"]
+    )
     cost = rerank_cost(256, 50)  # before the throughput run, whose large buffers slow small kernels after it
     speed = throughput(32, speed_repeats)
     click.echo(f"\nTagYNet / control top-1: {tag_gain:.2f}x (target >= 1.15)")
     click.echo(f"CtxYNet - control top-1: {ctx_gain:+.3f} (target >= +0.02)")
-    click.echo(f"shop encoder {speed['shop_encoder_images_per_s']:.1f} img/s vs bare backbone {speed['backbone_images_per_s']:.1f} img/s at batch 32: ratio {speed['ratio']:.2f} (target >= 0.9)")
-    click.echo(f"re-rank of 256 candidates: {cost['default_1280d_ms']:.2f} ms (1280-d default), {cost['trained_256d_ms']:.2f} ms (256-d)")
-    summary = {"results": results, "tag_gain_top1": tag_gain, "ctx_gain_top1": ctx_gain, "throughput": speed, "rerank_cost": cost, "train_seconds": timings,
-               "settings": {"epochs": epochs, "ctx_epochs": ctx_epochs, "lr": lr, "views": views, "embedding_dim": embedding_dim, "holdout": holdout, "context_form": context_form, "seed": seed, "threads": threads}}
+    click.echo(
+        f"shop encoder {speed['shop_encoder_images_per_s']:.1f} img/s vs bare backbone {speed['backbone_images_per_s']:.1f} img/s at batch 32: ratio {speed['ratio']:.2f} (target >= 0.9)"
+    )
+    click.echo(
+        f"re-rank of 256 candidates: {cost['default_1280d_ms']:.2f} ms (1280-d default), {cost['trained_256d_ms']:.2f} ms (256-d)"
+    )
+    summary = {
+        "results": results,
+        "tag_gain_top1": tag_gain,
+        "ctx_gain_top1": ctx_gain,
+        "throughput": speed,
+        "rerank_cost": cost,
+        "train_seconds": timings,
+        "settings": {
+            "epochs": epochs,
+            "ctx_epochs": ctx_epochs,
+            "lr": lr,
+            "views": views,
+            "embedding_dim": embedding_dim,
+            "holdout": holdout,
+            "context_form": context_form,
+            "seed": seed,
+            "threads": threads,
+        },
+    }
     write_json(summary, out_dir / "ladder.json")
     plot_topk(results, out_dir / "ladder.png", title=f"Ladder on {data.name}")
     click.echo(f"\nwrote {out_dir / 'ladder.json'} and {out_dir / 'ladder.png'}")

@@ -7,9 +7,9 @@ directory holds the catalogue and also serves as Celery's broker and result stor
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import platformdirs
 

@@ -160,11 +160,21 @@ def evaluate_model(
     from ynet_db.data.records import ImageRef
 
     fix = (lambda r: r) if crop else (lambda r: ImageRef(r.path, None))
-    gallery_entries = [(item, fix(ref), p.tags) for item, p in sorted(dataset.products.items()) for ref in p.shop_images]
+    gallery_entries = [
+        (item, fix(ref), p.tags) for item, p in sorted(dataset.products.items()) for ref in p.shop_images
+    ]
     if distractors is not None:
         gallery_entries += [(f"distractor:{ref.path}", ref, ()) for ref in distractor_refs(distractors)]
     unreadable: list[str] = []
-    (gallery_vectors, _), gallery_ok = encode_images(model, [r for _, r, _ in gallery_entries], [t for _, _, t in gallery_entries], "shop", batch_size, progress, unreadable)
+    (gallery_vectors, _), gallery_ok = encode_images(
+        model,
+        [r for _, r, _ in gallery_entries],
+        [t for _, _, t in gallery_entries],
+        "shop",
+        batch_size,
+        progress,
+        unreadable,
+    )
     street_refs = [fix(p.street) for p in dataset.pairs]
     encoded, query_ok = encode_images(model, street_refs, None, "street", batch_size, progress, unreadable)
     gallery_items = [gallery_entries[i][0] for i in gallery_ok]
@@ -173,15 +183,31 @@ def evaluate_model(
     queries, maps = encoded
     reranker = None
     if rerank:
+
         def reranker(query: int, candidates: torch.Tensor) -> torch.Tensor:
             return model.rerank(maps[query], gallery_vectors[candidates])
+
     ranks = first_hit_ranks(queries, gallery_vectors, query_items, gallery_items, reranker=reranker)
     result = report(Ranking(ranks, [dataset.products[i].category for i in query_items]))
-    result.update(model=model.version, gallery=len(gallery_items), distractors=sum(1 for i in gallery_items if i.startswith("distractor:")), reranked=rerank, unreadable=unreadable)
+    result.update(
+        model=model.version,
+        gallery=len(gallery_items),
+        distractors=sum(1 for i in gallery_items if i.startswith("distractor:")),
+        reranked=rerank,
+        unreadable=unreadable,
+    )
     return result
 
 
-def encode_images(model: Any, refs: Sequence[Any], tags: Sequence[Sequence[str]] | None, side: str, batch_size: int, progress: bool, unreadable: list[str]) -> tuple[tuple[torch.Tensor, torch.Tensor], list[int]]:
+def encode_images(
+    model: Any,
+    refs: Sequence[Any],
+    tags: Sequence[Sequence[str]] | None,
+    side: str,
+    batch_size: int,
+    progress: bool,
+    unreadable: list[str],
+) -> tuple[tuple[torch.Tensor, torch.Tensor], list[int]]:
     """(vectors [N, D], street maps or an empty tensor) of the readable images, and their indices."""
     from tqdm import tqdm
 

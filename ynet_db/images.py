@@ -66,9 +66,7 @@ def decode_image(data: bytes, *, source: str, limits: ImageLimits = DEFAULT_LIMI
         raise ImageError(source, f"has {len(data)} bytes, over the limit of {limits.max_bytes}")
     image = _open_checked(data, source, limits)
     if min(image.size) < limits.min_side:
-        raise ImageError(
-            source, f"is {image.width}x{image.height} pixels, smaller than {limits.min_side} on a side"
-        )
+        raise ImageError(source, f"is {image.width}x{image.height} pixels, smaller than {limits.min_side} on a side")
     return _to_rgb(_upright(image, source), source)
 
 

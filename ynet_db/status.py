@@ -55,7 +55,10 @@ class CatalogueStatus:
 def catalogue_status(engine: Engine) -> CatalogueStatus:
     with Session(engine) as session:
         products = session.scalar(select(func.count()).select_from(Product)) or 0
-        by_state = {state: n for state, n in session.execute(select(EmbeddingJob.state, func.count()).group_by(EmbeddingJob.state))}
+        by_state = {
+            state: n
+            for state, n in session.execute(select(EmbeddingJob.state, func.count()).group_by(EmbeddingJob.state))
+        }
         coverage = session.execute(
             select(Model.name, Model.version, Model.state, func.count(Embedding.product_id))
             .outerjoin(Embedding, Embedding.model_id == Model.id)

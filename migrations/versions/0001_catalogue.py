@@ -43,9 +43,7 @@ def _create_tables() -> None:
         sa.Column("category", sa.Text, nullable=False),
         sa.Column("tags", postgresql.ARRAY(sa.Text), nullable=False, server_default="{}"),
         sa.Column("image_uri", sa.Text, nullable=False, comment="A path, file:// or http(s):// URL."),
-        sa.Column(
-            "image_sha256", sa.String(64), comment="Content hash of the image, when known; a change re-embeds."
-        ),
+        sa.Column("image_sha256", sa.String(64), comment="Content hash of the image, when known; a change re-embeds."),
         sa.Column("price", sa.Numeric(12, 2)),
         sa.Column("stock", sa.Integer),
         sa.Column("extra", postgresql.JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
@@ -72,9 +70,7 @@ def _create_tables() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_models"),
         sa.UniqueConstraint("version", name="uq_models_version"),
         sa.CheckConstraint("embedding_dim BETWEEN 1 AND 2000", name="ck_models_embedding_dim_indexable"),
-        sa.CheckConstraint(
-            "state IN ('registered', 'backfilling', 'active', 'retired')", name="ck_models_state"
-        ),
+        sa.CheckConstraint("state IN ('registered', 'backfilling', 'active', 'retired')", name="ck_models_state"),
         schema=S,
     )
     op.create_index(

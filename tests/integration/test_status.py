@@ -13,9 +13,7 @@ def test_status_counts_products_jobs_coverage_and_errors(engine: Engine) -> None
     with Session(engine) as session:
         model = Model(name="m", version="m@1", embedding_dim=2, weights_sha256="0" * 64, state="active")
         session.add(model)
-        session.add_all(
-            Product(external_id=f"p{i}", category="dress", image_uri=f"/img/{i}.jpg") for i in range(3)
-        )
+        session.add_all(Product(external_id=f"p{i}", category="dress", image_uri=f"/img/{i}.jpg") for i in range(3))
         session.commit()
         session.add(Embedding(product_id=1, model_id=model.id, image_sha256="a" * 64, embedding=[1.0, 0.0]))
         session.execute(

@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from sqlalchemy import Engine, func, select as sa_select, text, update
+from sqlalchemy import Engine, func, text, update
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -44,7 +45,12 @@ def test_insert_creates_exactly_one_job(session: Session) -> None:
     session.add(_product())
     session.commit()
     job = session.scalars(sa_select(EmbeddingJob)).one()
-    assert (job.state, job.image_uri, job.tags, job.model.name) == ("pending", "/img/1.jpg", ["color:red"], "active-model")
+    assert (job.state, job.image_uri, job.tags, job.model.name) == (
+        "pending",
+        "/img/1.jpg",
+        ["color:red"],
+        "active-model",
+    )
 
 
 @pytest.mark.parametrize(

@@ -52,3 +52,8 @@ def test_ynet_services_point_at_the_compose_database_and_broker(compose: dict[st
     environment = compose["x-ynet"]["environment"]
     assert environment["YNET_DATABASE_URL"].endswith("@db:5432/ynet")
     assert environment["YNET_BROKER_URL"].startswith("redis://redis:6379")
+
+
+def test_the_worker_reserves_a_gpu(compose: dict[str, Any]) -> None:
+    (device,) = compose["services"]["worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]

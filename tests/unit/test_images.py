@@ -68,7 +68,10 @@ def test_truncated(fmt: str) -> None:
 
 
 def test_too_small() -> None:
-    assert str(error_of(encode(Image.new("RGB", (4, 30))))) == "image shop/42.jpg: is 4x30 pixels, smaller than 8 on a side"
+    assert (
+        str(error_of(encode(Image.new("RGB", (4, 30)))))
+        == "image shop/42.jpg: is 4x30 pixels, smaller than 8 on a side"
+    )
 
 
 def test_too_many_bytes() -> None:
@@ -84,8 +87,10 @@ def test_too_many_pixels() -> None:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header promises width x height pixels, followed by a scrap of data."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 100))
 
@@ -161,7 +166,10 @@ def test_read_image_box_outside_the_image(tmp_path: Path) -> None:
     Image.new("RGB", (40, 20)).save(path)
     with pytest.raises(ImageError) as caught:
         read_image(ImageRef(path, Box(50, 0, 80, 10)))
-    assert str(caught.value) == f"image {path}: box (50, 0, 80, 10) lies outside the 40x20 image; check the release's bounding-box file"
+    assert (
+        str(caught.value)
+        == f"image {path}: box (50, 0, 80, 10) lies outside the 40x20 image; check the release's bounding-box file"
+    )
 
 
 def test_read_image_missing_file(tmp_path: Path) -> None:
@@ -179,7 +187,10 @@ def test_fetch_plain_path_and_file_url(tmp_path: Path) -> None:
 def test_fetch_refuses_other_schemes_and_remote_file_urls() -> None:
     with pytest.raises(ImageError) as caught:
         fetch_image_bytes("ftp://example.com/a.jpg")
-    assert str(caught.value) == "image ftp://example.com/a.jpg: has unsupported scheme 'ftp'; use a path, file://, http:// or https://"
+    assert (
+        str(caught.value)
+        == "image ftp://example.com/a.jpg: has unsupported scheme 'ftp'; use a path, file://, http:// or https://"
+    )
     with pytest.raises(ImageError, match="file URL names a remote host 'server'"):
         fetch_image_bytes("file://server/share/a.jpg")
 
@@ -239,7 +250,10 @@ def test_fetch_http(server: str) -> None:
 
 
 def test_fetch_http_error_status(server: str) -> None:
-    assert fetch_error(f"{server}/gone.png") == f"image {server}/gone.png: answered HTTP 404 Not Found; check that the URL is public"
+    assert (
+        fetch_error(f"{server}/gone.png")
+        == f"image {server}/gone.png: answered HTTP 404 Not Found; check that the URL is public"
+    )
 
 
 def test_fetch_http_timeout(server: str) -> None:
@@ -259,4 +273,6 @@ def test_fetch_http_refuses_a_redirect_out_of_http(server: str) -> None:
 
 
 def test_fetch_unreachable_host() -> None:
-    assert fetch_error("http://127.0.0.1:9/a.png", timeout_s=2).startswith("image http://127.0.0.1:9/a.png: could not be fetched (")
+    assert fetch_error("http://127.0.0.1:9/a.png", timeout_s=2).startswith(
+        "image http://127.0.0.1:9/a.png: could not be fetched ("
+    )

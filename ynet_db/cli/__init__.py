@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "attention": ("ynet_db.cli.attention:attention", "Draw a model's attention map over an image."),
     "demo": ("ynet_db.cli.demo:demo", "The end-to-end demo on the embedded database."),
     "status": ("ynet_db.cli.status:status", "Products, embedding work and model coverage."),
+    "worker": ("ynet_db.cli.worker:worker", "Embed catalogue images: a Celery worker and its dispatcher."),
+    "model": ("ynet_db.cli.model:model", "Register and activate embedding models; coverage."),
+    "jobs": ("ynet_db.cli.jobs:jobs", "Re-drive dead embedding jobs."),
 }
 
 
@@ -54,7 +57,9 @@ def main(ctx: click.Context, verbose: bool) -> None:
     the data directory). Settings come from the environment: YNET_DATABASE_URL, YNET_BROKER_URL,
     YNET_DATA_DIR, YNET_DEVICE, YNET_MODEL.
     """
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     app = App.from_env()
     ctx.obj = app
     ctx.call_on_close(app.close)

@@ -10,12 +10,29 @@ import click
 @click.command("attention")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG to write.")
-@click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), help="Checkpoint (default: the pretrained default model).")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="Checkpoint (default: the pretrained default model).",
+)
 @click.option("--tag", "tags", multiple=True, help="Shop mode: a product tag such as category:dress (repeatable).")
-@click.option("--candidate", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Query mode: a shop image whose vector is the context.")
+@click.option(
+    "--candidate",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Query mode: a shop image whose vector is the context.",
+)
 @click.option("--candidate-tag", "candidate_tags", multiple=True, help="Tags of the candidate shop image (repeatable).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-def attention(image: Path, out: Path, model_path: Path | None, tags: tuple[str, ...], candidate: Path | None, candidate_tags: tuple[str, ...], device: str) -> None:
+def attention(
+    image: Path,
+    out: Path,
+    model_path: Path | None,
+    tags: tuple[str, ...],
+    candidate: Path | None,
+    candidate_tags: tuple[str, ...],
+    device: str,
+) -> None:
     """Write a heatmap of a model's attention over IMAGE.
 
     Without --candidate, IMAGE is a shop image and the map is TagYNet's attention given --tag.
@@ -23,8 +40,8 @@ def attention(image: Path, out: Path, model_path: Path | None, tags: tuple[str, 
     candidate shop image. A model whose vocabulary knows none of the tags pools evenly (flat map).
     """
     from ynet_db.attention_map import query_attention, save_overlay, shop_attention
-    from ynet_db.images import read_image
     from ynet_db.data.records import ImageRef
+    from ynet_db.images import read_image
     from ynet_db.nn.model import RetrievalModel
 
     model = RetrievalModel.load(model_path, device=device) if model_path else RetrievalModel.load_default(device=device)

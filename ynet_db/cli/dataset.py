@@ -18,13 +18,39 @@ def dataset() -> None:
 
 @dataset.command()
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Same seed, byte-identical files.")
-@click.option("--train-products", default=2000, show_default=True, type=click.IntRange(min=0), help="Products in the train split.")
-@click.option("--test-products", default=1000, show_default=True, type=click.IntRange(min=0), help="Products in the test split (the gallery).")
-@click.option("--street-per-product", default=2, show_default=True, type=click.IntRange(1, 99), help="Street (query) photos per product.")
-@click.option("--size", default=224, show_default=True, type=click.IntRange(min=32), help="Side of every image in pixels.")
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(min=1), help="Drawing processes; the files do not depend on it.")
-def synth(out_dir: Path, seed: int, train_products: int, test_products: int, street_per_product: int, size: int, workers: int) -> None:
+@click.option(
+    "--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Same seed, byte-identical files."
+)
+@click.option(
+    "--train-products", default=2000, show_default=True, type=click.IntRange(min=0), help="Products in the train split."
+)
+@click.option(
+    "--test-products",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Products in the test split (the gallery).",
+)
+@click.option(
+    "--street-per-product",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 99),
+    help="Street (query) photos per product.",
+)
+@click.option(
+    "--size", default=224, show_default=True, type=click.IntRange(min=32), help="Side of every image in pixels."
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Drawing processes; the files do not depend on it.",
+)
+def synth(
+    out_dir: Path, seed: int, train_products: int, test_products: int, street_per_product: int, size: int, workers: int
+) -> None:
     """Draw the generated cross-domain benchmark into OUT_DIR, in the DeepFashion Consumer-to-Shop layout.
 
     Each product is a drawn garment with one shop photo, where it lies beside one or two other
@@ -45,7 +71,9 @@ def synth(out_dir: Path, seed: int, train_products: int, test_products: int, str
     records = generate(out_dir, config, workers=workers)
     elapsed = time.perf_counter() - started
     images = sum(1 + len(record.street) for record in records)
-    click.echo(f"wrote {images} images of {len(records)} products to {out_dir} in {elapsed:.0f} s ({images / elapsed:.0f} images/s)")
+    click.echo(
+        f"wrote {images} images of {len(records)} products to {out_dir} in {elapsed:.0f} s ({images / elapsed:.0f} images/s)"
+    )
 
 
 @dataset.command()

@@ -9,15 +9,50 @@ import click
 
 @click.command("evaluate")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--model", "model_path", type=click.Path(exists=True, path_type=Path), help="Checkpoint (default: the pretrained default model).")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(exists=True, path_type=Path),
+    help="Checkpoint (default: the pretrained default model).",
+)
 @click.option("--split", default="test", show_default=True, help="Which split's queries and gallery.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("evaluation"), show_default=True, help="Folder for results.json and topk.png.")
-@click.option("--crop/--no-crop", default=False, show_default=True, help="Crop images to the release's bounding boxes (off: whole photos, as the catalogue serves them).")
-@click.option("--distractors", type=click.Path(exists=True, file_okay=False, path_type=Path), help="Folder of images added to the gallery that match no query.")
-@click.option("--rerank/--no-rerank", default=None, help="CtxYNet re-ranking of the top 256 (default: only if the model was measured to gain from it).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("evaluation"),
+    show_default=True,
+    help="Folder for results.json and topk.png.",
+)
+@click.option(
+    "--crop/--no-crop",
+    default=False,
+    show_default=True,
+    help="Crop images to the release's bounding boxes (off: whole photos, as the catalogue serves them).",
+)
+@click.option(
+    "--distractors",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of images added to the gallery that match no query.",
+)
+@click.option(
+    "--rerank/--no-rerank",
+    default=None,
+    help="CtxYNet re-ranking of the top 256 (default: only if the model was measured to gain from it).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--batch-size", default=32, show_default=True)
-def evaluate(dataset: Path, model_path: Path | None, split: str, out_dir: Path, crop: bool, distractors: Path | None, rerank: bool | None, device: str, batch_size: int) -> None:
+def evaluate(
+    dataset: Path,
+    model_path: Path | None,
+    split: str,
+    out_dir: Path,
+    crop: bool,
+    distractors: Path | None,
+    rerank: bool | None,
+    device: str,
+    batch_size: int,
+) -> None:
     """Measure top-k accuracy (k = 1, 5, 10, 20, 50) of a model on DATASET.
 
     DATASET is a DeepFashion Consumer-to-Shop or Street2Shop release (or a generated benchmark).

@@ -11,8 +11,20 @@ STAGE_CHOICES = ("ynet", "tagynet", "ctxynet")
 
 @click.command("train")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Checkpoint folder (model.safetensors; resume state per stage).")
-@click.option("--stage", "stages", type=click.Choice(STAGE_CHOICES), multiple=True, help="Stages to run in order (default: tagynet ctxynet).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Checkpoint folder (model.safetensors; resume state per stage).",
+)
+@click.option(
+    "--stage",
+    "stages",
+    type=click.Choice(STAGE_CHOICES),
+    multiple=True,
+    help="Stages to run in order (default: tagynet ctxynet).",
+)
 @click.option("--epochs", default=20, show_default=True, help="Epochs of the Y-Net/TagYNet stages.")
 @click.option("--ctx-epochs", default=10, show_default=True, help="Epochs of the CtxYNet stage.")
 @click.option("--embedding-dim", default=256, show_default=True, help="Size of the stored vectors.")
@@ -22,12 +34,42 @@ STAGE_CHOICES = ("ynet", "tagynet", "ctxynet")
 @click.option("--batch-size", default=32, show_default=True, help="Products per batch.")
 @click.option("--margin", default=0.3, show_default=True)
 @click.option("--mining", type=click.Choice(["shifted", "hardest"]), default="shifted", show_default=True)
-@click.option("--name", default="ynet-lite0-trained", show_default=True, help="Model name (the version is name@content-hash).")
+@click.option(
+    "--name", default="ynet-lite0-trained", show_default=True, help="Model name (the version is name@content-hash)."
+)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--crop/--no-crop", default=False, show_default=True, help="Crop images to the release's bounding boxes (off: whole photos, as the catalogue serves them).")
-@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), help="Trunk-feature cache (default: OUT/cache).")
+@click.option(
+    "--crop/--no-crop",
+    default=False,
+    show_default=True,
+    help="Crop images to the release's bounding boxes (off: whole photos, as the catalogue serves them).",
+)
+@click.option(
+    "--cache",
+    "cache_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Trunk-feature cache (default: OUT/cache).",
+)
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda.")
-def train(dataset: Path, out_dir: Path, stages: tuple[str, ...], epochs: int, ctx_epochs: int, embedding_dim: int, views: int, context_form: str, lr: float, batch_size: int, margin: float, mining: str, name: str, seed: int, crop: bool, cache_dir: Path | None, device: str) -> None:
+def train(
+    dataset: Path,
+    out_dir: Path,
+    stages: tuple[str, ...],
+    epochs: int,
+    ctx_epochs: int,
+    embedding_dim: int,
+    views: int,
+    context_form: str,
+    lr: float,
+    batch_size: int,
+    margin: float,
+    mining: str,
+    name: str,
+    seed: int,
+    crop: bool,
+    cache_dir: Path | None,
+    device: str,
+) -> None:
     """Train on DATASET's 'train' split and write OUT/model.safetensors.
 
     The pretrained trunk is frozen and its outputs cached (first run: a few minutes per thousand
@@ -40,9 +82,23 @@ def train(dataset: Path, out_dir: Path, stages: tuple[str, ...], epochs: int, ct
     from ynet_db.nn.model import resolve_device
 
     plan = FitPlan(
-        stages=stages or ("tagynet", "ctxynet"), epochs=epochs, ctx_epochs=ctx_epochs, embedding_dim=embedding_dim,  # type: ignore[arg-type]
-        views=views, context_form=context_form, name=name, batch_size=batch_size, lr=lr, margin=margin,  # type: ignore[arg-type]
-        mining=mining, seed=seed, crop=crop,  # type: ignore[arg-type]
+        stages=stages or ("tagynet", "ctxynet"),
+        epochs=epochs,
+        ctx_epochs=ctx_epochs,
+        embedding_dim=embedding_dim,  # type: ignore[arg-type]
+        views=views,
+        context_form=context_form,
+        name=name,
+        batch_size=batch_size,
+        lr=lr,
+        margin=margin,  # type: ignore[arg-type]
+        mining=mining,
+        seed=seed,
+        crop=crop,  # type: ignore[arg-type]
     )
-    checkpoint = fit(load_dataset(dataset), out_dir, plan, device=resolve_device(device), cache_dir=cache_dir or out_dir / "cache")
-    click.echo(f"wrote {out_dir / 'model.safetensors'}: {checkpoint.version}; re-ranker measured to help: {checkpoint.info.rerank_measured_to_help}")
+    checkpoint = fit(
+        load_dataset(dataset), out_dir, plan, device=resolve_device(device), cache_dir=cache_dir or out_dir / "cache"
+    )
+    click.echo(
+        f"wrote {out_dir / 'model.safetensors'}: {checkpoint.version}; re-ranker measured to help: {checkpoint.info.rerank_measured_to_help}"
+    )

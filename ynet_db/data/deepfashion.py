@@ -52,9 +52,7 @@ class _PartitionRow:
     split: str
 
 
-def _read_partition(
-    root: Path, boxes: dict[str, Box], listed: set[str] | None
-) -> tuple[list[Pair], dict[str, str]]:
+def _read_partition(root: Path, boxes: dict[str, Box], listed: set[str] | None) -> tuple[list[Pair], dict[str, str]]:
     path = root / PARTITION
     pairs: list[Pair] = []
     categories: dict[str, str] = {}
@@ -101,7 +99,9 @@ def category_of(image: str) -> str | None:
     return parts[-3] if len(parts) >= 4 else None
 
 
-def _products(pairs: list[Pair], categories: dict[str, str], attribute_tags: dict[str, tuple[str, ...]]) -> dict[str, Product]:
+def _products(
+    pairs: list[Pair], categories: dict[str, str], attribute_tags: dict[str, tuple[str, ...]]
+) -> dict[str, Product]:
     shop_images: dict[str, dict[ImageRef, None]] = {}
     for pair in pairs:
         shop_images.setdefault(pair.item_id, {})[pair.shop] = None  # ordered set
@@ -118,7 +118,9 @@ def _read_boxes(path: Path) -> dict[str, Box]:
     for row in read_list_file(path, min_fields=7):
         name, clothes_type, source, *corners = row.fields[:7]
         if clothes_type not in ("1", "2", "3") or source not in ("1", "2"):
-            raise DatasetError(path, f"clothes type {clothes_type!r} must be 1-3 and source {source!r} 1 or 2", row.line)
+            raise DatasetError(
+                path, f"clothes type {clothes_type!r} must be 1-3 and source {source!r} 1 or 2", row.line
+            )
         boxes[name] = _box(path, row, corners)
     return boxes
 
@@ -147,7 +149,9 @@ def _read_attribute_tags(root: Path) -> dict[str, tuple[str, ...]]:
 def _positive_tags(path: Path, row: Row, names: list[str]) -> tuple[str, ...]:
     values = row.fields[1:]
     if len(values) != len(names):
-        raise DatasetError(path, f"item {row.fields[0]} has {len(values)} attribute values, expected {len(names)}", row.line)
+        raise DatasetError(
+            path, f"item {row.fields[0]} has {len(values)} attribute values, expected {len(names)}", row.line
+        )
     unknown = sorted(set(values) - ATTRIBUTE_VALUES.keys())
     if unknown:
         raise DatasetError(path, f"attribute values must be 1, -1 or 0, found {', '.join(unknown)}", row.line)

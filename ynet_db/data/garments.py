@@ -163,13 +163,24 @@ def silhouette(garment: Garment) -> list[list[Point]]:
 def _top(g: Garment) -> list[list[Point]]:
     half = (0.25 if g.category == "jacket" else 0.22) * g.width
     hem_y = min(0.15 + (0.74 if g.category == "jacket" else 0.68) * g.length, 0.95)
-    body = [(0.5 - 0.08, 0.12), (0.5 - half, 0.17), *_hem(0.5 - half * 0.96, 0.5 + half * 0.96, hem_y, g.hem), (0.5 + half, 0.17), (0.5 + 0.08, 0.12)]
+    body = [
+        (0.5 - 0.08, 0.12),
+        (0.5 - half, 0.17),
+        *_hem(0.5 - half * 0.96, 0.5 + half * 0.96, hem_y, g.hem),
+        (0.5 + half, 0.17),
+        (0.5 + 0.08, 0.12),
+    ]
     return [body, *_sleeves(g, half, 0.17)]
 
 
 def _sleeves(g: Garment, half: float, shoulder_y: float) -> list[list[Point]]:
     reach, drop = (0.14, 0.2) if g.sleeve == "short" else (0.2, 0.6)
-    left = [(0.5 - half, shoulder_y), (0.5 - half - reach, shoulder_y + drop), (0.5 - half - reach + 0.09, shoulder_y + drop + 0.04), (0.5 - half, shoulder_y + 0.16)]
+    left = [
+        (0.5 - half, shoulder_y),
+        (0.5 - half - reach, shoulder_y + drop),
+        (0.5 - half - reach + 0.09, shoulder_y + drop + 0.04),
+        (0.5 - half, shoulder_y + 0.16),
+    ]
     right = [(1.0 - x, y) for x, y in left]
     return [left, right]
 
@@ -177,7 +188,15 @@ def _sleeves(g: Garment, half: float, shoulder_y: float) -> list[list[Point]]:
 def _dress(g: Garment) -> list[list[Point]]:
     bodice, flare = 0.16 * g.width, 0.3 * g.width
     hem_y = min(0.12 + 0.83 * g.length, 0.96)
-    body = [(0.43, 0.1), (0.5 - bodice, 0.14), (0.5 - bodice * 0.85, 0.42), *_hem(0.5 - flare, 0.5 + flare, hem_y, g.hem), (0.5 + bodice * 0.85, 0.42), (0.5 + bodice, 0.14), (0.57, 0.1)]
+    body = [
+        (0.43, 0.1),
+        (0.5 - bodice, 0.14),
+        (0.5 - bodice * 0.85, 0.42),
+        *_hem(0.5 - flare, 0.5 + flare, hem_y, g.hem),
+        (0.5 + bodice * 0.85, 0.42),
+        (0.5 + bodice, 0.14),
+        (0.57, 0.1),
+    ]
     return [body, *_sleeves(g, bodice, 0.14)]
 
 
@@ -288,7 +307,9 @@ def _draw_details(sprite: Image.Image, garment: Garment, body: list[Point]) -> N
     left, top, right, bottom = min(xs), min(ys), max(xs), max(ys)
     if garment.category in ("skirt", "trousers"):
         band = 0.03 + 0.02 * NECKLINES.index(garment.neckline)  # waistband depth: a product detail
-        draw.rectangle([left * size, top * size, right * size, (top + band) * size], fill=_shade(garment.base, 0.7) + (255,))
+        draw.rectangle(
+            [left * size, top * size, right * size, (top + band) * size], fill=_shade(garment.base, 0.7) + (255,)
+        )
     if garment.buttons:
         _placket(draw, garment, size, top, bottom)
     if garment.logo != "none":
@@ -310,11 +331,18 @@ def _collar(draw: ImageDraw.ImageDraw, garment: Garment, size: int, top: float) 
 
 
 def _placket(draw: ImageDraw.ImageDraw, garment: Garment, size: int, top: float, bottom: float) -> None:
-    draw.line([(0.5 * size, (top + 0.08) * size), (0.5 * size, bottom * size)], fill=_shade(garment.base, 0.55) + (255,), width=max(1, size // 100))
+    draw.line(
+        [(0.5 * size, (top + 0.08) * size), (0.5 * size, bottom * size)],
+        fill=_shade(garment.base, 0.55) + (255,),
+        width=max(1, size // 100),
+    )
     radius = max(1.0, size * 0.012)
     for y in np.linspace(top + 0.15, bottom - 0.08, garment.buttons):
         cy = float(y) * size
-        draw.ellipse([0.5 * size + 2 * radius - radius, cy - radius, 0.5 * size + 3 * radius, cy + radius], fill=_byte_colour(garment.accent) + (255,))
+        draw.ellipse(
+            [0.5 * size + 2 * radius - radius, cy - radius, 0.5 * size + 3 * radius, cy + radius],
+            fill=_byte_colour(garment.accent) + (255,),
+        )
 
 
 def _logo(draw: ImageDraw.ImageDraw, shape: str, centre: Point, diameter: float, colour: tuple[int, int, int]) -> None:
@@ -335,7 +363,9 @@ def _logo(draw: ImageDraw.ImageDraw, shape: str, centre: Point, diameter: float,
     elif shape == "star":
         angles = np.pi / 2 + np.arange(10) * np.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, r, r * 0.45)
-        draw.polygon(list(zip((cx + radii * np.cos(angles)).tolist(), (cy - radii * np.sin(angles)).tolist())), fill=fill)
+        draw.polygon(
+            list(zip((cx + radii * np.cos(angles)).tolist(), (cy - radii * np.sin(angles)).tolist())), fill=fill
+        )
 
 
 def _shade(colour: RGB, factor: float) -> tuple[int, int, int]:

@@ -55,5 +55,7 @@ def _count(path: Path, number: int, text: str) -> int:
 def _row(path: Path, number: int, text: str, min_fields: int) -> Row:
     fields = tuple(text.split())
     if len(fields) < min_fields:
-        raise DatasetError(path, f"expected at least {min_fields} fields, found {len(fields)}: {text.strip()[:80]!r}", number)
+        raise DatasetError(
+            path, f"expected at least {min_fields} fields, found {len(fields)}: {text.strip()[:80]!r}", number
+        )
     return Row(number, fields)

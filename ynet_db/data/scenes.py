@@ -51,7 +51,10 @@ def shop_photo(product: Garment, others: list[Garment], size: int, rng: np.rando
         garment = product if index == 0 else others[index - 1]
         cx, cy, side = cells[index]
         sprite = render_garment(garment, max(8, round(side * size * rng.uniform(0.92, 1.05))))
-        at = (round(cx * size - sprite.width / 2 + rng.normal(0, 0.02) * size), round(cy * size - sprite.height / 2 + rng.normal(0, 0.02) * size))
+        at = (
+            round(cx * size - sprite.width / 2 + rng.normal(0, 0.02) * size),
+            round(cy * size - sprite.height / 2 + rng.normal(0, 0.02) * size),
+        )
         _paste_with_shadow(canvas, sprite, at)
         if index == 0:
             box = _placed_box(sprite, at, size) or box
@@ -139,7 +142,9 @@ def _random_shape(draw: ImageDraw.ImageDraw, size: int, rng: np.random.Generator
     elif kind == 1:
         draw.ellipse([x0, y0, x0 + w, y0 + h], fill=colour)
     elif kind == 2:
-        draw.polygon([tuple(p) for p in (rng.uniform(-0.1, 1.1, (int(rng.integers(3, 6)), 2)) * size).tolist()], fill=colour)
+        draw.polygon(
+            [tuple(p) for p in (rng.uniform(-0.1, 1.1, (int(rng.integers(3, 6)), 2)) * size).tolist()], fill=colour
+        )
     elif kind == 3:
         draw.line([x0, y0, x0 + w * rng.choice([-1, 1]), y0 + h], fill=colour, width=int(rng.integers(1, 8)))
     else:  # a patch of stripes, the cheapest fabric look-alike
@@ -182,7 +187,9 @@ def _draped(sprite: Image.Image, rng: np.random.Generator) -> Image.Image:
     shifts = np.rint(amplitude * np.sin(2 * np.pi * np.arange(h) / period + rng.uniform(0, 2 * np.pi))).astype(int)
     columns = np.clip(np.arange(w)[None, :] - shifts[:, None], 0, w - 1)
     pixels = pixels[np.arange(h)[:, None], columns]
-    folds = 1.0 - rng.uniform(0.0, 0.25) * (0.5 + 0.5 * np.sin(2 * np.pi * np.arange(w) / (rng.uniform(0.15, 0.4) * w) + rng.uniform(0, 6.3)))
+    folds = 1.0 - rng.uniform(0.0, 0.25) * (
+        0.5 + 0.5 * np.sin(2 * np.pi * np.arange(w) / (rng.uniform(0.15, 0.4) * w) + rng.uniform(0, 6.3))
+    )
     pixels[..., :3] *= folds[None, :, None]
     return Image.fromarray(_to_bytes(pixels / 255.0), "RGBA")
 
@@ -208,10 +215,16 @@ def _occlude(canvas: Image.Image, box: Box, rng: np.random.Generator) -> None:
             draw.ellipse([cx - r, cy - r * 0.7, cx + r, cy + r * 0.7], fill=tuple(int(c * 255) for c in tone) + (255,))
         elif kind == 1:
             w, h = rng.uniform(0.15, 0.35) * bw, rng.uniform(0.15, 0.35) * bh
-            draw.rectangle([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], fill=tuple(int(c) for c in rng.integers(0, 256, 3)) + (255,))
+            draw.rectangle(
+                [cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2],
+                fill=tuple(int(c) for c in rng.integers(0, 256, 3)) + (255,),
+            )
         else:
             width = rng.uniform(0.04, 0.1) * bw
-            draw.rectangle([cx - width / 2, 0, cx + width / 2, canvas.height], fill=tuple(int(c) for c in rng.integers(20, 120, 3)) + (255,))
+            draw.rectangle(
+                [cx - width / 2, 0, cx + width / 2, canvas.height],
+                fill=tuple(int(c) for c in rng.integers(20, 120, 3)) + (255,),
+            )
 
 
 def _camera(image: Image.Image, rng: np.random.Generator) -> Image.Image:

@@ -40,13 +40,20 @@ def photo_path(root: Path, photo: int) -> Path:
 def read_street2shop(root: Path) -> RetrievalDataset:
     photos = read_photo_list(root / PHOTO_LIST)
     _require_downloaded(root)
-    categories = sorted(p.name.removeprefix("retrieval_").removesuffix(".json") for p in (root / JSON_DIR).glob("retrieval_*.json"))
+    categories = sorted(
+        p.name.removeprefix("retrieval_").removesuffix(".json") for p in (root / JSON_DIR).glob("retrieval_*.json")
+    )
     if not categories:
         raise DatasetError(root / JSON_DIR, "holds no retrieval_<category>.json gallery files")
     products: dict[str, Product] = {}
     for category in categories:
         _add_gallery(root, category, photos, products)
-    pairs = [pair for category in categories for split in PAIR_SPLITS for pair in _read_pairs(root, category, split, photos, products)]
+    pairs = [
+        pair
+        for category in categories
+        for split in PAIR_SPLITS
+        for pair in _read_pairs(root, category, split, photos, products)
+    ]
     return RetrievalDataset("street2shop", root, products, _split_by_product(root, pairs))
 
 
@@ -122,7 +129,11 @@ def _read_json_list(path: Path) -> list[Any]:
 
 
 def _photo_and_product(path: Path, index: int, entry: Any, photos: set[int]) -> tuple[int, str]:
-    if not isinstance(entry, dict) or not isinstance(entry.get("photo"), int) or not isinstance(entry.get("product"), int):
+    if (
+        not isinstance(entry, dict)
+        or not isinstance(entry.get("photo"), int)
+        or not isinstance(entry.get("product"), int)
+    ):
         raise DatasetError(path, f"entry {index}: expected integer 'photo' and 'product', found {str(entry)[:80]}")
     if entry["photo"] not in photos:
         raise DatasetError(path, f"entry {index}: photo {entry['photo']} is not listed in {PHOTO_LIST}")

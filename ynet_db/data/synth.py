@@ -100,7 +100,9 @@ def generate(out_dir: Path, config: SynthConfig, *, workers: int = 1, progress: 
     """Draw every product's photos into `out_dir` and write the release's list files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = ((out_dir, config, index) for index in range(config.products))
-    records = list(tqdm(_run(jobs, workers), total=config.products, unit="product", disable=not progress, desc="drawing"))
+    records = list(
+        tqdm(_run(jobs, workers), total=config.products, unit="product", disable=not progress, desc="drawing")
+    )
     write_lists(out_dir, config, records)
     return records
 
@@ -120,7 +122,13 @@ def _draw_product(job: tuple[Path, SynthConfig, int]) -> ProductRecord:
     folder = _folder(garment, index)
     (out_dir / folder).mkdir(parents=True, exist_ok=True)
     shop_rng = np.random.default_rng([config.seed, index, 1])
-    shop = _save(out_dir, f"{folder}/shop_01.jpg", 1, shop_photo(garment, _shop_companions(garment, shop_rng), config.size, shop_rng), SHOP_QUALITY)
+    shop = _save(
+        out_dir,
+        f"{folder}/shop_01.jpg",
+        1,
+        shop_photo(garment, _shop_companions(garment, shop_rng), config.size, shop_rng),
+        SHOP_QUALITY,
+    )
     street = []
     for number in range(1, config.street_per_product + 1):
         rng = np.random.default_rng([config.seed, index, 2, number])
@@ -157,18 +165,32 @@ def _save(out_dir: Path, name: str, source: int, photo: Photo, quality: int) -> 
 
 def write_lists(out_dir: Path, config: SynthConfig, records: list[ProductRecord]) -> None:
     """Eval/ and Anno/ files as the release writes them: a count line, a header line, rows."""
-    _write(out_dir / PARTITION, "image_pair_name_1 image_pair_name_2 item_id evaluation_status", [
-        f"{street.name} {r.shop.name} {r.item_id} {config.split_of(r.index)}" for r in records for street in r.street
-    ])
-    _write(out_dir / BOXES, "image_name clothes_type source_type x_1 y_1 x_2 y_2", [
-        _box_line(image, CATEGORIES[r.garment.category].clothes_type) for r in records for image in (r.shop, *r.street)
-    ])
+    _write(
+        out_dir / PARTITION,
+        "image_pair_name_1 image_pair_name_2 item_id evaluation_status",
+        [f"{street.name} {r.shop.name} {r.item_id} {config.split_of(r.index)}" for r in records for street in r.street],
+    )
+    _write(
+        out_dir / BOXES,
+        "image_name clothes_type source_type x_1 y_1 x_2 y_2",
+        [
+            _box_line(image, CATEGORIES[r.garment.category].clothes_type)
+            for r in records
+            for image in (r.shop, *r.street)
+        ],
+    )
     _write(out_dir / ITEMS, "item_id", [r.item_id for r in records])
     _write(out_dir / ATTRIBUTE_TYPES, "attribute_type_name", [field for field, _ in ATTRIBUTE_FIELDS])
-    _write(out_dir / ATTRIBUTE_NAMES, "attribute_name attribute_type", [
-        f"{value} {number}" for number, (_, values) in enumerate(ATTRIBUTE_FIELDS, start=1) for value in values
-    ])
-    _write(out_dir / ATTRIBUTE_ITEMS, "item_id attribute_labels", [f"{r.item_id} {_attribute_labels(r.garment)}" for r in records])
+    _write(
+        out_dir / ATTRIBUTE_NAMES,
+        "attribute_name attribute_type",
+        [f"{value} {number}" for number, (_, values) in enumerate(ATTRIBUTE_FIELDS, start=1) for value in values],
+    )
+    _write(
+        out_dir / ATTRIBUTE_ITEMS,
+        "item_id attribute_labels",
+        [f"{r.item_id} {_attribute_labels(r.garment)}" for r in records],
+    )
     manifest = {"generator_version": GENERATOR_VERSION, "format": "deepfashion-consumer2shop", **asdict(config)}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 

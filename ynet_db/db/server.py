@@ -147,7 +147,9 @@ def check_pgvector(url: URL) -> str:
     except psycopg.OperationalError as error:
         raise DatabaseUnavailable(f"cannot connect to PostgreSQL at {where}: {error}".strip()) from error
     if row is None:
-        raise DatabaseUnavailable(f"pgvector is not installed on {where}. " + PGVECTOR_HELP.format(need=need, where=where))
+        raise DatabaseUnavailable(
+            f"pgvector is not installed on {where}. " + PGVECTOR_HELP.format(need=need, where=where)
+        )
     version = str(row[0])
     if _version_tuple(version) < PGVECTOR_MIN_VERSION:
         raise DatabaseUnavailable(

@@ -149,7 +149,9 @@ def refuse_foreign_files(directory: Path) -> None:
             with entry.open("rb") as handle:
                 head = handle.read(4)
             if any(head.startswith(magic) for magic in PICKLE_MAGIC):
-                raise CheckpointError(f"refusing to load checkpoint {directory}: it contains a pickle file {entry.name}")
+                raise CheckpointError(
+                    f"refusing to load checkpoint {directory}: it contains a pickle file {entry.name}"
+                )
         elif entry.is_file() and entry.suffix == ".safetensors":
             refuse_pickle(entry)
 

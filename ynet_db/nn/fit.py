@@ -67,8 +67,14 @@ class CachedSplit:
         q = [i for i, item in enumerate(self.query_items) if item in items]
         g = [i for i, item in enumerate(self.gallery_items) if item in items]
         return CachedSplit(
-            self.queries[q], self.positives[q], [self.query_items[i] for i in q], [self.query_categories[i] for i in q],
-            [self.query_tags[i] for i in q], self.gallery[g], [self.gallery_items[i] for i in g], [self.gallery_tags[i] for i in g],
+            self.queries[q],
+            self.positives[q],
+            [self.query_items[i] for i in q],
+            [self.query_categories[i] for i in q],
+            [self.query_tags[i] for i in q],
+            self.gallery[g],
+            [self.gallery_items[i] for i in g],
+            [self.gallery_tags[i] for i in g],
         )
 
 
@@ -76,19 +82,57 @@ def uncropped(ref: ImageRef) -> ImageRef:
     return ImageRef(ref.path, None)
 
 
-def cache_split(network: YNet, dataset: RetrievalDataset, *, views: int, crop: bool, cache_dir: Path | None, device: torch.device, progress: bool = True) -> CachedSplit:
+def cache_split(
+    network: YNet,
+    dataset: RetrievalDataset,
+    *,
+    views: int,
+    crop: bool,
+    cache_dir: Path | None,
+    device: torch.device,
+    progress: bool = True,
+) -> CachedSplit:
     config = network.config
     fix = (lambda r: r) if crop else uncropped
     common = {"device": device, "reader": None}
-    street = cached_trunk_features(network.trunk, config, [fix(p.street) for p in dataset.pairs], cache_dir, views=views, progress="street images" if progress else None, **common)
-    positives = cached_trunk_features(network.trunk, config, [fix(p.shop) for p in dataset.pairs], cache_dir, progress="shop images" if progress else None, **common)
-    gallery_refs = [(item, fix(ref)) for item, product in sorted(dataset.products.items()) for ref in product.shop_images]
-    gallery = cached_trunk_features(network.trunk, config, [r for _, r in gallery_refs], cache_dir, progress="gallery" if progress else None, **common)
+    street = cached_trunk_features(
+        network.trunk,
+        config,
+        [fix(p.street) for p in dataset.pairs],
+        cache_dir,
+        views=views,
+        progress="street images" if progress else None,
+        **common,
+    )
+    positives = cached_trunk_features(
+        network.trunk,
+        config,
+        [fix(p.shop) for p in dataset.pairs],
+        cache_dir,
+        progress="shop images" if progress else None,
+        **common,
+    )
+    gallery_refs = [
+        (item, fix(ref)) for item, product in sorted(dataset.products.items()) for ref in product.shop_images
+    ]
+    gallery = cached_trunk_features(
+        network.trunk,
+        config,
+        [r for _, r in gallery_refs],
+        cache_dir,
+        progress="gallery" if progress else None,
+        **common,
+    )
     products = dataset.products
     return CachedSplit(
-        street.features, positives.features[:, 0], [p.item_id for p in dataset.pairs],
-        [products[p.item_id].category for p in dataset.pairs], [products[p.item_id].tags for p in dataset.pairs],
-        gallery.features[:, 0], [item for item, _ in gallery_refs], [products[item].tags for item, _ in gallery_refs],
+        street.features,
+        positives.features[:, 0],
+        [p.item_id for p in dataset.pairs],
+        [products[p.item_id].category for p in dataset.pairs],
+        [products[p.item_id].tags for p in dataset.pairs],
+        gallery.features[:, 0],
+        [item for item, _ in gallery_refs],
+        [products[item].tags for item, _ in gallery_refs],
     )
 
 
@@ -99,7 +143,15 @@ def pair_features(split: CachedSplit, vocabulary: TagVocabulary) -> PairFeatures
 
 
 @torch.inference_mode()
-def cached_ranking(network: YNet, split: CachedSplit, vocabulary: TagVocabulary, *, use_tags: bool = True, rerank: bool = False, device: torch.device | str = "cpu") -> Ranking:
+def cached_ranking(
+    network: YNet,
+    split: CachedSplit,
+    vocabulary: TagVocabulary,
+    *,
+    use_tags: bool = True,
+    rerank: bool = False,
+    device: torch.device | str = "cpu",
+) -> Ranking:
     """Ranks of the split's queries against its gallery, computed from cached trunk features."""
     device = torch.device(device)
     network.to(device).eval()
@@ -107,24 +159,40 @@ def cached_ranking(network: YNet, split: CachedSplit, vocabulary: TagVocabulary,
         tags = vocabulary.encode(split.gallery_tags).multi_hot
     else:  # zero tags: the attention pools evenly, whatever vocabulary the network was built with
         tags = torch.zeros(len(split.gallery_items), network.tag_attention.weight.shape[1])
-    gallery = torch.cat([
-        F.normalize(network.shop_vectors(split.gallery[s : s + 64].to(device, torch.float32), tags[s : s + 64].to(device))[0], dim=-1)
-        for s in range(0, len(split.gallery_items), 64)
-    ])
-    maps = torch.cat([network.street_maps(split.queries[s : s + 64, 0].to(device, torch.float32)) for s in range(0, len(split.query_items), 64)])
+    gallery = torch.cat(
+        [
+            F.normalize(
+                network.shop_vectors(split.gallery[s : s + 64].to(device, torch.float32), tags[s : s + 64].to(device))[
+                    0
+                ],
+                dim=-1,
+            )
+            for s in range(0, len(split.gallery_items), 64)
+        ]
+    )
+    maps = torch.cat(
+        [
+            network.street_maps(split.queries[s : s + 64, 0].to(device, torch.float32))
+            for s in range(0, len(split.query_items), 64)
+        ]
+    )
     queries = F.normalize(maps.mean(dim=1), dim=-1)
 
     def reranker(query: int, candidates: torch.Tensor) -> torch.Tensor:
         return network.context_scores(maps[query][None], gallery[candidates][None])[0][0]
 
-    ranks = first_hit_ranks(queries, gallery, split.query_items, split.gallery_items, reranker=reranker if rerank else None)
+    ranks = first_hit_ranks(
+        queries, gallery, split.query_items, split.gallery_items, reranker=reranker if rerank else None
+    )
     return Ranking(ranks, split.query_categories)
 
 
 def training_data_hash(dataset: RetrievalDataset) -> str:
     digest = hashlib.sha256()
     for pair in dataset.pairs:
-        digest.update(f"{pair.street.path}|{pair.street.box}|{pair.shop.path}|{pair.shop.box}|{pair.item_id}\n".encode())
+        digest.update(
+            f"{pair.street.path}|{pair.street.box}|{pair.shop.path}|{pair.shop.box}|{pair.item_id}\n".encode()
+        )
     return digest.hexdigest()
 
 
@@ -136,15 +204,27 @@ def split_items(items: list[str], share: float, seed: int) -> tuple[set[str], se
     return set(order[cut:]), set(order[:cut])
 
 
-def fit(dataset: RetrievalDataset, out_dir: Path, plan: FitPlan, *, device: torch.device | str = "cpu", cache_dir: Path | None = None, progress: bool = True) -> Checkpoint:
+def fit(
+    dataset: RetrievalDataset,
+    out_dir: Path,
+    plan: FitPlan,
+    *,
+    device: torch.device | str = "cpu",
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> Checkpoint:
     device = torch.device(device)
     train = dataset.split("train")
     if not train.pairs:
         raise ValueError(f"dataset {dataset.name} has no training pairs")
     vocabulary = TagVocabulary.build(p.tags for p in train.products.values())
-    config = ModelConfig(name=plan.name, projection="linear", embedding_dim=plan.embedding_dim, context_form=plan.context_form)
+    config = ModelConfig(
+        name=plan.name, projection="linear", embedding_dim=plan.embedding_dim, context_form=plan.context_form
+    )
     network = build_network(config, len(vocabulary)).to(device)
-    cached = cache_split(network, train, views=plan.views, crop=plan.crop, cache_dir=cache_dir, device=device, progress=progress)
+    cached = cache_split(
+        network, train, views=plan.views, crop=plan.crop, cache_dir=cache_dir, device=device, progress=progress
+    )
     fit_pca_projection(network, cached.queries[:, 0], cached.positives, device)
     use_ctx = "ctxynet" in plan.stages
     first_items, held_items = split_items(cached.query_items, plan.holdout if use_ctx else 0.0, plan.seed)
@@ -154,22 +234,48 @@ def fit(dataset: RetrievalDataset, out_dir: Path, plan: FitPlan, *, device: torc
         if stage == "ctxynet":
             continue
         options = replace(base, stage=stage, epochs=plan.epochs)
-        losses = train_stage(network, pair_features(cached.rows(first_items), vocabulary), options, device=device, state_path=out_dir / f"state-{stage}.safetensors", progress=progress)
+        losses = train_stage(
+            network,
+            pair_features(cached.rows(first_items), vocabulary),
+            options,
+            device=device,
+            state_path=out_dir / f"state-{stage}.safetensors",
+            progress=progress,
+        )
         metrics[f"{stage}_losses"] = losses
     helps = False
     if use_ctx:
         val = dataset.split("val")
-        ctx_items, measure_items = (held_items, set()) if val.pairs else split_items(sorted(held_items), 0.5, plan.seed + 1)
+        ctx_items, measure_items = (
+            (held_items, set()) if val.pairs else split_items(sorted(held_items), 0.5, plan.seed + 1)
+        )
         options = replace(base, stage="ctxynet", epochs=plan.ctx_epochs)
-        metrics["ctxynet_losses"] = train_stage(network, pair_features(cached.rows(ctx_items), vocabulary), options, device=device, state_path=out_dir / "state-ctxynet.safetensors", progress=progress)
-        judged = cache_split(network, val, views=1, crop=plan.crop, cache_dir=cache_dir, device=device, progress=progress) if val.pairs else cached.rows(measure_items)
+        metrics["ctxynet_losses"] = train_stage(
+            network,
+            pair_features(cached.rows(ctx_items), vocabulary),
+            options,
+            device=device,
+            state_path=out_dir / "state-ctxynet.safetensors",
+            progress=progress,
+        )
+        judged = (
+            cache_split(network, val, views=1, crop=plan.crop, cache_dir=cache_dir, device=device, progress=progress)
+            if val.pairs
+            else cached.rows(measure_items)
+        )
         plain = report(cached_ranking(network, judged, vocabulary, device=device))
         reranked = report(cached_ranking(network, judged, vocabulary, rerank=True, device=device))
         helps = rerank_helps(plain, reranked)
-        metrics["rerank_judged_on"] = {"plain": plain["top_k"], "reranked": reranked["top_k"], "standard_error": plain["standard_error"]}
+        metrics["rerank_judged_on"] = {
+            "plain": plain["top_k"],
+            "reranked": reranked["top_k"],
+            "standard_error": plain["standard_error"],
+        }
     base_state = build_network(config, len(vocabulary)).state_dict()
     info = CheckpointInfo(config, vocabulary, training_data_hash(train), metrics, helps)
-    return save_checkpoint(out_dir / "model.safetensors", info, differing_tensors(network.cpu().state_dict(), base_state))
+    return save_checkpoint(
+        out_dir / "model.safetensors", info, differing_tensors(network.cpu().state_dict(), base_state)
+    )
 
 
 def rerank_helps(plain: dict[str, object], reranked: dict[str, object]) -> bool:

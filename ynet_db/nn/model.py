@@ -112,7 +112,9 @@ class RetrievalModel:
         return cls.from_checkpoint(checkpoint, device, source=str(path))
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint, device: str | torch.device = "cpu", source: str = "") -> RetrievalModel:
+    def from_checkpoint(
+        cls, checkpoint: Checkpoint, device: str | torch.device = "cpu", source: str = ""
+    ) -> RetrievalModel:
         info = checkpoint.info
         network = build_network(info.config, len(info.vocabulary))
         load_tensors(network, checkpoint.tensors, source or checkpoint.version)

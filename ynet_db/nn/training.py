@@ -91,10 +91,19 @@ def pick_views(street: torch.Tensor, generator: torch.Generator) -> torch.Tensor
     return street[torch.arange(street.shape[0]), views]
 
 
-def pair_loss(network: YNet, data: PairFeatures, rows: torch.Tensor, options: StageOptions, g: torch.Generator, device: torch.device) -> torch.Tensor:
+def pair_loss(
+    network: YNet,
+    data: PairFeatures,
+    rows: torch.Tensor,
+    options: StageOptions,
+    g: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
     street = pick_views(data.street[rows], g).to(device, torch.float32)
     shop = data.shop[rows].to(device, torch.float32)
-    tags = data.tags[rows].to(device) if options.stage == "tagynet" else torch.zeros_like(data.tags[rows], device=device)
+    tags = (
+        data.tags[rows].to(device) if options.stage == "tagynet" else torch.zeros_like(data.tags[rows], device=device)
+    )
     queries = network.street_maps(street).mean(dim=1)
     products, _ = network.shop_vectors(shop, tags)
     return triplet_loss(queries, products, options.margin, options.mining, options.shifts, data.items[rows].to(device))
@@ -112,7 +121,9 @@ def shop_pool(network: YNet, data: PairFeatures, device: torch.device, batch: in
 
 
 @torch.inference_mode()
-def hard_candidates(network: YNet, data: PairFeatures, pool: torch.Tensor, k: int, device: torch.device) -> torch.Tensor:
+def hard_candidates(
+    network: YNet, data: PairFeatures, pool: torch.Tensor, k: int, device: torch.device
+) -> torch.Tensor:
     """Per pair, the k closest shop vectors of other products under the starting model: [P, k] rows."""
     rows = []
     for start in range(0, len(data), 64):
@@ -125,8 +136,14 @@ def hard_candidates(network: YNet, data: PairFeatures, pool: torch.Tensor, k: in
 
 
 def context_loss(
-    network: YNet, data: PairFeatures, rows: torch.Tensor, pool: torch.Tensor, negatives: torch.Tensor,
-    options: StageOptions, g: torch.Generator, device: torch.device,
+    network: YNet,
+    data: PairFeatures,
+    rows: torch.Tensor,
+    pool: torch.Tensor,
+    negatives: torch.Tensor,
+    options: StageOptions,
+    g: torch.Generator,
+    device: torch.device,
 ) -> torch.Tensor:
     street = pick_views(data.street[rows], g).to(device, torch.float32)
     maps = network.street_maps(street)
@@ -154,7 +171,9 @@ def train_stage(
     params = trainable(network, options)
     for name, param in network.named_parameters():
         param.requires_grad_(name in params)
-    optimizer = torch.optim.SGD(list(params.values()), lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
+    optimizer = torch.optim.SGD(
+        list(params.values()), lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay
+    )
     losses, start_epoch = resume(state_path, network, optimizer, params, options) if state_path else ([], 0)
     pool = negatives = None
     if options.stage == "ctxynet":
@@ -167,7 +186,12 @@ def train_stage(
         network.train()
         network.freeze_batchnorm()
         total, steps = 0.0, 0
-        bar = tqdm(list(batches(len(data), options.batch_size, g)), desc=f"{options.stage} epoch {epoch + 1}/{options.epochs}", disable=not progress, leave=False)
+        bar = tqdm(
+            list(batches(len(data), options.batch_size, g)),
+            desc=f"{options.stage} epoch {epoch + 1}/{options.epochs}",
+            disable=not progress,
+            leave=False,
+        )
         for rows in bar:
             if pool is not None and negatives is not None:
                 loss = context_loss(network, data, rows, pool, negatives, options, g, device)
@@ -187,20 +211,34 @@ def train_stage(
     return losses
 
 
-def save_state(path: Path, params: dict[str, torch.nn.Parameter], optimizer: torch.optim.SGD, options: StageOptions, epoch: int, losses: list[float]) -> None:
+def save_state(
+    path: Path,
+    params: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.SGD,
+    options: StageOptions,
+    epoch: int,
+    losses: list[float],
+) -> None:
     tensors = {f"param.{n}": p.detach().cpu().contiguous().clone() for n, p in params.items()}
     for name, param in params.items():
         buffer = optimizer.state.get(param, {}).get("momentum_buffer")
         if buffer is not None:
             tensors[f"momentum.{name}"] = buffer.detach().cpu().contiguous().clone()
-    meta = {"stage": options.stage, "epoch": str(epoch), "losses": json.dumps(losses), "options": json.dumps(asdict(options))}
+    meta = {
+        "stage": options.stage,
+        "epoch": str(epoch),
+        "losses": json.dumps(losses),
+        "options": json.dumps(asdict(options)),
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, str(partial), metadata=meta)
     partial.replace(path)
 
 
-def resume(path: Path, network: YNet, optimizer: torch.optim.SGD, params: dict[str, torch.nn.Parameter], options: StageOptions) -> tuple[list[float], int]:
+def resume(
+    path: Path, network: YNet, optimizer: torch.optim.SGD, params: dict[str, torch.nn.Parameter], options: StageOptions
+) -> tuple[list[float], int]:
     if not path.is_file():
         return [], 0
     with safe_open(str(path), framework="pt") as handle:
@@ -216,7 +254,9 @@ def resume(path: Path, network: YNet, optimizer: torch.optim.SGD, params: dict[s
 
 
 @torch.inference_mode()
-def fit_pca_projection(network: YNet, street: torch.Tensor, shop: torch.Tensor, device: torch.device | str = "cpu") -> None:
+def fit_pca_projection(
+    network: YNet, street: torch.Tensor, shop: torch.Tensor, device: torch.device | str = "cpu"
+) -> None:
     """Start both projections at the PCA of the pretrained branch's pooled features (street and shop).
 
     The two branches are still identical copies here, so one projection shared by both keeps the
@@ -225,7 +265,9 @@ def fit_pca_projection(network: YNet, street: torch.Tensor, shop: torch.Tensor, 
     pooled = []
     for features in (street, shop):
         for start in range(0, features.shape[0], 64):
-            pooled.append(network.shop(features[start : start + 64].to(device, torch.float32)).mean(dim=1).cpu().double())
+            pooled.append(
+                network.shop(features[start : start + 64].to(device, torch.float32)).mean(dim=1).cpu().double()
+            )
     x = torch.cat(pooled)
     mean = x.mean(dim=0)
     covariance = (x - mean).t() @ (x - mean) / max(x.shape[0] - 1, 1)

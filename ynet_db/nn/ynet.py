@@ -92,9 +92,7 @@ class YNet(nn.Module):
             if isinstance(module, nn.BatchNorm2d):
                 module.eval()
 
-    def shop_vectors(
-        self, trunk_features: torch.Tensor, tags: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def shop_vectors(self, trunk_features: torch.Tensor, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """TagYNet shop embedding before normalisation [B, D] and its attention weights [B, L]."""
         pooled, weights = self.tag_attention(self.shop(trunk_features), tags)
         return self.shop_projection(pooled), weights

@@ -30,7 +30,9 @@ def test_products_carry_category_and_positive_attribute_tags(deepfashion_root: P
     assert products["id_00000001"].tags == ("category:blouse", "texture:floral_print", "shape:fitted")
     assert products["id_00000002"].tags == ("category:lace_dress", "shape:a-line_skirt")
     assert products["id_00000003"].tags == ("category:t_shirt", "style:loose_fit")
-    assert products["id_00000001"].shop_images == (ImageRef(deepfashion_root / f"{BLOUSE}/shop_01.jpg", Box(0, 0, 60, 40)),)
+    assert products["id_00000001"].shop_images == (
+        ImageRef(deepfashion_root / f"{BLOUSE}/shop_01.jpg", Box(0, 0, 60, 40)),
+    )
 
 
 def test_split_keeps_its_own_products_as_gallery(deepfashion_root: Path) -> None:
@@ -61,30 +63,68 @@ def error_of(root: Path) -> str:
 @pytest.mark.parametrize(
     ("file", "line", "text", "message"),
     [
-        ("Eval/list_eval_partition.txt", 4, f"{DRESS}/comsumer_01.jpg {DRESS}/shop_01.jpg id_00000002 holdout",
-         "list_eval_partition.txt:4: evaluation status 'holdout' is not one of train, val, test"),
-        ("Eval/list_eval_partition.txt", 3, f"{BLOUSE}/comsumer_01.jpg id_00000001 train",
-         "list_eval_partition.txt:3: expected at least 4 fields, found 3"),
-        ("Eval/list_eval_partition.txt", 6, f"{TEE}/comsumer_01.jpg {TEE}/shop_01.jpg id_00000004 val",
-         "list_eval_partition.txt:6: item id_00000004 is not in Anno/list_item_consumer2shop.txt"),
-        ("Eval/list_eval_partition.txt", 4, f"{DRESS}/comsumer_01.jpg {DRESS}/shop_01.jpg id_00000001 train",
-         "list_eval_partition.txt:4: item id_00000001 is filed under both Blouse and Lace_Dress"),
-        ("Eval/list_eval_partition.txt", 4, "comsumer_01.jpg shop_01.jpg id_00000002 test",
-         "list_eval_partition.txt:4: image 'comsumer_01.jpg' is not img/<GROUP>/<Category>/<item>/<file>"),
-        ("Anno/list_bbox_consumer2shop.txt", 3, f"{BLOUSE}/comsumer_01.jpg 1 2 5 6 fifty 38",
-         "list_bbox_consumer2shop.txt:3: bad box x_1 y_1 x_2 y_2 = 5 6 fifty 38"),
-        ("Anno/list_bbox_consumer2shop.txt", 3, f"{BLOUSE}/comsumer_01.jpg 1 2 50 6 5 38",
-         "list_bbox_consumer2shop.txt:3: bad box x_1 y_1 x_2 y_2 = 50 6 5 38"),
-        ("Anno/list_bbox_consumer2shop.txt", 4, f"{BLOUSE}/shop_01.jpg 4 1 0 0 60 40",
-         "list_bbox_consumer2shop.txt:4: clothes type '4' must be 1-3 and source '1' 1 or 2"),
-        ("Anno/list_attr_items.txt", 4, "id_00000002 -1 1 -1",
-         "list_attr_items.txt:4: item id_00000002 has 3 attribute values, expected 4"),
-        ("Anno/list_attr_items.txt", 5, "id_00000003 0 2 0 1",
-         "list_attr_items.txt:5: attribute values must be 1, -1 or 0, found 2"),
-        ("Anno/list_attr_cloth.txt", 4, "Fitted 7",
-         "list_attr_cloth.txt:4: attribute type '7' is not a row number of"),
-        ("Anno/list_attr_cloth.txt", 1, "many",
-         "list_attr_cloth.txt:1: expected the number of rows, found 'many'"),
+        (
+            "Eval/list_eval_partition.txt",
+            4,
+            f"{DRESS}/comsumer_01.jpg {DRESS}/shop_01.jpg id_00000002 holdout",
+            "list_eval_partition.txt:4: evaluation status 'holdout' is not one of train, val, test",
+        ),
+        (
+            "Eval/list_eval_partition.txt",
+            3,
+            f"{BLOUSE}/comsumer_01.jpg id_00000001 train",
+            "list_eval_partition.txt:3: expected at least 4 fields, found 3",
+        ),
+        (
+            "Eval/list_eval_partition.txt",
+            6,
+            f"{TEE}/comsumer_01.jpg {TEE}/shop_01.jpg id_00000004 val",
+            "list_eval_partition.txt:6: item id_00000004 is not in Anno/list_item_consumer2shop.txt",
+        ),
+        (
+            "Eval/list_eval_partition.txt",
+            4,
+            f"{DRESS}/comsumer_01.jpg {DRESS}/shop_01.jpg id_00000001 train",
+            "list_eval_partition.txt:4: item id_00000001 is filed under both Blouse and Lace_Dress",
+        ),
+        (
+            "Eval/list_eval_partition.txt",
+            4,
+            "comsumer_01.jpg shop_01.jpg id_00000002 test",
+            "list_eval_partition.txt:4: image 'comsumer_01.jpg' is not img/<GROUP>/<Category>/<item>/<file>",
+        ),
+        (
+            "Anno/list_bbox_consumer2shop.txt",
+            3,
+            f"{BLOUSE}/comsumer_01.jpg 1 2 5 6 fifty 38",
+            "list_bbox_consumer2shop.txt:3: bad box x_1 y_1 x_2 y_2 = 5 6 fifty 38",
+        ),
+        (
+            "Anno/list_bbox_consumer2shop.txt",
+            3,
+            f"{BLOUSE}/comsumer_01.jpg 1 2 50 6 5 38",
+            "list_bbox_consumer2shop.txt:3: bad box x_1 y_1 x_2 y_2 = 50 6 5 38",
+        ),
+        (
+            "Anno/list_bbox_consumer2shop.txt",
+            4,
+            f"{BLOUSE}/shop_01.jpg 4 1 0 0 60 40",
+            "list_bbox_consumer2shop.txt:4: clothes type '4' must be 1-3 and source '1' 1 or 2",
+        ),
+        (
+            "Anno/list_attr_items.txt",
+            4,
+            "id_00000002 -1 1 -1",
+            "list_attr_items.txt:4: item id_00000002 has 3 attribute values, expected 4",
+        ),
+        (
+            "Anno/list_attr_items.txt",
+            5,
+            "id_00000003 0 2 0 1",
+            "list_attr_items.txt:5: attribute values must be 1, -1 or 0, found 2",
+        ),
+        ("Anno/list_attr_cloth.txt", 4, "Fitted 7", "list_attr_cloth.txt:4: attribute type '7' is not a row number of"),
+        ("Anno/list_attr_cloth.txt", 1, "many", "list_attr_cloth.txt:1: expected the number of rows, found 'many'"),
     ],
 )
 def test_malformed_lines_are_reported_with_file_and_line(
@@ -95,7 +135,11 @@ def test_malformed_lines_are_reported_with_file_and_line(
 
 
 def test_an_item_in_two_splits_is_refused(deepfashion_root: Path) -> None:
-    replace_line(deepfashion_root / "Eval/list_eval_partition.txt", 4, f"{BLOUSE}/comsumer_02.jpg {BLOUSE}/shop_01.jpg id_00000001 test")
+    replace_line(
+        deepfashion_root / "Eval/list_eval_partition.txt",
+        4,
+        f"{BLOUSE}/comsumer_02.jpg {BLOUSE}/shop_01.jpg id_00000001 test",
+    )
     assert error_of(deepfashion_root).endswith("list_eval_partition.txt:4: item id_00000001 is in both train and test")
 
 
@@ -107,7 +151,9 @@ def test_a_count_line_that_disagrees_says_truncated(deepfashion_root: Path) -> N
 
 def test_attribute_items_without_their_names_file(deepfashion_root: Path) -> None:
     (deepfashion_root / "Anno/list_attr_cloth.txt").unlink()
-    assert re.search(r"list_attr_cloth.txt: does not exist, but Anno/list_attr_items.txt needs it", error_of(deepfashion_root))
+    assert re.search(
+        r"list_attr_cloth.txt: does not exist, but Anno/list_attr_items.txt needs it", error_of(deepfashion_root)
+    )
 
 
 def test_english_name_drops_the_chinese_name_and_parentheses() -> None:
@@ -118,7 +164,17 @@ def test_english_name_drops_the_chinese_name_and_parentheses() -> None:
 
 
 def test_attribute_names_with_spaces_keep_every_word(deepfashion_root: Path) -> None:
-    write_list(deepfashion_root / "Anno/list_attr_cloth.txt", "attribute_name attribute_type", [
-        "floral  print   1", "a line skirt 2", "Fitted 2", "Loose Fit 3",
-    ])
-    assert read_deepfashion(deepfashion_root).products["id_00000002"].tags == ("category:lace_dress", "shape:a_line_skirt")
+    write_list(
+        deepfashion_root / "Anno/list_attr_cloth.txt",
+        "attribute_name attribute_type",
+        [
+            "floral  print   1",
+            "a line skirt 2",
+            "Fitted 2",
+            "Loose Fit 3",
+        ],
+    )
+    assert read_deepfashion(deepfashion_root).products["id_00000002"].tags == (
+        "category:lace_dress",
+        "shape:a_line_skirt",
+    )

@@ -40,7 +40,10 @@ def test_malformed_photo_list_line(street2shop_root: Path) -> None:
     lines = path.read_text().splitlines()
     lines[1] = "000000002 http://example.com/2.jpg"
     path.write_text("\n".join(lines) + "\n")
-    assert error_of(street2shop_root) == f"{path}:2: expected '<9-digit id>,<url>', found '000000002 http://example.com/2.jpg'"
+    assert (
+        error_of(street2shop_root)
+        == f"{path}:2: expected '<9-digit id>,<url>', found '000000002 http://example.com/2.jpg'"
+    )
 
 
 def test_photos_not_downloaded_says_what_to_do(street2shop_root: Path) -> None:
@@ -54,7 +57,10 @@ def test_photos_not_downloaded_says_what_to_do(street2shop_root: Path) -> None:
     [
         ({"photo": 4, "product": 7, "bbox": {"left": 5, "top": 6, "width": 20}}, "entry 0: bad bbox"),
         ({"photo": 4, "product": 7, "bbox": {"left": 5, "top": 6, "width": 0, "height": 3}}, "entry 0: bad bbox"),
-        ({"photo": 99, "product": 7, "bbox": {"left": 5, "top": 6, "width": 2, "height": 3}}, "entry 0: photo 99 is not listed in photos/photos.txt"),
+        (
+            {"photo": 99, "product": 7, "bbox": {"left": 5, "top": 6, "width": 2, "height": 3}},
+            "entry 0: photo 99 is not listed in photos/photos.txt",
+        ),
         ({"photo": "4", "product": 7}, "entry 0: expected integer 'photo' and 'product'"),
     ],
 )
@@ -70,17 +76,24 @@ def test_invalid_json_gives_its_line(street2shop_root: Path) -> None:
     assert error_of(street2shop_root) == f"{path}:3: is not valid JSON (Expecting ':' delimiter)"
 
 
-def test_products_in_both_splits_lose_their_training_pairs(street2shop_root: Path, caplog: pytest.LogCaptureFixture) -> None:
-    write_json(street2shop_root / "meta/json/train_pairs_dresses.json", [
-        {"photo": 4, "product": 8, "bbox": {"left": 5, "top": 6, "width": 20, "height": 30}},
-    ])
+def test_products_in_both_splits_lose_their_training_pairs(
+    street2shop_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    write_json(
+        street2shop_root / "meta/json/train_pairs_dresses.json",
+        [
+            {"photo": 4, "product": 8, "bbox": {"left": 5, "top": 6, "width": 20, "height": 30}},
+        ],
+    )
     with caplog.at_level(logging.WARNING):
         data = read_street2shop(street2shop_root)
     assert [p.split for p in data.pairs] == ["test", "test"]
     assert "1 training pairs name test products; dropped" in caplog.text
 
 
-def test_pairs_of_products_without_gallery_photos_are_skipped(street2shop_root: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_pairs_of_products_without_gallery_photos_are_skipped(
+    street2shop_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     write_json(street2shop_root / "meta/json/retrieval_bags.json", [])
     with caplog.at_level(logging.WARNING):
         data = read_street2shop(street2shop_root)

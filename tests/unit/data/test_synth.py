@@ -53,7 +53,11 @@ def test_reads_back_as_deepfashion(tiny: Path) -> None:
     assert first.street.path.name == "comsumer_01.jpg" and first.shop.path.name == "shop_01.jpg"
     for pair in data.pairs:
         for ref in (pair.street, pair.shop):
-            assert ref.box is not None and 0 <= ref.box.left < ref.box.right <= 32 and 0 <= ref.box.top < ref.box.bottom <= 32
+            assert (
+                ref.box is not None
+                and 0 <= ref.box.left < ref.box.right <= 32
+                and 0 <= ref.box.top < ref.box.bottom <= 32
+            )
             with Image.open(ref.path) as image:
                 assert (image.format, image.size, image.mode) == ("JPEG", (32, 32), "RGB")
 
@@ -84,7 +88,7 @@ def test_shop_box_frames_the_product_not_its_companions() -> None:
     companion = sample_garment(rng, category="trousers", colour="blue")
     photo = shop_photo(product, [companion], 128, rng)
     crop = np.asarray(photo.image.crop((photo.box.left, photo.box.top, photo.box.right, photo.box.bottom)), np.float32)
-    red_share = np.mean((crop[..., 0] > crop[..., 2] + 40))
+    red_share = np.mean(crop[..., 0] > crop[..., 2] + 40)
     assert photo.box.right - photo.box.left < 90 and red_share > 0.2
 
 

@@ -4,11 +4,16 @@ import torch
 from ynet_db.nn.attention import ContextAttention, TagAttention
 
 
-def reference_tag_attention(maps: torch.Tensor, tags: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def reference_tag_attention(
+    maps: torch.Tensor, tags: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     pooled, all_weights = [], []
     for b in range(maps.shape[0]):
         e = [sum(float(weight[c, t]) * float(tags[b, t]) for t in range(tags.shape[1])) for c in range(maps.shape[2])]
-        scores = torch.tensor([sum(float(maps[b, l, c]) * e[c] for c in range(maps.shape[2])) for l in range(maps.shape[1])], dtype=torch.float64)
+        scores = torch.tensor(
+            [sum(float(maps[b, l, c]) * e[c] for c in range(maps.shape[2])) for l in range(maps.shape[1])],
+            dtype=torch.float64,
+        )
         a = torch.exp(scores - scores.max())
         a = a / a.sum()
         all_weights.append(a)
@@ -58,7 +63,9 @@ def test_linear_context_scores_match_loops(generator: torch.Generator) -> None:
         scores = attention.scores(maps, contexts)
     for n in range(2):
         for l in range(4):
-            expected = sum(attention.u.detach()[c] * maps[0, l, c] for c in range(3)) + sum(attention.v.detach()[c, l] * contexts[0, n, c] for c in range(3))
+            expected = sum(attention.u.detach()[c] * maps[0, l, c] for c in range(3)) + sum(
+                attention.v.detach()[c, l] * contexts[0, n, c] for c in range(3)
+            )
             assert float(scores[0, n, l]) == pytest.approx(float(expected), abs=1e-5)
     _, weights = attention(maps, contexts)
     torch.testing.assert_close(weights.sum(-1), torch.ones(1, 2))

@@ -51,5 +51,7 @@ def test_rows_of_the_same_product_are_not_negatives() -> None:
 
 def test_context_loss_matches_loops(generator: torch.Generator) -> None:
     scores = -torch.rand(3, 4, generator=generator) * 2
-    expected = sum(max(0.0, -float(scores[b, 0]) + float(scores[b, k]) + 0.3) for b in range(3) for k in range(1, 4)) / 9
+    expected = (
+        sum(max(0.0, -float(scores[b, 0]) + float(scores[b, k]) + 0.3) for b in range(3) for k in range(1, 4)) / 9
+    )
     assert float(context_triplet_loss(scores, 0.3)) == pytest.approx(expected, abs=1e-6)

@@ -53,7 +53,13 @@ def test_short_training_lowers_the_loss_and_beats_chance(tmp_path: Path) -> None
     assert trained > 4 / 48 and trained > start  # chance is 1/48
 
     # resume: a second call with more epochs continues from the saved state
-    more = train_stage(network, data, StageOptions(stage="tagynet", epochs=21, batch_size=16, lr=0.05), state_path=tmp_path / "state.safetensors", progress=False)
+    more = train_stage(
+        network,
+        data,
+        StageOptions(stage="tagynet", epochs=21, batch_size=16, lr=0.05),
+        state_path=tmp_path / "state.safetensors",
+        progress=False,
+    )
     assert len(more) == 21 and np.allclose(more[:20], losses)
 
 
@@ -63,7 +69,9 @@ def test_context_stage_trains_only_the_street_side(tmp_path: Path) -> None:
     data = synthetic_pairs(network, 24, torch.Generator().manual_seed(8))
     fit_pca_projection(network, data.street[:, 0], data.shop)
     shop_before = network.shop._conv_head.weight.clone()
-    losses = train_stage(network, data, StageOptions(stage="ctxynet", epochs=2, batch_size=12, candidates=4), progress=False)
+    losses = train_stage(
+        network, data, StageOptions(stage="ctxynet", epochs=2, batch_size=12, candidates=4), progress=False
+    )
     assert len(losses) == 2 and all(np.isfinite(losses))
     assert torch.equal(network.shop._conv_head.weight, shop_before)
     assert float(network.context_attention.v.abs().sum()) > 0

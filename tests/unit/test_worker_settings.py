@@ -1,0 +1,67 @@
+"""Celery settings that would lose or duplicate work are refused before a worker starts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from ynet_db.workers.app import UnsafeSettings, WorkerOptions, check_settings, make_app
+
+from ynet_db.config import Settings
+
+REDIS = Settings(broker_url="redis://127.0.0.1:6379/15", database_url="postgresql://unused/ynet")
+
+
+def app_with(settings: Settings = REDIS, **conf: object):  # type: ignore[no-untyped-def]
+    return make_app(settings, WorkerOptions(extra_conf=conf))
+
+
+def test_the_shipped_configuration_is_safe() -> None:
+    app = app_with()
+    check_settings(app)
+    assert (app.conf.task_acks_late, app.conf.task_reject_on_worker_lost, app.conf.worker_prefetch_multiplier) == (
+        True,
+        True,
+        1,
+    )
+    assert app.conf.broker_transport_options["visibility_timeout"] > app.conf.task_time_limit
+
+
+def test_the_database_broker_gets_no_visibility_timeout(settings: Settings) -> None:
+    # The SQLAlchemy transport passes its options to create_engine, which refuses unknown keywords.
+    app = make_app(settings, WorkerOptions())
+    assert app.conf.broker_url.startswith("sqla+postgresql+psycopg://")
+    assert app.conf.broker_transport_options == {}
+    check_settings(app)
+
+
+@pytest.mark.parametrize(
+    ("conf", "problem"),
+    [
+        ({"task_acks_late": False}, "task_acks_late is off"),
+        ({"task_reject_on_worker_lost": False}, "task_reject_on_worker_lost is off"),
+        ({"worker_prefetch_multiplier": 4}, "worker_prefetch_multiplier is 4"),
+        ({"task_time_limit": None}, "task_time_limit is unset"),
+        ({"task_time_limit": 200}, "task_time_limit (200 s) must exceed the drain time plus one lease (240 + 300 s)"),
+        (
+            {"task_time_limit": 7200, "broker_transport_options": {"visibility_timeout": 3600}},
+            "the broker's visibility_timeout (3600 s) is not above task_time_limit (7200 s)",
+        ),
+    ],
+)
+def test_unsafe_settings_are_refused(conf: dict[str, object], problem: str) -> None:
+    with pytest.raises(UnsafeSettings) as refused:
+        check_settings(app_with(**conf))
+    assert problem in str(refused.value)
+
+
+def test_a_long_time_limit_is_fine_where_no_visibility_timeout_applies() -> None:
+    sqla = Settings(broker_url="sqla+postgresql+psycopg://u@h/ynet")
+    app = make_app(sqla, WorkerOptions(extra_conf={"task_time_limit": 7200}))
+    check_settings(app)
+
+
+def test_every_problem_is_listed_at_once() -> None:
+    with pytest.raises(UnsafeSettings) as refused:
+        check_settings(make_app(REDIS, WorkerOptions(lease=timedelta(0), extra_conf={"task_acks_late": False})))
+    assert str(refused.value).count("\n- ") == 2

@@ -1,0 +1,98 @@
+"""What one worker process holds: its database engine and its model, made after the fork.
+
+The prefork pool forks children from a parent that must not hold a CUDA context, a loaded model or a
+pooled database connection: sockets shared across a fork corrupt each other's protocol state. So the
+parent creates none of them, and each child builds its own in `worker_process_init` (the solo pool
+used on GPUs sends the same signal in its only process).
+
+`_current` is the one piece of module state in ynet-db's workers: the resources of *this* process,
+set once by the signal handler and read by the tasks. Tasks reach it through `current()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from celery import current_app, signals
+from sqlalchemy import Engine
+
+from ynet_db.config import Settings
+from ynet_db.db.engine import engine_from_settings
+from ynet_db.model_registry import ModelIdentity, ModelRecord, register
+from ynet_db.nn.model import RetrievalModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    engine: Engine
+    model: RetrievalModel
+    record: ModelRecord
+    name: str
+    """Written into `claimed_by`: host and pid, so a lease names the process that holds it."""
+    pid: int
+
+
+_current: WorkerResources | None = None
+
+
+def current() -> WorkerResources:
+    if _current is None or _current.pid != os.getpid():
+        raise RuntimeError("this process has no worker resources: it was not started by a ynet-db worker")
+    return _current
+
+
+def load_model(settings: Settings) -> RetrievalModel:
+    if settings.model_path is not None:
+        return RetrievalModel.load(settings.model_path, device=settings.device)
+    return RetrievalModel.load_default(device=settings.device)
+
+
+def start(settings: Settings, torch_threads: int | None = None) -> WorkerResources:
+    """Build this process's engine and model, and make sure the model is registered."""
+    global _current
+    _drop_inherited_broker_engines()
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    engine = engine_from_settings(settings)
+    model = load_model(settings)
+    record = register(engine, ModelIdentity.of(model, settings.model_path))
+    if record.state not in ("active", "backfilling"):
+        log.warning(
+            "model %s is %s: no jobs are made for it until `ynet-db model activate %s`",
+            record.version,
+            record.state,
+            record.version,
+        )
+    pid = os.getpid()
+    _current = WorkerResources(engine, model, record, f"{socket.gethostname()}/{pid}", pid)
+    log.info("worker process %s serves model %s (id %s)", pid, record.version, record.id)
+    return _current
+
+
+def _drop_inherited_broker_engines() -> None:
+    """Kombu's SQLAlchemy transport caches engines per class; a child must not reuse the parent's sockets."""
+    try:
+        from kombu.transport.sqlalchemy import Channel
+    except ImportError:  # the transport needs SQLAlchemy, which is always installed; be safe anyway
+        return
+    for engine, _session in list(Channel._engines.values()):
+        engine.dispose(close=False)
+
+
+@signals.worker_process_init.connect
+def _on_process_init(**_: Any) -> None:
+    app = current_app._get_current_object()
+    start(app.ynet_settings, app.ynet_options.torch_threads)
+
+
+@signals.worker_process_shutdown.connect
+def _on_process_shutdown(**_: Any) -> None:
+    if _current is not None and _current.pid == os.getpid():
+        _current.engine.dispose()

@@ -1,0 +1,53 @@
+"""Thin tasks: ids in, package functions do the work, counts out.
+
+A task never carries a job's data: the jobs table is the truth, and a task only says "there is work".
+Delivering it twice, or to a worker whose model has no work, costs one empty claim.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery import shared_task
+from ynet_db.workers import process
+from ynet_db.workers.app import EMBED_TASK, SWEEP_TASK
+
+from ynet_db import jobs
+from ynet_db.embed import BatchResult, run_once
+from ynet_db.model_registry import promote_if_complete
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(name=EMBED_TASK)
+def embed_pending(model_id: int | None = None) -> int:
+    """Embed ready jobs of this process's model until none is left or the drain time is up."""
+    resources = process.current()
+    if model_id is not None and model_id != resources.record.id:
+        return 0  # another model's work; its workers get their own wake-ups
+    options = embed_pending.app.ynet_options
+    total, deadline = BatchResult(), time.monotonic() + options.drain_s
+    while time.monotonic() < deadline:
+        batch = run_once(
+            resources.engine,
+            resources.model,
+            resources.name,
+            options.batch_size,
+            model_id=resources.record.id,
+            lease=options.lease,
+        )
+        if not batch.claimed:
+            break
+        total.add(batch)
+    log.info("embedded %d, %d to retry, %d dead, %d stale", total.done, total.retry, total.dead, total.stale)
+    return total.done
+
+
+@shared_task(name=SWEEP_TASK)
+def sweep() -> int:
+    """Return expired leases to the queue and switch to a back-filled model when it is complete."""
+    engine = process.current().engine
+    returned = jobs.sweep(engine)
+    promote_if_complete(engine)
+    return returned

@@ -1,0 +1,109 @@
+"""`ynet-db worker`: a Celery worker that embeds catalogue images, with its dispatcher beside it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from datetime import timedelta
+
+import click
+
+from ynet_db.cli.context import App, pass_app
+
+POOLS = ("auto", "prefork", "solo")
+
+
+def choose_pool(pool: str, device: str, concurrency: int | None) -> tuple[str, int]:
+    """CPU: one process per core, one torch thread each. GPU: one process owns the device (solo).
+
+    Deciding "GPU" must not initialise CUDA in this (parent) process: prefork children would inherit
+    a broken context. `torch.cuda.is_available()` only asks the driver, which is safe before a fork.
+    """
+    if pool == "auto":
+        import torch
+
+        on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        pool = "solo" if on_gpu else "prefork"
+    if pool == "solo":
+        return "solo", 1
+    return "prefork", concurrency or max(1, os.cpu_count() or 1)
+
+
+@click.command()
+@click.option(
+    "--pool", type=click.Choice(POOLS), default="auto", show_default=True, help="prefork on CPUs, solo on a GPU."
+)
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Worker processes (prefork); default: CPU cores.")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass."
+)
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds a claimed job stays this worker's.",
+)
+@click.option(
+    "--tick",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds between sweeps and re-drives.",
+)
+@click.option(
+    "--dispatcher/--no-dispatcher", default=True, show_default=True, help="Run the dispatcher beside the worker."
+)
+@click.option("--loglevel", default="info", show_default=True)
+@pass_app
+def worker(
+    app: App,
+    pool: str,
+    concurrency: int | None,
+    batch_size: int,
+    lease: float,
+    tick: float,
+    dispatcher: bool,
+    loglevel: str,
+) -> None:
+    """Embed catalogue images as jobs arrive (Ctrl-C once: finish the batch and stop)."""
+    from ynet_db.workers.app import UnsafeSettings, WorkerOptions, check_settings, make_app
+    from ynet_db.workers.dispatcher import DispatchOptions, run_process
+
+    settings = app.settings
+    _ = app.migrated_engine  # fail early, with advice, on an old schema
+    pool, processes = choose_pool(pool, settings.device, concurrency)
+    threads = max(1, (os.cpu_count() or 1) // processes) if pool == "prefork" else None
+    options = WorkerOptions(batch_size=batch_size, lease=timedelta(seconds=lease), torch_threads=threads)
+    celery_app = make_app(settings, options)
+    try:
+        check_settings(celery_app)
+    except UnsafeSettings as error:
+        raise click.ClickException(str(error)) from error
+    app.close()  # nothing pooled may survive into the forked children
+    helper = None
+    if dispatcher:
+        # spawn, not fork: the dispatcher starts clean and holds its own LISTEN connection.
+        dispatch = DispatchOptions(tick_s=tick, batch_size=batch_size, fanout=processes)
+        helper = multiprocessing.get_context("spawn").Process(
+            target=run_process, args=(settings, options, dispatch), name="ynet-dispatcher", daemon=True
+        )
+        helper.start()
+    try:
+        celery_app.worker_main(
+            [
+                "worker",
+                "--pool",
+                pool,
+                "--concurrency",
+                str(processes),
+                "--loglevel",
+                loglevel,
+                "--hostname",
+                f"ynet-{os.getpid()}@%h",
+            ]
+        )
+    finally:
+        if helper is not None:
+            helper.terminate()
+            helper.join(5)

@@ -1,0 +1,169 @@
+"""Jobs -> shop embeddings: fetch, hash, decode, encode in one micro-batch, write back.
+
+One bad item never fails its batch (design principle 2). Each item's failure is classified and
+recorded with `jobs.fail`:
+- the bytes cannot be fetched (missing file, HTTP error, timeout, I/O error): retryable, because a
+  file server or CDN comes back; attempts and backoff bound it, then the job is dead;
+- the bytes are not a usable image, or not the image the catalogue hashed: permanent, because the
+  same bytes will fail the same way.
+The encoder runs once per batch; if the batch as a whole raises, each item is encoded alone so
+the culprit is found and the others still get their embeddings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Protocol
+
+import torch
+from PIL import Image
+from sqlalchemy import Engine
+
+from ynet_db import jobs
+from ynet_db.images import ImageError, decode_image, fetch_image_bytes
+from ynet_db.jobs import ClaimedJob
+
+log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT_S = 10.0
+
+Fetch = Callable[[str], bytes]
+
+
+class ShopEncoder(Protocol):
+    """What embedding needs of a model (`ynet_db.nn.model.RetrievalModel` is one)."""
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor: ...
+
+    def encode_shop(self, pixels: torch.Tensor, tags: Sequence[Sequence[str]]) -> object: ...
+
+
+class ItemFailure(Exception):
+    """One item of a batch failed; `permanent` says whether another attempt could succeed."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class Prepared:
+    job: ClaimedJob
+    sha256: str
+    pixels: torch.Tensor
+
+
+@dataclass
+class BatchResult:
+    claimed: int = 0
+    done: int = 0
+    retry: int = 0
+    dead: int = 0
+    stale: int = 0
+    """Jobs that were no longer this worker's (lease lost, product changed): nothing written."""
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: BatchResult) -> None:
+        self.claimed += other.claimed
+        self.done += other.done
+        self.retry += other.retry
+        self.dead += other.dead
+        self.stale += other.stale
+        self.errors.extend(other.errors)
+
+
+def default_fetch(location: str) -> bytes:
+    return fetch_image_bytes(location, timeout_s=FETCH_TIMEOUT_S)
+
+
+def prepare(job: ClaimedJob, model: ShopEncoder, fetch: Fetch = default_fetch) -> Prepared:
+    """Bytes -> hash -> safe decode -> model input, or an `ItemFailure` that says whether to retry."""
+    try:
+        data = fetch(job.image_uri)
+    except (ImageError, OSError, TimeoutError) as error:
+        raise ItemFailure(f"fetch: {error}", permanent=False) from error
+    digest = hashlib.sha256(data).hexdigest()
+    if job.image_sha256 is not None and job.image_sha256 != digest:
+        raise ItemFailure(
+            f"image {job.image_uri}: its bytes hash to {digest}, the catalogue says {job.image_sha256}; "
+            "the file changed after import, re-import the product",
+            permanent=True,
+        )
+    try:
+        image = decode_image(data, source=job.image_uri)
+    except ImageError as error:
+        raise ItemFailure(f"decode: {error}", permanent=True) from error
+    return Prepared(job, digest, model.preprocess(image))
+
+
+def encode(model: ShopEncoder, items: Sequence[Prepared]) -> list[torch.Tensor | ItemFailure]:
+    """One forward pass for the batch; item by item only when the batch as a whole fails."""
+    try:
+        return list(_vectors(model, items))
+    except Exception as error:  # e.g. out of memory, or one input the network rejects
+        if len(items) == 1:
+            return [ItemFailure(f"encode: {error!r}", permanent=False)]
+        log.warning("batch of %d failed to encode (%r); encoding item by item", len(items), error)
+        return [result for item in items for result in encode(model, [item])]
+
+
+def _vectors(model: ShopEncoder, items: Sequence[Prepared]) -> torch.Tensor:
+    encoding = model.encode_shop(torch.stack([item.pixels for item in items]), [item.job.tags for item in items])
+    vectors: torch.Tensor = encoding.vectors  # type: ignore[attr-defined]
+    return vectors
+
+
+def embed_batch(
+    engine: Engine, model: ShopEncoder, batch: Sequence[ClaimedJob], worker: str, *, fetch: Fetch = default_fetch
+) -> BatchResult:
+    """Embed claimed jobs and record each outcome; never raises for a single item's failure."""
+    result = BatchResult(claimed=len(batch))
+    prepared: list[Prepared] = []
+    for job in batch:
+        try:
+            prepared.append(prepare(job, model, fetch))
+        except ItemFailure as failure:
+            _record_failure(engine, job, worker, failure, result)
+    if not prepared:
+        return result
+    for item, outcome in zip(prepared, encode(model, prepared), strict=True):
+        if isinstance(outcome, ItemFailure):
+            _record_failure(engine, item.job, worker, outcome, result)
+        elif jobs.complete(engine, item.job, worker, outcome.tolist(), item.sha256):
+            result.done += 1
+        else:
+            result.stale += 1
+    return result
+
+
+def _record_failure(engine: Engine, job: ClaimedJob, worker: str, failure: ItemFailure, result: BatchResult) -> None:
+    state = jobs.fail(engine, job, worker, str(failure), permanent=failure.permanent)
+    log.info("job %s (product %s) failed, now %s: %s", job.id, job.product_id, state, failure)
+    result.errors.append(f"job {job.id}: {failure}")
+    if state == "dead":
+        result.dead += 1
+    elif state == "retry":
+        result.retry += 1
+    else:
+        result.stale += 1
+
+
+def run_once(
+    engine: Engine,
+    model: ShopEncoder,
+    worker: str,
+    batch_size: int,
+    *,
+    model_id: int | None = None,
+    lease: timedelta = jobs.DEFAULT_LEASE,
+    fetch: Fetch = default_fetch,
+) -> BatchResult:
+    """Claim up to `batch_size` ready jobs (of one model) and embed them; `claimed == 0` means no work."""
+    batch = jobs.claim(engine, worker, batch_size, lease=lease, model_id=model_id)
+    if not batch:
+        return BatchResult()
+    return embed_batch(engine, model, batch, worker, fetch=fetch)
