@@ -9,7 +9,6 @@ database triggers, a changed price or title does not.
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -22,6 +21,7 @@ from sqlalchemy import Engine, literal_column, or_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 
+from ynet_db.content_hash import file_sha256
 from ynet_db.db.models import Product
 
 FIELDS = ("id", "title", "category", "tags", "image", "price", "stock")
@@ -199,14 +199,6 @@ def _image(location: str, base_dir: Path) -> tuple[str, str | None]:
     if not path.is_file():
         raise RowError(f"image not found: {path.absolute()}")
     return str(path.resolve()), file_sha256(path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _price(value: Any) -> Decimal | None:

@@ -8,13 +8,14 @@ No torch here: a model is described by a `ModelIdentity`, which the caller build
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, text
+
+from ynet_db.content_hash import file_sha256
 
 
 class RegistryError(LookupError):
@@ -41,7 +42,7 @@ class ModelIdentity:
     @classmethod
     def of(cls, model: DescribedModel, checkpoint: Path | None = None) -> ModelIdentity:
         """The default model is identified by its backbone weights; a checkpoint by its own file."""
-        weights = _file_sha256(checkpoint) if checkpoint and checkpoint.is_file() else model.config.weights_sha256
+        weights = file_sha256(checkpoint) if checkpoint and checkpoint.is_file() else model.config.weights_sha256
         config = {"model": model.config.to_dict(), "checkpoint": str(checkpoint.resolve()) if checkpoint else None}
         return cls(model.name, model.version, model.embedding_dim, weights, config)
 
@@ -73,14 +74,6 @@ class Coverage:
             f"{self.model.version:<32} {self.model.state:<11} {self.embedded}/{self.products} embedded "
             f"({share:.1f}%), {self.open_jobs} queued, {self.dead_jobs} dead"
         )
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 REGISTER = text(
