@@ -10,7 +10,7 @@ from sqlalchemy import Engine, inspect, text
 from ynet_db.db import migrate
 from ynet_db.db.models import SCHEMA, Base
 
-TABLES = {"products", "models", "embeddings", "embedding_jobs"}
+TABLES = {"products", "models", "embeddings", "embedding_jobs", "workers", "attachments"}
 
 
 def _tables(engine: Engine) -> set[str]:

@@ -1,14 +1,16 @@
 """The database: the server (embedded or external), engines, the ORM models and the migrations."""
 
 from ynet_db.db.engine import engine_from_settings, make_engine, session_factory
-from ynet_db.db.models import Base, Embedding, EmbeddingJob, Model, Product
+from ynet_db.db.models import Attachment, Base, Embedding, EmbeddingJob, Model, Product, Worker
 
 __all__ = [
+    "Attachment",
     "Base",
     "Embedding",
     "EmbeddingJob",
     "Model",
     "Product",
+    "Worker",
     "engine_from_settings",
     "make_engine",
     "session_factory",

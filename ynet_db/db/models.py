@@ -13,6 +13,7 @@ from typing import Any
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -166,3 +167,34 @@ class EmbeddingJob(Base):
 
     def __repr__(self) -> str:
         return f"EmbeddingJob({self.id}, product={self.product_id}, state={self.state!r})"
+
+
+class Worker(Base):
+    """A worker process's heartbeat, so `ynet-db status` can tell live workers from dead ones."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True, comment="host/pid, as in embedding_jobs.claimed_by")
+    hostname: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int]
+    model_id: Mapped[int | None] = mapped_column(ForeignKey(Model.id, ondelete="SET NULL"))
+    device: Mapped[str] = mapped_column(Text, server_default="cpu")
+    started_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    jobs_done: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    stopped_at: Mapped[datetime | None] = mapped_column(Timestamp)
+
+
+class Attachment(Base):
+    """A shop table whose rows ynet-db keeps in step with its catalogue through triggers."""
+
+    __tablename__ = "attachments"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    source_table: Mapped[str] = mapped_column(Text, unique=True, comment="schema-qualified table name")
+    id_column: Mapped[str] = mapped_column(Text)
+    image_column: Mapped[str] = mapped_column(Text)
+    tags_column: Mapped[str | None] = mapped_column(Text)
+    category_column: Mapped[str] = mapped_column(Text)
+    title_column: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
