@@ -1,0 +1,53 @@
+"""`ynet-db train`, `evaluate` and `attention` end to end on a tiny generated benchmark."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from ynet_db.cli import main
+from ynet_db.data import load_dataset
+from ynet_db.data.synth import SynthConfig, generate
+from ynet_db.nn.model import RetrievalModel
+
+
+@pytest.fixture(scope="module")
+def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    generate(
+        root, SynthConfig(seed=3, train_products=8, test_products=4, street_per_product=1, size=64), progress=False
+    )
+    return root
+
+
+def _run(*args: str) -> Result:
+    result = CliRunner().invoke(main, [*args, "--device", "cpu"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_train_then_evaluate_then_draw_attention(tiny_benchmark: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    _run("train", str(tiny_benchmark), "--out", str(out), "--epochs", "1", "--ctx-epochs", "1", "--views", "1")
+    model = RetrievalModel.load(out / "model.safetensors", device="cpu")
+    training_tags = {
+        tag for product in load_dataset(tiny_benchmark).split("train").products.values() for tag in product.tags
+    }
+    assert model.embedding_dim == 256
+    assert len(model.vocabulary) == len(training_tags) and all(tag in model.vocabulary for tag in training_tags)
+
+    report_dir = tmp_path / "evaluation"
+    _run("evaluate", str(tiny_benchmark), "--model", str(out / "model.safetensors"), "--out", str(report_dir))
+    results = json.loads((report_dir / "results.json").read_text())
+    assert set(results["top_k"]) >= {"1", "5", "10", "20", "50"}
+    assert results["top_k"]["50"] == 1.0, "four products: every query finds its product in the top 50"
+    assert Image.open(report_dir / "topk.png").size[0] > 100
+
+    shop = next(tiny_benchmark.glob("img/*/*/id_*/shop_01.jpg"))
+    picture = tmp_path / "attention.png"
+    _run("attention", str(shop), "--model", str(out / "model.safetensors"), "--tag", "color:red", "--out", str(picture))
+    assert Image.open(picture).size[0] >= 64
