@@ -11,6 +11,7 @@ Importing this module imports neither torch nor the tasks: the dispatcher sends 
 
 from __future__ import annotations
 
+import multiprocessing
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -51,6 +52,9 @@ class WorkerApp(Celery):  # type: ignore[misc]
         super().__init__("ynet_db", **kwargs)
         self.ynet_settings = settings
         self.ynet_options = options
+        # Made before the pool forks, so every child shares it: set on a warm shutdown, it stops
+        # a draining task after its current batch (Celery itself only waits for the task to end).
+        self.ynet_stopping = multiprocessing.Event()
 
 
 def broker_url(settings: Settings) -> str:
@@ -62,7 +66,8 @@ def broker_url(settings: Settings) -> str:
 
 def make_app(settings: Settings, options: WorkerOptions | None = None) -> WorkerApp:
     options = options or WorkerOptions()
-    app = WorkerApp(settings, options, broker=broker_url(settings), include=["ynet_db.workers.tasks"])
+    tasks = ["ynet_db.workers.tasks", "ynet_db.workers.search_tasks"]
+    app = WorkerApp(settings, options, broker=broker_url(settings), include=tasks)
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -1,4 +1,4 @@
-"""What one worker process holds: its database engine and its model, made after the fork.
+"""What one worker process holds: its database engine, its model and its heartbeat, made after the fork.
 
 The prefork pool forks children from a parent that must not hold a CUDA context, a loaded model or a
 pooled database connection: sockets shared across a fork corrupt each other's protocol state. So the
@@ -7,6 +7,13 @@ used on GPUs sends the same signal in its only process).
 
 `_current` is the one piece of module state in ynet-db's workers: the resources of *this* process,
 set once by the signal handler and read by the tasks. Tasks reach it through `current()`.
+
+Every database connection the process opens names it (`application_name = 'ynet-worker PID'`, the
+pid read when the connection is opened), so `pg_stat_activity` shows which process holds which
+connection, and a test can prove that none was opened by the parent.
+
+A warm shutdown (SIGTERM, Ctrl-C) is announced in the parent; `app.ynet_stopping`, an event the pool
+children inherit, tells a draining task to finish its batch and take no other.
 """
 
 from __future__ import annotations
@@ -19,7 +26,8 @@ from typing import Any
 
 import torch
 from celery import current_app, signals
-from sqlalchemy import Engine
+from sqlalchemy import Engine, event
+from ynet_db.workers.heartbeat import Heartbeat, WorkerIdentity
 
 from ynet_db.config import Settings
 from ynet_db.db.engine import engine_from_settings
@@ -37,6 +45,8 @@ class WorkerResources:
     name: str
     """Written into `claimed_by`: host and pid, so a lease names the process that holds it."""
     pid: int
+    """The process that built the engine and the model."""
+    heartbeat: Heartbeat
 
 
 _current: WorkerResources | None = None
@@ -61,6 +71,7 @@ def start(settings: Settings, torch_threads: int | None = None) -> WorkerResourc
     if torch_threads:
         torch.set_num_threads(torch_threads)
     engine = engine_from_settings(settings)
+    event.listen(engine, "do_connect", _name_connection)
     model = load_model(settings)
     record = register(engine, ModelIdentity.of(model, settings.model_path))
     if record.state not in ("active", "backfilling"):
@@ -70,10 +81,17 @@ def start(settings: Settings, torch_threads: int | None = None) -> WorkerResourc
             record.state,
             record.version,
         )
-    pid = os.getpid()
-    _current = WorkerResources(engine, model, record, f"{socket.gethostname()}/{pid}", pid)
+    pid, host = os.getpid(), socket.gethostname()
+    identity = WorkerIdentity(f"{host}/{pid}", host, pid, record.id, str(model.device))
+    heartbeat = Heartbeat(engine, identity)
+    heartbeat.start()
+    _current = WorkerResources(engine, model, record, identity.id, pid, heartbeat)
     log.info("worker process %s serves model %s (id %s)", pid, record.version, record.id)
     return _current
+
+
+def _name_connection(dialect: object, record: object, cargs: object, cparams: dict[str, object]) -> None:
+    cparams["application_name"] = f"ynet-worker {os.getpid()}"
 
 
 def _drop_inherited_broker_engines() -> None:
@@ -92,7 +110,14 @@ def _on_process_init(**_: Any) -> None:
     start(app.ynet_settings, app.ynet_options.torch_threads)
 
 
+@signals.worker_shutting_down.connect
+def _on_shutting_down(**_: Any) -> None:
+    # Runs in the parent's signal handler: only set the inherited event, nothing that could block.
+    current_app._get_current_object().ynet_stopping.set()
+
+
 @signals.worker_process_shutdown.connect
 def _on_process_shutdown(**_: Any) -> None:
     if _current is not None and _current.pid == os.getpid():
+        _current.heartbeat.stop()
         _current.engine.dispose()

@@ -22,13 +22,14 @@ log = logging.getLogger(__name__)
 
 @shared_task(name=EMBED_TASK)
 def embed_pending(model_id: int | None = None) -> int:
-    """Embed ready jobs of this process's model until none is left or the drain time is up."""
+    """Embed ready jobs of this process's model until none is left, the drain time is up or the worker stops."""
     resources = process.current()
     if model_id is not None and model_id != resources.record.id:
         return 0  # another model's work; its workers get their own wake-ups
-    options = embed_pending.app.ynet_options
+    app = embed_pending.app
+    options = app.ynet_options
     total, deadline = BatchResult(), time.monotonic() + options.drain_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not app.ynet_stopping.is_set():
         batch = run_once(
             resources.engine,
             resources.model,
@@ -39,6 +40,7 @@ def embed_pending(model_id: int | None = None) -> int:
         )
         if not batch.claimed:
             break
+        resources.heartbeat.add_done(batch.done)
         total.add(batch)
     log.info("embedded %d, %d to retry, %d dead, %d stale", total.done, total.retry, total.dead, total.stale)
     return total.done

@@ -8,6 +8,11 @@ recorded with `jobs.fail`:
   same bytes will fail the same way.
 The encoder runs once per batch; if the batch as a whole raises, each item is encoded alone so
 the culprit is found and the others still get their embeddings.
+
+An item can also kill its process outright (a decoder crash, the OOM killer): nothing is recorded,
+and its whole batch comes back when the lease expires. So a job on its second or later attempt is
+embedded alone: a killer then takes only itself down, and ends dead after its attempts, while its
+former batch-mates are embedded.
 """
 
 from __future__ import annotations
@@ -162,8 +167,23 @@ def run_once(
     lease: timedelta = jobs.DEFAULT_LEASE,
     fetch: Fetch = default_fetch,
 ) -> BatchResult:
-    """Claim up to `batch_size` ready jobs (of one model) and embed them; `claimed == 0` means no work."""
-    batch = jobs.claim(engine, worker, batch_size, lease=lease, model_id=model_id)
-    if not batch:
+    """Claim up to `batch_size` ready jobs (of one model) and embed them; `claimed == 0` means no work.
+
+    The first job is claimed alone: if it is a retried one it is embedded alone (see the module's
+    notes). Retried jobs that come with the rest are embedded after the first-time ones, one by one.
+    """
+    first = jobs.claim(engine, worker, 1, lease=lease, model_id=model_id)
+    if not first:
         return BatchResult()
-    return embed_batch(engine, model, batch, worker, fetch=fetch)
+    if _retried(first[0]) or batch_size == 1:
+        return embed_batch(engine, model, first, worker, fetch=fetch)
+    rest = jobs.claim(engine, worker, batch_size - 1, lease=lease, model_id=model_id)
+    result = embed_batch(engine, model, first + [job for job in rest if not _retried(job)], worker, fetch=fetch)
+    for job in rest:
+        if _retried(job):
+            result.add(embed_batch(engine, model, [job], worker, fetch=fetch))
+    return result
+
+
+def _retried(job: ClaimedJob) -> bool:
+    return job.attempts > 1

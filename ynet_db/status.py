@@ -1,15 +1,26 @@
-"""The state of the catalogue at a glance: products, embedding work by state, coverage per model."""
+"""The state of the catalogue at a glance: products, embedding work by state, throughput, live workers,
+coverage per model and recent errors.
+
+A worker is live while its heartbeat is recent: a process that was killed simply stops beating, so
+"live" is decided by time, not by a flag the dead process would have had to clear.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from ynet_db.db.models import JOB_STATES, Embedding, EmbeddingJob, Model, Product
+from ynet_db.db.models import JOB_STATES, Embedding, EmbeddingJob, Model, Product, Worker
 
 RECENT_ERRORS = 5
+HEARTBEAT_INTERVAL = timedelta(seconds=5)
+"""How often a worker process beats (workers/heartbeat.py); it also beats after each batch."""
+LIVE_WITHIN = 3 * HEARTBEAT_INTERVAL
+"""A worker whose last beat is older than this is taken for dead: two beats may be late, not three."""
+THROUGHPUT_WINDOWS = (timedelta(minutes=1), timedelta(minutes=5))
 
 
 @dataclass(frozen=True)
@@ -29,9 +40,34 @@ class JobError:
 
 
 @dataclass(frozen=True)
+class LiveWorker:
+    id: str
+    model_version: str | None
+    device: str
+    jobs_done: int
+    started_at: datetime
+    last_seen_at: datetime
+
+
+@dataclass(frozen=True)
+class Throughput:
+    window: timedelta
+    jobs_done: int
+
+    @property
+    def per_second(self) -> float:
+        return self.jobs_done / self.window.total_seconds()
+
+    def __str__(self) -> str:
+        return f"{self.jobs_done} in the last {_minutes(self.window)} ({self.per_second:.2f}/s)"
+
+
+@dataclass(frozen=True)
 class CatalogueStatus:
     products: int
     jobs: dict[str, int]
+    throughput: list[Throughput]
+    workers: list[LiveWorker]
     models: list[ModelCoverage]
     recent_errors: list[JobError]
 
@@ -39,6 +75,13 @@ class CatalogueStatus:
         lines = [f"products: {self.products}"]
         jobs = ", ".join(f"{n} {state}" for state, n in self.jobs.items() if n)
         lines.append(f"jobs: {jobs or 'none'}")
+        lines.append("done: " + ", ".join(str(t) for t in self.throughput))
+        lines.append(f"live workers: {len(self.workers)}")
+        for worker in self.workers:
+            lines.append(
+                f"worker {worker.id} ({worker.device}, model {worker.model_version or '?'}): "
+                f"{worker.jobs_done} done, last seen {worker.last_seen_at:%H:%M:%S}"
+            )
         if not self.models:
             lines.append("models: none registered")
         for model in self.models:
@@ -52,6 +95,11 @@ class CatalogueStatus:
         return "\n".join(lines)
 
 
+def _minutes(window: timedelta) -> str:
+    minutes = int(window.total_seconds() // 60)
+    return "minute" if minutes == 1 else f"{minutes} minutes"
+
+
 def catalogue_status(engine: Engine) -> CatalogueStatus:
     with Session(engine) as session:
         products = session.scalar(select(func.count()).select_from(Product)) or 0
@@ -59,22 +107,49 @@ def catalogue_status(engine: Engine) -> CatalogueStatus:
             state: n
             for state, n in session.execute(select(EmbeddingJob.state, func.count()).group_by(EmbeddingJob.state))
         }
-        coverage = session.execute(
-            select(Model.name, Model.version, Model.state, func.count(Embedding.product_id))
-            .outerjoin(Embedding, Embedding.model_id == Model.id)
-            .group_by(Model.id)
-            .order_by(Model.id)
-        )
-        errors = session.execute(
-            select(Product.external_id, EmbeddingJob.state, EmbeddingJob.attempts, EmbeddingJob.last_error)
-            .join(EmbeddingJob.product)
-            .where(EmbeddingJob.last_error.is_not(None))
-            .order_by(EmbeddingJob.updated_at.desc())
-            .limit(RECENT_ERRORS)
-        )
         return CatalogueStatus(
             products=products,
             jobs={state: by_state.get(state, 0) for state in JOB_STATES},
-            models=[ModelCoverage(*row) for row in coverage],
-            recent_errors=[JobError(*row) for row in errors],
+            throughput=[Throughput(window, _done_within(session, window)) for window in THROUGHPUT_WINDOWS],
+            workers=live_workers(session),
+            models=_coverage(session),
+            recent_errors=_recent_errors(session),
         )
+
+
+def _done_within(session: Session, window: timedelta) -> int:
+    # The database's clock, not this machine's: workers and status may run on different hosts.
+    since = func.now() - window
+    query = select(func.count()).where(EmbeddingJob.state == "done", EmbeddingJob.finished_at >= since)
+    return session.scalar(query) or 0
+
+
+def live_workers(session: Session) -> list[LiveWorker]:
+    rows = session.execute(
+        select(Worker.id, Model.version, Worker.device, Worker.jobs_done, Worker.started_at, Worker.last_seen_at)
+        .outerjoin(Model, Model.id == Worker.model_id)
+        .where(Worker.stopped_at.is_(None), Worker.last_seen_at >= func.now() - LIVE_WITHIN)
+        .order_by(Worker.id)
+    )
+    return [LiveWorker(*row) for row in rows]
+
+
+def _coverage(session: Session) -> list[ModelCoverage]:
+    rows = session.execute(
+        select(Model.name, Model.version, Model.state, func.count(Embedding.product_id))
+        .outerjoin(Embedding, Embedding.model_id == Model.id)
+        .group_by(Model.id)
+        .order_by(Model.id)
+    )
+    return [ModelCoverage(*row) for row in rows]
+
+
+def _recent_errors(session: Session) -> list[JobError]:
+    rows = session.execute(
+        select(Product.external_id, EmbeddingJob.state, EmbeddingJob.attempts, EmbeddingJob.last_error)
+        .join(EmbeddingJob.product)
+        .where(EmbeddingJob.last_error.is_not(None))
+        .order_by(EmbeddingJob.updated_at.desc())
+        .limit(RECENT_ERRORS)
+    )
+    return [JobError(*row) for row in rows]

@@ -8,54 +8,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from PIL import Image
-from sqlalchemy import Engine, text
-from worker_processes import REDIS_URL, WorkerProcess, scalar, wait_for
+from sqlalchemy import Engine
+from worker_processes import (
+    REDIS_URL,
+    WorkerProcess,
+    attempts_by_sku,
+    embeddings_per_product,
+    insert_products,
+    rows,
+    scalar,
+    serve_default_model,
+    set_max_attempts,
+    states,
+    wait_for,
+)
+from ynet_db.workers.app import EMBED_TASK, make_app
 
-from ynet_db.model_registry import activate
-
-DEFAULT_MODEL = "ynet-lite0-default"
-
-
-def serve_default_model(engine: Engine, worker: WorkerProcess) -> None:
-    """Wait for the worker's process to register its model, then make it the active one."""
-    wait_for(lambda: scalar(engine, "SELECT count(*) FROM ynet.models"), 90, "the worker's model", worker)
-    activate(engine, DEFAULT_MODEL)
-
-
-def insert_products(engine: Engine, directory: Path, count: int, broken: tuple[int, ...] = ()) -> None:
-    rows = []
-    for i in range(count):
-        path = directory / f"{i}.png"
-        if i not in broken:
-            Image.new("RGB", (64, 64), (i * 7 % 256, 100, 200)).save(path)
-        rows.append({"sku": f"sku-{i}", "uri": str(path)})
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO ynet.products (external_id, category, tags, image_uri) "
-                "VALUES (:sku, 'dress', ARRAY['color:red'], :uri)"
-            ),
-            rows,
-        )
-
-
-def states(engine: Engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        return {s: n for s, n in conn.execute(text("SELECT state, count(*) FROM ynet.embedding_jobs GROUP BY state"))}
-
-
-def embeddings_per_product(engine: Engine) -> list[int]:
-    with engine.connect() as conn:
-        return list(
-            conn.execute(
-                text(
-                    "SELECT count(e.product_id) FROM ynet.products p "
-                    "LEFT JOIN ynet.embeddings e ON e.product_id = p.id "
-                    "GROUP BY p.id ORDER BY p.id"
-                )
-            ).scalars()
-        )
+from ynet_db.config import Settings
 
 
 @pytest.mark.parametrize("broker", [None, REDIS_URL], ids=["database-broker", "redis-broker"])
@@ -75,16 +44,117 @@ def test_a_poison_item_ends_dead_and_the_rest_of_its_batch_is_embedded(
 ) -> None:
     worker = start_worker()
     serve_default_model(engine, worker)
-    with engine.begin() as conn:  # three attempts keep the backoff (1-2 s, then 2-4 s) short
-        conn.execute(text("ALTER TABLE ynet.embedding_jobs ALTER COLUMN max_attempts SET DEFAULT 3"))
+    set_max_attempts(engine, 3)
     insert_products(engine, tmp_path, 6, broken=(2,))  # product 2's image file never appears
     wait_for(lambda: states(engine) == {"done": 5, "dead": 1}, 90, "5 done and 1 dead", worker)
-    with engine.connect() as conn:
-        attempts, error = conn.execute(
-            text("SELECT attempts, last_error FROM ynet.embedding_jobs WHERE state = 'dead'")
-        ).one()
-    assert attempts == 3 and "does not exist" in error
+    ((attempts, error),) = rows(engine, "SELECT attempts, last_error FROM ynet.embedding_jobs WHERE state = 'dead'")
+    assert attempts == 3 and "does not exist" in str(error)
     assert embeddings_per_product(engine) == [1, 1, 0, 1, 1, 1]
+
+
+def test_an_item_that_kills_its_process_ends_dead_without_taking_its_batch_with_it(
+    engine: Engine, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    worker = start_worker(hooks=True)
+    serve_default_model(engine, worker)
+    set_max_attempts(engine, 3)
+    # Product 2's image kills the pool child on every fetch, while its batch-mates 0, 1 and 3 are held.
+    insert_products(engine, tmp_path, 8, prefix=lambda i: "kill-" if i == 2 else "")
+    wait_for(lambda: states(engine) == {"done": 7, "dead": 1}, 150, "7 done and 1 dead", worker)
+
+    ((sku, error),) = rows(
+        engine,
+        "SELECT p.external_id, j.last_error FROM ynet.embedding_jobs j JOIN ynet.products p ON p.id = j.product_id "
+        "WHERE j.state = 'dead'",
+    )
+    assert sku == "sku-2" and "lease expired" in str(error)
+    attempts = attempts_by_sku(engine)
+    assert attempts.pop("sku-2") == 3
+    # Retried jobs run alone, so the first kill cost each batch-mate one attempt and later kills none.
+    assert max(attempts.values()) <= 2
+    assert embeddings_per_product(engine) == [1, 1, 0, 1, 1, 1, 1, 1]
+    assert worker.process.poll() is None  # the Celery parent replaced its child each time
+
+
+def test_the_same_wake_up_delivered_twice_embeds_each_product_once(
+    engine: Engine, settings: Settings, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    # No dispatcher: the only messages are the two identical ones this test sends, run side by side.
+    worker = start_worker("--no-dispatcher", "--concurrency", "2")
+    serve_default_model(engine, worker)
+    wait_for(lambda: scalar(engine, "SELECT count(*) FROM ynet.workers") == 2, 90, "two pool children", worker)
+    insert_products(engine, tmp_path, 12)
+    model_id = scalar(engine, "SELECT id FROM ynet.models")
+    sender = make_app(settings)
+    for _ in range(2):
+        sender.send_task(EMBED_TASK, kwargs={"model_id": model_id})
+    wait_for(lambda: states(engine) == {"done": 12}, 90, "12 jobs done", worker)
+    assert embeddings_per_product(engine) == [1] * 12
+    assert set(attempts_by_sku(engine).values()) == {1}
+    assert "Traceback" not in worker.output() and " ERROR" not in worker.output()
+
+
+@pytest.mark.slow  # about 2.5 minutes on two shared cores: four models load and share them
+def test_four_workers_split_200_jobs_and_none_is_done_twice(
+    engine: Engine, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    # A lease must outlast a batch: four processes on two cores take longer than the usual 3 s per batch,
+    # and an expired lease hands a running batch to a second worker (which is then done twice).
+    workers = [start_worker("--lease", "60")] + [start_worker("--lease", "60", "--no-dispatcher") for _ in range(3)]
+    serve_default_model(engine, workers[0])
+    wait_for(lambda: scalar(engine, "SELECT count(*) FROM ynet.workers") == 4, 120, "four workers beating", workers[0])
+    insert_products(engine, tmp_path, 200)
+    wait_for(lambda: states(engine) == {"done": 200}, 240, "200 jobs done", workers[0])
+
+    assert embeddings_per_product(engine) == [1] * 200
+    # A job done twice would have been claimed twice: every attempt count would not be 1.
+    assert set(attempts_by_sku(engine).values()) == {1}
+    by_worker = dict(rows(engine, "SELECT claimed_by, count(*) FROM ynet.embedding_jobs GROUP BY claimed_by"))
+    assert len(by_worker) == 4, by_worker
+    # Each process counts only the jobs it finished; the counts add up to the jobs, with no overlap.
+    wait_for(
+        lambda: scalar(engine, "SELECT sum(jobs_done) FROM ynet.workers") == 200, 15, "the heartbeats' final counts"
+    )
+    assert dict(rows(engine, "SELECT id, jobs_done FROM ynet.workers")) == by_worker
+
+
+def test_engine_connections_and_model_are_made_in_the_pool_children(
+    engine: Engine, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    worker = start_worker("--concurrency", "2")
+    serve_default_model(engine, worker)
+    wait_for(lambda: scalar(engine, "SELECT count(*) FROM ynet.workers") == 2, 90, "two pool children", worker)
+    insert_products(engine, tmp_path, 8)
+    wait_for(lambda: states(engine) == {"done": 8}, 90, "8 jobs done", worker)
+
+    children = {int(str(pid)) for (pid,) in rows(engine, "SELECT pid FROM ynet.workers")}
+    for worker_id, pid in rows(engine, "SELECT id, pid FROM ynet.workers"):
+        # `pid` is the process that built the engine and model; the id names the process that beats.
+        assert str(worker_id).endswith(f"/{pid}")
+        assert parent_of(int(str(pid))) == worker.pid
+    # Each connection is named by the process that opened it: only the children, never the parent.
+    opened_by = {
+        int(str(name).split()[1])
+        for (name,) in rows(
+            engine,
+            "SELECT application_name FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name LIKE 'ynet-worker %'",
+        )
+    }
+    assert opened_by and opened_by <= children
+    assert worker.pid not in opened_by
+
+    worker.signal(signal.SIGTERM)
+    worker.process.wait(30)
+    assert worker.process.returncode == 0
+    assert scalar(engine, "SELECT count(*) FROM ynet.workers WHERE stopped_at IS NULL") == 0
+    assert scalar(engine, "SELECT sum(jobs_done) FROM ynet.workers") == 8
+
+
+def parent_of(pid: int) -> int:
+    # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after the last ')'.
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])
 
 
 def test_a_worker_process_killed_mid_batch_loses_and_duplicates_nothing(
@@ -97,7 +167,7 @@ def test_a_worker_process_killed_mid_batch_loses_and_duplicates_nothing(
     held = "SELECT claimed_by FROM ynet.embedding_jobs WHERE state = 'running' LIMIT 1"
     wait_for(lambda: scalar(engine, held), 60, "a batch in progress", worker)
     victim = int(str(scalar(engine, held)).rsplit("/", 1)[1])
-    assert victim != worker.process.pid  # a pool child holds the lease, not the Celery parent
+    assert victim != worker.pid  # a pool child holds the lease, not the Celery parent
     os.kill(victim, signal.SIGKILL)
 
     wait_for(lambda: states(engine).get("done") == 24, 120, "24 jobs done", worker)

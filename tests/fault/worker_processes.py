@@ -1,27 +1,33 @@
-"""Helpers for starting real `ynet-db worker` processes (Celery prefork + dispatcher)
-against a real broker and database.
+"""Helpers for starting real `ynet-db worker` processes (Celery prefork + dispatcher) and a private Redis
+against a real database, and for reading the outcome.
 
 Every process is started in its own session and its whole process group is killed at teardown, so
-no Celery child or dispatcher outlives its test. Leases and ticks are short so recovery takes seconds.
+no Celery child, dispatcher or Redis outlives its test. Leases and ticks are short so recovery takes
+seconds. The shared Redis on 6379 is never stopped: outage tests start their own on a free port.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from sqlalchemy import Engine, text
 
 from ynet_db.config import Settings
+from ynet_db.model_registry import activate
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
+HOOKS = Path(__file__).parent / "hooks"
+DEFAULT_MODEL = "ynet-lite0-default"
 
 
 @dataclass
@@ -29,14 +35,22 @@ class WorkerProcess:
     process: subprocess.Popen[bytes]
     log: Path
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
     def kill(self) -> None:
         """SIGKILL the whole group: the Celery parent, its pool children and the dispatcher."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.process.wait(10)
+
+    def signal(self, number: int) -> None:
+        """Signal the Celery parent only, as `kill PID` or a process supervisor would."""
+        os.kill(self.process.pid, number)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -46,7 +60,7 @@ class WorkerProcess:
 def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(*options: str, broker: str | None = None) -> WorkerProcess:
+    def start(*options: str, broker: str | None = None, hooks: bool = False) -> WorkerProcess:
         env = {
             **os.environ,
             "YNET_DATABASE_URL": str(settings.database_url),
@@ -57,6 +71,8 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., W
         env.pop("YNET_BROKER_URL", None)
         if broker:
             env["YNET_BROKER_URL"] = broker
+        if hooks:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HOOKS), env.get("PYTHONPATH")]))
         log = tmp_path / f"worker-{len(started)}.log"
         argv = [
             sys.executable,
@@ -85,6 +101,52 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., W
         worker.kill()
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RedisServer:
+    """A private, memory-only Redis that a test may stop and start again on the same port."""
+
+    port: int
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        with self.log.open("ab") as sink:
+            self.process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self._answers, 10, f"redis-server on port {self.port}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), tmp_path / "redis.log")
+    server.start()
+    yield server
+    server.stop()
+
+
 def wait_for(condition: Callable[[], object], timeout: float, what: str, worker: WorkerProcess | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -99,6 +161,76 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, worker:
     pytest.fail(f"timed out after {timeout} s waiting for {what}\n{log}")
 
 
-def scalar(engine: Engine, sql: str) -> object:
+def scalar(engine: Engine, sql: str, **params: object) -> object:
     with engine.connect() as conn:
-        return conn.execute(text(sql)).scalar()
+        return conn.execute(text(sql), params).scalar()
+
+
+def rows(engine: Engine, sql: str, **params: object) -> list[tuple[object, ...]]:
+    with engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(text(sql), params)]
+
+
+def serve_default_model(engine: Engine, worker: WorkerProcess) -> None:
+    """Wait for the worker's process to register its model, then make it the active one."""
+    wait_for(lambda: scalar(engine, "SELECT count(*) FROM ynet.models"), 90, "the worker's model", worker)
+    activate(engine, DEFAULT_MODEL)
+
+
+def set_max_attempts(engine: Engine, attempts: int) -> None:
+    """Fewer attempts keep a poison test short (backoff 1-2 s, then 2-4 s)."""
+    with engine.begin() as conn:
+        conn.execute(text(f"ALTER TABLE ynet.embedding_jobs ALTER COLUMN max_attempts SET DEFAULT {int(attempts)}"))
+
+
+def insert_products(
+    engine: Engine,
+    directory: Path,
+    count: int,
+    *,
+    start: int = 0,
+    broken: Sequence[int] = (),
+    prefix: Callable[[int], str] = lambda i: "",
+) -> None:
+    """Products sku-START.. with small distinct images; `broken` ones have no file, `prefix` names faults."""
+    values = []
+    for i in range(start, start + count):
+        path = directory / f"{prefix(i)}{i}.png"
+        if i not in broken:
+            Image.new("RGB", (32, 32), (i * 7 % 256, i * 13 % 256, 200)).save(path)
+        values.append({"sku": f"sku-{i}", "uri": str(path)})
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO ynet.products (external_id, category, tags, image_uri) "
+                "VALUES (:sku, 'dress', ARRAY['color:red'], :uri)"
+            ),
+            values,
+        )
+
+
+def states(engine: Engine) -> dict[str, int]:
+    return {
+        str(s): int(str(n)) for s, n in rows(engine, "SELECT state, count(*) FROM ynet.embedding_jobs GROUP BY state")
+    }
+
+
+def embeddings_per_product(engine: Engine) -> list[int]:
+    return [
+        int(str(n))
+        for (n,) in rows(
+            engine,
+            "SELECT count(e.product_id) FROM ynet.products p "
+            "LEFT JOIN ynet.embeddings e ON e.product_id = p.id GROUP BY p.id ORDER BY p.id",
+        )
+    ]
+
+
+def attempts_by_sku(engine: Engine) -> dict[str, int]:
+    return {
+        str(sku): int(str(n))
+        for sku, n in rows(
+            engine,
+            "SELECT p.external_id, j.attempts FROM ynet.embedding_jobs j JOIN ynet.products p ON p.id = j.product_id",
+        )
+    }

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("ynet_db.cli.worker:worker", "Embed catalogue images: a Celery worker and its dispatcher."),
     "model": ("ynet_db.cli.model:model", "Register and activate embedding models; coverage."),
     "jobs": ("ynet_db.cli.jobs:jobs", "Re-drive dead embedding jobs."),
+    "attach": ("ynet_db.cli.attach:attach", "Keep the catalogue in step with an existing shop table."),
+    "search": ("ynet_db.cli.search:search", "Find the products nearest to a photo (table or HTML)."),
 }
 
 

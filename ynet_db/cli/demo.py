@@ -13,19 +13,39 @@ from ynet_db.status import catalogue_status
 
 @click.command()
 @click.option("--products", default=DemoConfig.products, show_default=True, help="Catalogue size.")
+@click.option("--queries", type=int, help="Street photos to search (default: one per product).")
 @pass_app
-def demo(app: App, products: int) -> None:
+def demo(app: App, products: int, queries: int | None) -> None:
     """Run the end-to-end demo on this machine, with no settings.
 
     Starts the embedded PostgreSQL (or uses YNET_DATABASE_URL), migrates it, draws a catalogue of
     generated products into the data directory, imports it so that the triggers record the
-    embedding work, and shows the catalogue's state. A second run reuses what the first built.
+    embedding work, starts real worker processes that embed it, searches the street photos through
+    the database, and prints top-k accuracy and latency; the HTML report shows queries with their
+    results, attention maps, the top-k curve and a latency histogram. A second run reuses what the
+    first built.
     """
-    config = DemoConfig(products=products)
-    click.echo(f"database: {libpq_dsn(app.engine.url)}")
-    migrate.upgrade(app.engine)
-    click.echo(f"schema: revision {migrate.status(app.engine).current}")
+    from ynet_db import demo as steps
+    from ynet_db.model_registry import ModelIdentity, activate, promote_if_complete, register
+    from ynet_db.workers.process import load_model
+
+    config = DemoConfig(products=products, queries=queries)
+    engine = app.engine
+    click.echo(f"database: {libpq_dsn(engine.url)}")
+    migrate.upgrade(engine)
     dataset = demo_dataset(app.settings.data_dir, config)
     click.echo(f"catalogue: {len(dataset.products)} generated products in {dataset.root}")
-    click.echo(str(import_demo_catalogue(app.engine, dataset)))
-    click.echo(str(catalogue_status(app.engine)))
+    model = load_model(app.settings)
+    register(engine, ModelIdentity.of(model, app.settings.model_path))
+    activate(engine, model.version)
+    click.echo(f"model: {model.version} ({model.embedding_dim}-d)")
+    click.echo(str(import_demo_catalogue(engine, dataset)))
+    log = app.settings.data_dir / "demo" / "worker.log"
+    with steps.running_workers(log) as worker:
+        steps.wait_for_embeddings(engine, model.version, worker, log)
+    promote_if_complete(engine)
+    click.echo(str(catalogue_status(engine)))
+    outcomes = steps.run_queries(engine, model, dataset, config.queries)
+    summary, page = steps.write_report(engine, model, dataset, outcomes, app.settings.data_dir / "demo" / "report")
+    click.echo(summary)
+    click.echo(f"report: {page}")

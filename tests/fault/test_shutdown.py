@@ -1,0 +1,93 @@
+"""Stopping a worker: a warm shutdown finishes its batch and takes no other; a cold one leaves the batch
+to be re-driven by the next worker."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import Engine
+from worker_processes import (
+    WorkerProcess,
+    attempts_by_sku,
+    embeddings_per_product,
+    insert_products,
+    rows,
+    scalar,
+    serve_default_model,
+    states,
+    wait_for,
+)
+
+RUNNING = (
+    "SELECT p.external_id FROM ynet.embedding_jobs j JOIN ynet.products p ON p.id = j.product_id "
+    "WHERE j.state = 'running' ORDER BY 1"
+)
+
+
+def running(engine: Engine) -> set[str]:
+    return {str(sku) for (sku,) in rows(engine, RUNNING)}
+
+
+def slow(i: int) -> str:
+    return "slow-"
+
+
+# A batch of 4 slow images takes a few seconds; the lease must outlast it, or the dispatcher's sweep
+# hands the batch back to the queue while it still runs.
+LEASE = ("--lease", "10")
+
+
+def test_a_warm_shutdown_finishes_the_batch_and_claims_no_other(
+    engine: Engine, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    worker = start_worker(*LEASE, hooks=True)
+    serve_default_model(engine, worker)
+    insert_products(engine, tmp_path, 12, prefix=slow)  # a batch of 4 takes about 2 s to fetch
+    wait_for(lambda: len(running(engine)) == 4, 60, "a batch of 4 in progress", worker)
+    batch = running(engine)
+
+    worker.signal(signal.SIGTERM)
+    worker.process.wait(60)
+
+    assert worker.process.returncode == 0
+    done = {sku for sku, state in job_states(engine).items() if state == "done"}
+    assert done == batch
+    assert states(engine) == {"done": 4, "pending": 8}
+    assert scalar(engine, "SELECT count(*) FROM ynet.workers WHERE stopped_at IS NULL") == 0
+
+
+def test_a_cold_shutdown_leaves_the_batch_to_be_re_driven(
+    engine: Engine, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    worker = start_worker(*LEASE, hooks=True)
+    serve_default_model(engine, worker)
+    insert_products(engine, tmp_path, 8, prefix=slow)
+    wait_for(lambda: len(running(engine)) == 4, 60, "a batch of 4 in progress", worker)
+    batch = running(engine)
+
+    worker.signal(signal.SIGQUIT)
+    try:
+        worker.process.wait(10)
+    except subprocess.TimeoutExpired:
+        pass  # Celery's cold shutdown of a prefork pool can hang; what matters is what it leaves behind
+    worker.kill()
+    assert running(engine) == batch  # not finished, not released: the lease is all that is left
+
+    successor = start_worker(*LEASE, hooks=True)
+    wait_for(lambda: states(engine) == {"done": 8}, 90, "8 jobs done", successor)
+    assert embeddings_per_product(engine) == [1] * 8
+    attempts = attempts_by_sku(engine)
+    assert {sku for sku, n in attempts.items() if n == 2} == batch
+
+
+def job_states(engine: Engine) -> dict[str, str]:
+    return {
+        str(sku): str(state)
+        for sku, state in rows(
+            engine,
+            "SELECT p.external_id, j.state FROM ynet.embedding_jobs j JOIN ynet.products p ON p.id = j.product_id",
+        )
+    }

@@ -1,0 +1,67 @@
+"""The worker path: a real `ynet-db worker` process with Redis gives the in-process ranking."""
+
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import redis
+from catalogue_vectors import catalogue, photo, unit_vectors
+from sqlalchemy import Engine
+from ynet_db.workers.app import make_app
+from ynet_db.workers.search_tasks import CeleryRunner
+
+from ynet_db.config import Settings
+from ynet_db.nn.model import RetrievalModel
+from ynet_db.search import SearchResult, search
+
+# The fault suite's helpers start and kill real worker processes; reuse them rather than copy them.
+sys.path.insert(0, str(Path(__file__).parents[1] / "fault"))
+from worker_processes import start_worker  # noqa: E402
+
+BROKER = "redis://127.0.0.1:6379/14"
+
+__all__ = ["start_worker"]
+
+
+@pytest.fixture(scope="module")
+def model() -> RetrievalModel:
+    return RetrievalModel.load_default()
+
+
+def ranking(result: SearchResult) -> list[str]:
+    return [row.external_id for row in result.rows]
+
+
+def test_worker_and_in_process_searches_give_the_same_results(
+    engine: Engine,
+    settings: Settings,
+    start_worker,
+    model: RetrievalModel,  # type: ignore[no-untyped-def]
+) -> None:
+    redis.Redis.from_url(BROKER).flushdb()  # no stale query from an earlier run
+    catalogue(engine, model.version, unit_vectors(200, model.embedding_dim, seed=5))
+    start_worker("--no-dispatcher", broker=BROKER)
+    runner = CeleryRunner(make_app(replace(settings, broker_url=BROKER)), timeout_s=120)
+    queries = [photo(seed) for seed in range(6)]
+    options = {"k": 10, "candidates": 60, "rerank": True, "filters": {"category": {"in": ["dress", "skirt"]}}}
+    local = [search(engine, image, model=model, **options) for image in queries]
+    remote = [search(engine, queries[0], via=runner, **options)]  # waits for the worker to start
+    with ThreadPoolExecutor(5) as pool:  # concurrent callers share messages (batched in the worker)
+        remote += list(pool.map(lambda image: search(engine, image, via=runner, **options), queries[1:]))
+    for mine, theirs in zip(local, remote, strict=True):
+        assert ranking(theirs) == ranking(mine)
+        assert (theirs.path, theirs.short, theirs.reranked, theirs.model_version) == (
+            mine.path,
+            mine.short,
+            mine.reranked,
+            mine.model_version,
+        )
+        np.testing.assert_allclose([r.distance for r in theirs.rows], [r.distance for r in mine.rows], atol=1e-5)
+        np.testing.assert_allclose(
+            [r.rerank_score for r in theirs.rows], [r.rerank_score for r in mine.rows], rtol=1e-4, atol=1e-5
+        )

@@ -1,0 +1,65 @@
+"""CeleryRunner gathers queries from concurrent callers into one message, and answers each its own."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import pytest
+from ynet_db.workers.search_tasks import SEARCH_TASK, CeleryRunner, answer
+
+from ynet_db.search import SearchError, SearchQuery, SearchResult
+
+
+class Recording(CeleryRunner):
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__(SimpleNamespace(tasks={SEARCH_TASK: None}), window_s=0.05)  # type: ignore[arg-type]
+        self.batches: list[int] = []
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    def send(self, queries: Sequence[SearchQuery]) -> list[SearchResult]:
+        with self.lock:
+            self.batches.append(len(queries))
+        if self.fail:
+            raise SearchError("the worker is gone")
+        return [SearchResult([], "m@1", "ann", False, q.k, 0, False) for q in queries]
+
+
+def test_concurrent_queries_share_messages_and_get_their_own_answers() -> None:
+    runner = Recording()
+    barrier = threading.Barrier(6)
+
+    def one(k: int) -> int:
+        barrier.wait()
+        return runner.run([SearchQuery(b"x", k=k, candidates=100)])[0].candidates_asked  # = k, see send
+
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(one, range(1, 7))) == [1, 2, 3, 4, 5, 6]  # each its own (k echoed back)
+    assert sum(runner.batches) == 6 and len(runner.batches) < 6
+
+
+def test_every_caller_in_a_failed_batch_learns_why() -> None:
+    runner = Recording(fail=True)
+    with pytest.raises(SearchError) as raised:
+        runner.run([SearchQuery(b"x", k=1, candidates=1)])
+    assert str(raised.value) == "the worker is gone"
+
+
+@pytest.mark.parametrize(
+    ("reply", "error", "message"),
+    [
+        ({"error": "FilterError", "message": "unknown filter field 'x'"}, "FilterError", "unknown filter field 'x'"),
+        (
+            {"error": "ImageError", "message": "image query: is empty"},
+            "SearchError",
+            "the search worker failed: ImageError: image query: is empty",
+        ),
+    ],
+)
+def test_worker_errors_come_back_by_name(reply: dict[str, str], error: str, message: str) -> None:
+    with pytest.raises(Exception) as raised:
+        answer(reply)
+    assert (type(raised.value).__name__, str(raised.value)) == (error, message)

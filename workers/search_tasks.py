@@ -1,0 +1,133 @@
+"""The search task: queries in, results out, run by the worker process that holds the model.
+
+    runner = CeleryRunner(make_app(settings))
+    result = search(engine, photo, k=20, via=runner)
+
+The worker runs the same `ynet_db.search.run_queries` as an in-process search, so both give the same
+results. A message carries a batch of queries: the worker encodes them in one forward pass, and
+`CeleryRunner` gathers the queries that concurrent callers (threads) make within a few milliseconds
+into one message.
+
+Unlike the embedding tasks, whose results live in the jobs table, a search answers its caller: this
+task alone keeps its result, in a result store derived from the broker (Redis: the same Redis; the
+database transport: the database; RabbitMQ: RPC replies).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from celery import Celery, Task, shared_task
+from celery.app.backends import by_url
+from ynet_db.workers import process
+from ynet_db.workers.app import WorkerApp, broker_url
+
+from ynet_db.filters import FilterError
+from ynet_db.search import SearchError, SearchQuery, SearchResult, run_queries
+
+SEARCH_TASK = "ynet.search_query"
+ERRORS: dict[str, type[Exception]] = {"FilterError": FilterError, "SearchError": SearchError}
+
+
+def result_backend_url(broker: str) -> str:
+    scheme = broker.split("://", 1)[0].lower()
+    if scheme in ("redis", "rediss"):
+        return broker
+    if scheme.startswith("sqla+"):
+        return "db+" + broker.removeprefix("sqla+")
+    return "rpc://"
+
+
+class SearchTask(Task):  # type: ignore[misc]
+    """A task with its own result store: the app's embedding tasks ignore results and have none."""
+
+    ignore_result = False
+    _search_backend: Any = None
+
+    @property
+    def backend(self) -> Any:  # type: ignore[override]
+        if self._search_backend is None:
+            app = self._get_app()
+            url = broker_url(app.ynet_settings) if isinstance(app, WorkerApp) else str(app.conf.broker_url)
+            backend_cls, backend_url = by_url(result_backend_url(url), app.loader)
+            self._search_backend = backend_cls(app=app, url=backend_url)
+        return self._search_backend
+
+    @backend.setter
+    def backend(self, value: Any) -> None:
+        self._search_backend = value
+
+
+@shared_task(name=SEARCH_TASK, base=SearchTask, time_limit=120, soft_time_limit=100)
+def search_query(queries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Run a batch of queries with this process's model; errors come back as data, by name."""
+    resources = process.current()
+    try:
+        results = run_queries(resources.engine, resources.model, [SearchQuery.from_wire(q) for q in queries])
+    except (FilterError, SearchError, ValueError) as error:
+        return {"error": type(error).__name__, "message": str(error)}
+    return {"results": [result.to_wire() for result in results]}
+
+
+def answer(reply: dict[str, Any]) -> list[SearchResult]:
+    if "error" in reply:
+        error = ERRORS.get(reply["error"])
+        if error is None:
+            raise SearchError(f"the search worker failed: {reply['error']}: {reply['message']}")
+        raise error(reply["message"])
+    return [SearchResult.from_wire(result) for result in reply["results"]]
+
+
+class CeleryRunner:
+    """Sends queries to a worker; queries from concurrent threads within `window_s` share one message."""
+
+    def __init__(self, app: Celery, *, timeout_s: float = 30.0, window_s: float = 0.003, max_batch: int = 16):
+        self.task = app.tasks[SEARCH_TASK]
+        self.timeout_s = timeout_s
+        self.window_s = window_s
+        self.max_batch = max_batch
+        self._lock = threading.Lock()
+        self._waiting: list[tuple[SearchQuery, Future[SearchResult]]] = []
+
+    def run(self, queries: Sequence[SearchQuery]) -> list[SearchResult]:
+        if len(queries) != 1 or self.window_s <= 0:
+            return self.send(queries)
+        future: Future[SearchResult] = Future()
+        with self._lock:
+            self._waiting.append((queries[0], future))
+            leader = len(self._waiting) == 1
+        if leader:
+            self._lead()
+        return [future.result(timeout=self.timeout_s + 1)]
+
+    def _lead(self) -> None:
+        """The first waiting caller sends, after the window, everything that queued behind it."""
+        deadline = time.monotonic() + self.window_s
+        while time.monotonic() < deadline and len(self._waiting) < self.max_batch:
+            time.sleep(self.window_s / 4)
+        with self._lock:
+            batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+            follower = self._waiting[0][1] if self._waiting else None
+        try:
+            results = self.send([query for query, _ in batch])
+        except Exception as error:  # every caller in the batch learns why
+            for _, future in batch:
+                future.set_exception(error)
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                future.set_result(result)
+        if follower is not None:
+            threading.Thread(target=self._lead, daemon=True).start()
+
+    def send(self, queries: Sequence[SearchQuery]) -> list[SearchResult]:
+        """One message, one reply; a query nobody picked up within the timeout expires unanswered."""
+        pending = self.task.apply_async(args=[[q.to_wire() for q in queries]], expires=self.timeout_s)
+        try:
+            reply = pending.get(timeout=self.timeout_s, propagate=True)
+        finally:
+            pending.forget()
+        return answer(reply)

@@ -1,0 +1,104 @@
+"""`ynet-db search IMAGE`: the catalogue's nearest products to a photo, as a table or an HTML page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from ynet_db.cli.context import App, pass_app
+
+if TYPE_CHECKING:
+    from ynet_db.nn.model import RetrievalModel
+    from ynet_db.search import SearchResult
+
+
+@click.command("search")
+@click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--k", "k", type=click.IntRange(1, 200), default=10, show_default=True, help="Results to show.")
+@click.option("--category", help="Only products of this category.")
+@click.option("--tag", "tags_any", multiple=True, help="Only products with any of these tags (repeatable).")
+@click.option("--tags-all", "tags_all", multiple=True, help="Only products with all of these tags (repeatable).")
+@click.option("--candidates", type=click.IntRange(1, 1000), default=256, show_default=True, help="Prefilter size.")
+@click.option("--rerank/--no-rerank", default=None, help="CtxYNet re-ranking (default: if measured to help).")
+@click.option("--worker", "via_worker", is_flag=True, help="Run the model work in a worker (needs YNET_BROKER_URL).")
+@click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), help="Also write this page.")
+@pass_app
+def search(
+    app: App,
+    image: Path,
+    k: int,
+    category: str | None,
+    tags_any: tuple[str, ...],
+    tags_all: tuple[str, ...],
+    candidates: int,
+    rerank: bool | None,
+    via_worker: bool,
+    html_out: Path | None,
+) -> None:
+    """Find the catalogue products nearest to the photo IMAGE under the active model."""
+    from ynet_db.filters import FilterError, compile_filters
+    from ynet_db.images import ImageError
+    from ynet_db.search import SearchError
+    from ynet_db.search import search as run_search
+
+    filters: dict[str, object] = {}
+    if category:
+        filters["category"] = category
+    if tags_any or tags_all:
+        filters["tags"] = {
+            **({"any": list(tags_any)} if tags_any else {}),
+            **({"all": list(tags_all)} if tags_all else {}),
+        }
+    try:
+        compile_filters(filters)  # refuse a bad filter before loading a model
+    except FilterError as error:
+        raise click.ClickException(str(error)) from error
+    engine = app.migrated_engine
+    model = None if via_worker else _load_model(app)
+    via = _worker_runner(app) if via_worker else None
+    try:
+        result = run_search(
+            engine, image, k=k, filters=filters, candidates=max(candidates, k), rerank=rerank, model=model, via=via
+        )
+    except (FilterError, SearchError, ImageError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(table(result))
+    if html_out is not None:
+        model = model or _load_model(app)
+        from ynet_db.report import search_page
+
+        html_out.write_text(search_page(engine, model, image, result), encoding="utf-8")
+        click.echo(f"wrote {html_out}")
+
+
+def _load_model(app: App) -> RetrievalModel:
+    from ynet_db.workers.process import load_model
+
+    return load_model(app.settings)
+
+
+def _worker_runner(app: App) -> object:
+    if not app.settings.broker_url:
+        raise click.UsageError("--worker needs a broker: set YNET_BROKER_URL")
+    from ynet_db.workers.app import make_app
+    from ynet_db.workers.search_tasks import CeleryRunner
+
+    return CeleryRunner(make_app(app.settings))
+
+
+def table(result: SearchResult) -> str:
+    from ynet_db.report import summary_line
+
+    lines = [
+        summary_line(result),
+        f"{'rank':>4}  {'external id':<20} {'category':<14} {'distance':>8} {'re-rank':>8}  title",
+    ]
+    for row in result.rows:
+        score = "" if row.rerank_score is None else f"{row.rerank_score:8.4f}"
+        lines.append(
+            f"{row.rank:>4}  {row.external_id[:20]:<20} {row.category[:14]:<14} {row.distance:8.4f} {score:>8}  "
+            f"{row.title}"
+        )
+    return "\n".join(lines)

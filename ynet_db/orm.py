@@ -1,0 +1,99 @@
+"""ORM helpers: search from a `Product`, and filters and distances usable in ordinary `select()`.
+
+    with Session(engine) as session, session.begin():
+        product = session.scalars(select(Product).where(Product.external_id == "sku-1")).one()
+        for other, distance in similar_products(session, product, k=10, filters={"in_stock": True}):
+            ...
+        dresses = session.scalars(select(Product).where(matching({"category": "dress"}))).all()
+
+The caller owns the session and its transaction (SQLAlchemy's advice): `similar_products` sets the
+search settings with SET LOCAL, which last until that transaction ends and never reach the pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import Session
+
+from ynet_db.db.models import Embedding, Model, Product
+from ynet_db.filters import DEFAULT_SCHEMA, MAX_K, FilterSchema, bounded, compile_filters
+from ynet_db.prefilter import SearchError, ann_settings, distance_to, model_constant, set_local
+
+__all__ = [
+    "active_model",
+    "embedded_count",
+    "matching",
+    "model_constant",
+    "nearest_to",
+    "product_embedding",
+    "similar_products",
+]
+
+
+def matching(filters: Mapping[str, Any] | None, schema: FilterSchema = DEFAULT_SCHEMA) -> ColumnElement[bool]:
+    """A filter (see `ynet_db.filters`) as a WHERE clause on `Product`; compose it with `&`, `|`, `and_`."""
+    return compile_filters(filters, schema)
+
+
+def active_model(session: Session) -> Model:
+    model = session.scalars(select(Model).where(Model.state == "active")).one_or_none()
+    if model is None:
+        raise SearchError("no model is active: run `ynet-db model activate NAME` once its embeddings exist")
+    return model
+
+
+def product_embedding(session: Session, product: Product, model: Model | None = None) -> np.ndarray | None:
+    """The product's stored vector under the active model (or `model`), float32 [D]; None if not embedded yet."""
+    model = model or active_model(session)
+    row = session.get(Embedding, (product.id, model.id))
+    return None if row is None else np.asarray(row.embedding, dtype=np.float32)
+
+
+def nearest_to(vector: np.ndarray, model: Model) -> ColumnElement[float]:
+    """Cosine distance of stored vectors to `vector`, in the form `model`'s HNSW index serves.
+
+    Use with `Embedding.model_id == model_constant(model.id)` in the same statement, and order by it.
+    """
+    return distance_to(vector, model.embedding_dim)
+
+
+def similar_products(
+    session: Session,
+    product: Product,
+    k: int = 10,
+    filters: Mapping[str, Any] | None = None,
+) -> list[tuple[Product, float]]:
+    """The k products whose stored vectors (active model) are nearest to this product's, itself excluded."""
+    bounded("k", k, MAX_K)
+    model = active_model(session)
+    vector = product_embedding(session, product, model)
+    if vector is None:
+        raise SearchError(f"product {product.external_id!r} has no embedding under the active model yet")
+    distance = nearest_to(vector, model)
+    set_local(session.connection(), ann_settings(k + 1))
+    statement = (
+        select(Product, distance.label("distance"))
+        .join(Embedding, Embedding.product_id == Product.id)
+        .where(Embedding.model_id == model_constant(model.id), Product.id != product.id, matching(filters))
+        .order_by(distance)
+        .limit(k)
+    )
+    rows = session.execute(statement).all()
+    # relaxed_order iterative scans may return neighbours slightly out of order.
+    return sorted(((row[0], float(row[1])) for row in rows), key=lambda pair: (pair[1], pair[0].id))
+
+
+def embedded_count(session: Session, filters: Mapping[str, Any] | None = None) -> int:
+    """Products with an embedding under the active model that pass the filters."""
+    model = active_model(session)
+    statement = (
+        select(func.count())
+        .select_from(Product)
+        .join(Embedding, Embedding.product_id == Product.id)
+        .where(Embedding.model_id == model.id, matching(filters))
+    )
+    return int(session.scalar(statement) or 0)

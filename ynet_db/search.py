@@ -1,0 +1,294 @@
+"""Search: a shopper's photo in, ranked products out.
+
+    result = search(engine, "photo.jpg", k=20, filters={"category": "dress"}, model=model)
+
+Two stages, as in the paper:
+1. The active model's street branch encodes the query once (average-pooled vector + feature map),
+   and the SQL prefilter (`prefilter.py`) returns the `candidates` nearest products under that
+   model only, exactly k when k match the filters.
+2. CtxYNet re-ranks the candidates from their *stored* vectors, by default only when the model's
+   re-ranker was measured to help (method.md: until then it must not change what users get).
+
+The model work can run in a Celery worker (`workers/search_tasks.py`) through the `via` runner; both
+paths call `run_queries`, so they give the same results. torch is imported only by model code.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import Engine
+
+from ynet_db.filters import MAX_CANDIDATES, MAX_K, FilterError, bounded, compile_filters
+from ynet_db.images import decode_image, fetch_image_bytes
+from ynet_db.prefilter import ActiveModel, Candidate, Path_, SearchError, active_model, prefilter
+
+if TYPE_CHECKING:
+    import torch
+
+ImageInput = bytes | str | Path | Image.Image
+
+
+class QueryModel(Protocol):
+    """What search needs of a model (`ynet_db.nn.model.RetrievalModel` is one)."""
+
+    version: str
+
+    @property
+    def rerank_measured_to_help(self) -> bool: ...
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor: ...
+
+    def encode_street(self, pixels: torch.Tensor) -> Any: ...
+
+    def rerank(self, street_map: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor: ...
+
+
+# -- queries and results -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """One query, validated; `to_wire` / `from_wire` carry it to a worker as JSON."""
+
+    image: bytes | Image.Image
+    k: int = 20
+    filters: Mapping[str, Any] | None = None
+    candidates: int = 256
+    rerank: bool | None = None
+    exact: bool | None = None
+
+    def __post_init__(self) -> None:
+        bounded("k", self.k, MAX_K)
+        bounded("candidates", self.candidates, MAX_CANDIDATES)
+        if self.candidates < self.k:
+            raise FilterError(f"candidates ({self.candidates}) must be at least k ({self.k})")
+        compile_filters(self.filters)  # refuse a bad filter before any model work
+
+    def to_wire(self) -> dict[str, Any]:
+        import base64
+
+        return {
+            "image": base64.b64encode(image_bytes(self.image)).decode("ascii"),
+            "k": self.k,
+            "filters": dict(self.filters) if self.filters else None,
+            "candidates": self.candidates,
+            "rerank": self.rerank,
+            "exact": self.exact,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> SearchQuery:
+        import base64
+
+        return cls(**{**data, "image": base64.b64decode(data["image"], validate=True)})
+
+
+@dataclass(frozen=True)
+class SearchRow:
+    rank: int
+    product_id: int
+    external_id: str
+    title: str
+    category: str
+    tags: list[str]
+    image_uri: str
+    distance: float
+    """The prefilter's cosine distance."""
+    rerank_score: float | None
+    """CtxYNet's score (higher is better); None when the candidates were not re-ranked."""
+    model_version: str
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    rows: list[SearchRow]
+    model_version: str
+    path: Path_
+    """How the prefilter ran: 'ann' (HNSW index) or 'exact'."""
+    short: bool
+    """Fewer candidates than asked came back (the filter matches fewer embedded products)."""
+    candidates_asked: int
+    candidates_returned: int
+    reranked: bool
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_wire(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> SearchResult:
+        return cls(**{**data, "rows": [SearchRow(**row) for row in data["rows"]]})
+
+
+class QueryRunner(Protocol):
+    """Runs queries somewhere: in this process (`InProcess`) or in a worker (`workers.search_tasks`)."""
+
+    def run(self, queries: Sequence[SearchQuery]) -> list[SearchResult]: ...
+
+
+@dataclass
+class InProcess:
+    engine: Engine
+    model: QueryModel
+
+    def run(self, queries: Sequence[SearchQuery]) -> list[SearchResult]:
+        return run_queries(self.engine, self.model, queries)
+
+
+def image_bytes(image: ImageInput) -> bytes:
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, Image.Image):
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        return out.getvalue()
+    return fetch_image_bytes(str(image))
+
+
+def as_image(image: ImageInput) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert("RGB") if image.mode != "RGB" else image
+    data = image if isinstance(image, bytes) else fetch_image_bytes(str(image))
+    return decode_image(data, source="query" if isinstance(image, bytes) else str(image))
+
+
+# -- the query path --------------------------------------------------------------------------------------
+
+
+def run_queries(engine: Engine, model: QueryModel, queries: Sequence[SearchQuery]) -> list[SearchResult]:
+    """Encode every query in one forward pass, then prefilter and re-rank each."""
+    import torch
+
+    if not queries:
+        return []
+    with engine.connect() as conn:
+        active = active_model(conn)
+    if active.version != model.version:
+        raise SearchError(
+            f"the active model is {active.version}, but the query model is {model.version}: vectors of two "
+            "models are never compared; load the active model"
+        )
+    started = time.perf_counter()
+    pixels = torch.stack([model.preprocess(as_image(q.image)) for q in queries])
+    street = model.encode_street(pixels)
+    encode_ms = 1000 * (time.perf_counter() - started) / len(queries)
+    return [
+        _answer(engine, model, active, query, street.vectors[i].numpy(), street.maps[i], encode_ms)
+        for i, query in enumerate(queries)
+    ]
+
+
+def _answer(
+    engine: Engine,
+    model: QueryModel,
+    active: ActiveModel,
+    query: SearchQuery,
+    vector: np.ndarray,
+    street_map: torch.Tensor,
+    encode_ms: float,
+) -> SearchResult:
+    import torch
+
+    rerank = model.rerank_measured_to_help if query.rerank is None else query.rerank
+    started = time.perf_counter()
+    found = prefilter(
+        engine,
+        vector,
+        candidates=query.candidates,
+        filters=query.filters,
+        exact=query.exact,
+        with_vectors=rerank,
+        model=active,
+    )
+    prefilter_ms = 1000 * (time.perf_counter() - started)
+    started = time.perf_counter()
+    scores: np.ndarray | None = None
+    order = np.arange(len(found.candidates))
+    if rerank and found.candidates:
+        assert found.vectors is not None
+        scores = model.rerank(street_map, torch.from_numpy(found.vectors)).numpy()
+        order = np.argsort(-scores, kind="stable")  # ties keep the prefilter's order
+    rerank_ms = 1000 * (time.perf_counter() - started)
+    rows = [_row(rank, found.candidates[i], scores, i, active.version) for rank, i in enumerate(order[: query.k], 1)]
+    return SearchResult(
+        rows=rows,
+        model_version=active.version,
+        path=found.path,
+        short=found.short,
+        candidates_asked=query.candidates,
+        candidates_returned=len(found.candidates),
+        reranked=rerank,
+        timings_ms={"encode": encode_ms, "prefilter": prefilter_ms, "rerank": rerank_ms},
+    )
+
+
+def _row(rank: int, found: Candidate, scores: np.ndarray | None, index: int, version: str) -> SearchRow:
+    score = None if scores is None else float(scores[index])
+    return SearchRow(
+        rank,
+        found.product_id,
+        found.external_id,
+        found.title,
+        found.category,
+        found.tags,
+        found.image_uri,
+        float(found.distance),
+        score,
+        version,
+    )
+
+
+def search(
+    engine: Engine,
+    image: ImageInput,
+    *,
+    k: int = 20,
+    filters: Mapping[str, Any] | None = None,
+    candidates: int = 256,
+    rerank: bool | None = None,
+    model: QueryModel | None = None,
+    via: QueryRunner | None = None,
+    exact: bool | None = None,
+) -> SearchResult:
+    """Search the active model's catalogue with a photo (bytes, a path or URL, or a PIL image).
+
+    `model`: the loaded active model, for the model work in this process (default: the shipped
+    default model, loaded now: pass a loaded one to reuse it). `via`: a runner that does the model
+    work elsewhere, e.g. `workers.search_tasks.CeleryRunner`; give one or the other, not both.
+    `rerank`: None re-ranks only if the model's re-ranker was measured to help.
+    """
+    query = SearchQuery(image_input(image), k, filters, candidates, rerank, exact)
+    return search_many_queries(engine, [query], model=model, via=via)[0]
+
+
+def image_input(image: ImageInput) -> bytes | Image.Image:
+    return image if isinstance(image, bytes | Image.Image) else fetch_image_bytes(str(image))
+
+
+def search_many_queries(
+    engine: Engine,
+    queries: Sequence[SearchQuery],
+    *,
+    model: QueryModel | None = None,
+    via: QueryRunner | None = None,
+) -> list[SearchResult]:
+    """Several queries as one batch: one forward pass, one message to a worker."""
+    if via is not None and model is not None:
+        raise ValueError("give `model` (search in this process) or `via` (search in a worker), not both")
+    if via is None:
+        via = InProcess(engine, model or _default_model())
+    return via.run(queries)
+
+
+def _default_model() -> QueryModel:
+    from ynet_db.nn.model import RetrievalModel
+
+    return RetrievalModel.load_default()
