@@ -14,10 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from ynet_db import jobs
 from ynet_db.status import HEARTBEAT_INTERVAL
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,12 @@ STOP = text("UPDATE ynet.workers SET last_seen_at = now(), jobs_done = :jobs_don
 class Heartbeat:
     """Beats from a daemon thread of the worker process; `add_done` beats at once with the new count."""
 
-    def __init__(self, engine: Engine, identity: WorkerIdentity, interval_s: float | None = None) -> None:
+    def __init__(
+        self, engine: Engine, identity: WorkerIdentity, interval_s: float | None = None, lease: timedelta | None = None
+    ) -> None:
         self.engine = engine
         self.identity = identity
+        self.lease = lease
         self.interval_s = interval_s or HEARTBEAT_INTERVAL.total_seconds()
         self.jobs_done = 0
         self._lock = threading.Lock()
@@ -70,6 +75,9 @@ class Heartbeat:
 
     def beat(self) -> None:
         self._write(BEAT, {"id": self.identity.id, "jobs_done": self.jobs_done})
+        if self.lease is not None:
+            # A live process keeps its jobs; only a dead one's leases run out and are swept.
+            self._write(jobs.RENEW, {"worker": self.identity.id, "lease": self.lease})
 
     def stop(self) -> None:
         """Mark the row stopped: a clean exit, as opposed to a heartbeat that just ceases."""

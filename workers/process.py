@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -64,7 +65,7 @@ def load_model(settings: Settings) -> RetrievalModel:
     return RetrievalModel.load_default(device=settings.device)
 
 
-def start(settings: Settings, torch_threads: int | None = None) -> WorkerResources:
+def start(settings: Settings, torch_threads: int | None = None, lease: timedelta | None = None) -> WorkerResources:
     """Build this process's engine and model, and make sure the model is registered."""
     global _current
     _drop_inherited_broker_engines()
@@ -83,7 +84,7 @@ def start(settings: Settings, torch_threads: int | None = None) -> WorkerResourc
         )
     pid, host = os.getpid(), socket.gethostname()
     identity = WorkerIdentity(f"{host}/{pid}", host, pid, record.id, str(model.device))
-    heartbeat = Heartbeat(engine, identity)
+    heartbeat = Heartbeat(engine, identity, lease=lease)
     heartbeat.start()
     _current = WorkerResources(engine, model, record, identity.id, pid, heartbeat)
     log.info("worker process %s serves model %s (id %s)", pid, record.version, record.id)
@@ -107,7 +108,7 @@ def _drop_inherited_broker_engines() -> None:
 @signals.worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
     app = current_app._get_current_object()
-    start(app.ynet_settings, app.ynet_options.torch_threads)
+    start(app.ynet_settings, app.ynet_options.torch_threads, app.ynet_options.lease)
 
 
 @signals.worker_shutting_down.connect

@@ -141,6 +141,24 @@ def fail(engine: Engine, job: ClaimedJob, worker: str, error: str, *, permanent:
     return None if row is None else str(row[0])
 
 
+RENEW = text(
+    """
+    UPDATE ynet.embedding_jobs SET lease_expires_at = now() + :lease
+     WHERE state = 'running' AND claimed_by = :worker AND lease_expires_at > now()
+    RETURNING id
+    """
+)
+
+
+def renew(engine: Engine, worker: str, lease: timedelta = DEFAULT_LEASE) -> int:
+    """Extend the leases a live worker holds, so a batch slower than its lease is not claimed twice.
+
+    Only unexpired leases are extended: a job the sweep may already have handed on stays handed on.
+    """
+    with engine.begin() as conn:
+        return len(conn.execute(RENEW, {"worker": worker, "lease": lease}).all())
+
+
 SWEEP = text(
     """
     UPDATE ynet.embedding_jobs

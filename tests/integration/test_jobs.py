@@ -137,3 +137,19 @@ def test_backoff_grows_and_is_capped() -> None:
     assert timedelta(seconds=2) <= delays[1] <= timedelta(seconds=4)
     assert timedelta(seconds=4) <= delays[2] <= timedelta(seconds=8)
     assert delays[3] <= jobs.BACKOFF_CAP
+
+
+def test_renew_extends_only_the_live_leases_of_that_worker(catalogue: Engine) -> None:
+    mine = jobs.claim(catalogue, "w1", 2, lease=timedelta(seconds=30))
+    jobs.claim(catalogue, "w2", 2, lease=timedelta(seconds=30))
+    expired = jobs.claim(catalogue, "w1", 1, lease=timedelta(seconds=-1))
+    assert jobs.renew(catalogue, "w1", timedelta(hours=1)) == len(mine)
+    with Session(catalogue) as session:
+        leases = dict(
+            session.execute(
+                select(EmbeddingJob.id, EmbeddingJob.lease_expires_at > func.now() + timedelta(minutes=30))
+            ).all()
+        )
+    assert all(leases[job.id] for job in mine)
+    assert not leases[expired[0].id], "an expired lease may already be swept: it stays expired"
+    assert sum(bool(extended) for extended in leases.values()) == len(mine), "other leases are untouched"
