@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 
 # Products the shipped demo model never saw in training (it trains on seed 0).
 DEMO_SEED = 2026
+DEMO_CHECKPOINT = "ynet-lite0-demo.safetensors"
+"""Trained on the generated benchmark (seed 0) by the command in README.md; ships in ynet_db/checkpoints."""
 RESULTS_DEPTH = 50
 STALL_SECONDS = 180
 SHOWN_QUERIES = 12
@@ -96,16 +98,25 @@ def import_demo_catalogue(engine: Engine, dataset: RetrievalDataset, *, progress
         return import_catalog(engine, path, progress=bar.update)
 
 
+def demo_checkpoint() -> Path:
+    """The shipped demo model. The default model for real catalogues stays the pretrained network."""
+    from importlib import resources
+
+    return Path(str(resources.files("ynet_db") / "checkpoints" / DEMO_CHECKPOINT))
+
+
 @contextmanager
-def running_workers(log: Path) -> Iterator[subprocess.Popen[bytes]]:
+def running_workers(log: Path, model_path: Path | None) -> Iterator[subprocess.Popen[bytes]]:
     """`ynet-db worker` as a child process (its own process group), warm-stopped on the way out."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ) | ({"YNET_MODEL": str(model_path)} if model_path else {})
     with log.open("ab") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "ynet_db", "worker", "--loglevel", "warning"],
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=env,
         )
     try:
         yield process

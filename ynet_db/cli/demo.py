@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import click
 
 from ynet_db.cli.context import App, pass_app
@@ -30,18 +32,20 @@ def demo(app: App, products: int, queries: int | None) -> None:
     from ynet_db.workers.process import load_model
 
     config = DemoConfig(products=products, queries=queries)
+    # The demo serves the shipped demo checkpoint unless YNET_MODEL names another.
+    settings = replace(app.settings, model_path=app.settings.model_path or steps.demo_checkpoint())
     engine = app.engine
     click.echo(f"database: {libpq_dsn(engine.url)}")
     migrate.upgrade(engine)
     dataset = demo_dataset(app.settings.data_dir, config)
     click.echo(f"catalogue: {len(dataset.products)} generated products in {dataset.root}")
-    model = load_model(app.settings)
-    register(engine, ModelIdentity.of(model, app.settings.model_path))
+    model = load_model(settings)
+    register(engine, ModelIdentity.of(model, settings.model_path))
     activate(engine, model.version)
     click.echo(f"model: {model.version} ({model.embedding_dim}-d)")
     click.echo(str(import_demo_catalogue(engine, dataset)))
     log = app.settings.data_dir / "demo" / "worker.log"
-    with steps.running_workers(log) as worker:
+    with steps.running_workers(log, settings.model_path) as worker:
         steps.wait_for_embeddings(engine, model.version, worker, log)
     promote_if_complete(engine)
     click.echo(str(catalogue_status(engine)))
