@@ -149,7 +149,8 @@ def crop_to_box(image: Image.Image, box: Box, *, source: str, limits: ImageLimit
     if right <= left or bottom <= top:
         raise ImageError(
             source,
-            f"box ({box.left}, {box.top}, {box.right}, {box.bottom}) lies outside the {image.width}x{image.height} image",
+            f"box ({box.left}, {box.top}, {box.right}, {box.bottom}) "
+            f"lies outside the {image.width}x{image.height} image",
             "check the release's bounding-box file",
         )
     if min(right - left, bottom - top) < limits.min_side:

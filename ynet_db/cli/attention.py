@@ -6,16 +6,13 @@ from pathlib import Path
 
 import click
 
+from ynet_db.cli.options import device_option, model_option
+
 
 @click.command("attention")
 @click.argument("image", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="PNG to write.")
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(exists=True, path_type=Path),
-    help="Checkpoint (default: the pretrained default model).",
-)
+@model_option
 @click.option("--tag", "tags", multiple=True, help="Shop mode: a product tag such as category:dress (repeatable).")
 @click.option(
     "--candidate",
@@ -23,7 +20,7 @@ import click
     help="Query mode: a shop image whose vector is the context.",
 )
 @click.option("--candidate-tag", "candidate_tags", multiple=True, help="Tags of the candidate shop image (repeatable).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@device_option
 def attention(
     image: Path,
     out: Path,

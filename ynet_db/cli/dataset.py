@@ -72,7 +72,8 @@ def synth(
     elapsed = time.perf_counter() - started
     images = sum(1 + len(record.street) for record in records)
     click.echo(
-        f"wrote {images} images of {len(records)} products to {out_dir} in {elapsed:.0f} s ({images / elapsed:.0f} images/s)"
+        f"wrote {images} images of {len(records)} products to {out_dir} "
+        f"in {elapsed:.0f} s ({images / elapsed:.0f} images/s)"
     )
 
 

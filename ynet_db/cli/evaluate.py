@@ -6,15 +6,12 @@ from pathlib import Path
 
 import click
 
+from ynet_db.cli.options import crop_option, device_option, model_option
+
 
 @click.command("evaluate")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(exists=True, path_type=Path),
-    help="Checkpoint (default: the pretrained default model).",
-)
+@model_option
 @click.option("--split", default="test", show_default=True, help="Which split's queries and gallery.")
 @click.option(
     "--out",
@@ -24,12 +21,7 @@ import click
     show_default=True,
     help="Folder for results.json and topk.png.",
 )
-@click.option(
-    "--crop/--no-crop",
-    default=False,
-    show_default=True,
-    help="Crop images to the release's bounding boxes (off: whole photos, as the catalogue serves them).",
-)
+@crop_option
 @click.option(
     "--distractors",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
@@ -40,7 +32,7 @@ import click
     default=None,
     help="CtxYNet re-ranking of the top 256 (default: only if the model was measured to gain from it).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@device_option
 @click.option("--batch-size", default=32, show_default=True)
 def evaluate(
     dataset: Path,

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from ynet_db.cli.options import crop_option, device_option
+
 STAGE_CHOICES = ("ynet", "tagynet", "ctxynet")
 
 
@@ -38,19 +40,14 @@ STAGE_CHOICES = ("ynet", "tagynet", "ctxynet")
     "--name", default="ynet-lite0-trained", show_default=True, help="Model name (the version is name@content-hash)."
 )
 @click.option("--seed", default=0, show_default=True)
-@click.option(
-    "--crop/--no-crop",
-    default=False,
-    show_default=True,
-    help="Crop images to the release's bounding boxes (off: whole photos, as the catalogue serves them).",
-)
+@crop_option
 @click.option(
     "--cache",
     "cache_dir",
     type=click.Path(file_okay=False, path_type=Path),
     help="Trunk-feature cache (default: OUT/cache).",
 )
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda.")
+@device_option
 def train(
     dataset: Path,
     out_dir: Path,
@@ -100,5 +97,6 @@ def train(
         load_dataset(dataset), out_dir, plan, device=resolve_device(device), cache_dir=cache_dir or out_dir / "cache"
     )
     click.echo(
-        f"wrote {out_dir / 'model.safetensors'}: {checkpoint.version}; re-ranker measured to help: {checkpoint.info.rerank_measured_to_help}"
+        f"wrote {out_dir / 'model.safetensors'}: {checkpoint.version}; "
+        f"re-ranker measured to help: {checkpoint.info.rerank_measured_to_help}"
     )
