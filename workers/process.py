@@ -21,13 +21,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import torch
 from celery import current_app, signals
-from sqlalchemy import Engine, event
+from sqlalchemy import Engine, event, text
 from ynet_db.workers.heartbeat import Heartbeat, WorkerIdentity
 
 from ynet_db.config import Settings
@@ -38,7 +38,7 @@ from ynet_db.nn.model import RetrievalModel
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass
 class WorkerResources:
     engine: Engine
     model: RetrievalModel
@@ -48,6 +48,40 @@ class WorkerResources:
     pid: int
     """The process that built the engine and the model."""
     heartbeat: Heartbeat
+    device: str = "cpu"
+    others: dict[int, RetrievalModel] = field(default_factory=dict)
+    """Other registered models this process has loaded on demand (a back-fill, a newly active model)."""
+
+    def model_for(self, model_id: int) -> RetrievalModel:
+        """The model registered as `model_id`, loaded once from its recorded checkpoint.
+
+        So the workers already running back-fill a newly activated model, and serve searches with it
+        once it is active, without a restart. The loaded model must carry the registered version.
+        """
+        if model_id == self.record.id:
+            return self.model
+        if model_id not in self.others:
+            self.others.clear()  # at most one model beside the process's own: the one being filled or served
+            self.others[model_id] = load_registered(self.engine, model_id, self.device)
+        return self.others[model_id]
+
+
+def load_registered(engine: Engine, model_id: int, device: str) -> RetrievalModel:
+    with engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT version, config ->> 'checkpoint' FROM ynet.models WHERE id = :id"), {"id": model_id}
+        ).first()
+    if row is None:
+        raise LookupError(f"model {model_id} is not registered")
+    version, checkpoint = row
+    model = RetrievalModel.load(checkpoint, device=device) if checkpoint else RetrievalModel.load_default(device=device)
+    if model.version != version:
+        raise LookupError(
+            f"model {model_id} is registered as {version}, but {checkpoint or 'the default model'} here is "
+            f"{model.version}: make the same checkpoint available to this worker"
+        )
+    log.info("worker process %s loaded model %s (id %s) on demand", os.getpid(), version, model_id)
+    return model
 
 
 _current: WorkerResources | None = None
@@ -86,7 +120,7 @@ def start(settings: Settings, torch_threads: int | None = None, lease: timedelta
     identity = WorkerIdentity(f"{host}/{pid}", host, pid, record.id, str(model.device))
     heartbeat = Heartbeat(engine, identity, lease=lease)
     heartbeat.start()
-    _current = WorkerResources(engine, model, record, identity.id, pid, heartbeat)
+    _current = WorkerResources(engine, model, record, identity.id, pid, heartbeat, str(settings.device))
     log.info("worker process %s serves model %s (id %s)", pid, record.version, record.id)
     return _current
 

@@ -22,21 +22,22 @@ log = logging.getLogger(__name__)
 
 @shared_task(name=EMBED_TASK)
 def embed_pending(model_id: int | None = None) -> int:
-    """Embed ready jobs of this process's model until none is left, the drain time is up or the worker stops."""
+    """Embed ready jobs of one model (default: this process's own) until none is left, the drain time is
+    up or the worker stops. Another registered model is loaded on demand: that is how running workers
+    back-fill a newly activated model."""
     resources = process.current()
-    if model_id is not None and model_id != resources.record.id:
-        return 0  # another model's work; its workers get their own wake-ups
+    model_id = resources.record.id if model_id is None else model_id
+    try:
+        model = resources.model_for(model_id)
+    except LookupError as error:
+        log.warning("cannot embed for model %s here: %s", model_id, error)
+        return 0
     app = embed_pending.app
     options = app.ynet_options
     total, deadline = BatchResult(), time.monotonic() + options.drain_s
     while time.monotonic() < deadline and not app.ynet_stopping.is_set():
         batch = run_once(
-            resources.engine,
-            resources.model,
-            resources.name,
-            options.batch_size,
-            model_id=resources.record.id,
-            lease=options.lease,
+            resources.engine, model, resources.name, options.batch_size, model_id=model_id, lease=options.lease
         )
         if not batch.claimed:
             break

@@ -175,3 +175,25 @@ def test_a_worker_process_killed_mid_batch_loses_and_duplicates_nothing(
     assert embeddings_per_product(engine) == [1] * 24
     # The killed child's batch came back through the lease sweep and was claimed a second time.
     assert int(str(scalar(engine, "SELECT count(*) FROM ynet.embedding_jobs WHERE attempts = 2"))) >= 1
+
+
+def test_running_workers_back_fill_a_newly_activated_model_and_switch_to_it(
+    engine: Engine, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    from ynet_db.demo import demo_checkpoint
+    from ynet_db.model_registry import ModelIdentity, activate, register
+    from ynet_db.nn.model import RetrievalModel
+
+    worker = start_worker()
+    serve_default_model(engine, worker)
+    insert_products(engine, tmp_path, 6)
+    wait_for(lambda: states(engine) == {"done": 6}, 90, "6 jobs done", worker)
+
+    demo = RetrievalModel.load(demo_checkpoint())
+    register(engine, ModelIdentity.of(demo, demo_checkpoint()))
+    assert activate(engine, demo.version) is not None
+    active = "SELECT version FROM ynet.models WHERE state = 'active'"
+    wait_for(lambda: scalar(engine, active) == demo.version, 120, "the demo model active", worker)
+    dims = rows(engine, "SELECT vector_dims(embedding), count(*) FROM ynet.embeddings GROUP BY 1 ORDER BY 1")
+    assert dims == [(256, 6), (1280, 6)], "every product under both models, the old vectors kept"
+    assert worker.process.poll() is None, "the same worker, not restarted"
