@@ -22,6 +22,10 @@ from ynet_db.db.server import database_url
 
 EMBED_TASK = "ynet.embed_pending"
 SWEEP_TASK = "ynet.sweep"
+SEARCH_TASK = "ynet.search_query"
+EMBED_QUEUE = "ynet"
+SEARCH_QUEUE = "ynet.search"
+QUEUES = {"embed": EMBED_QUEUE, "search": SEARCH_QUEUE}
 # Transports that redeliver an unacknowledged message after a visibility timeout.
 VISIBILITY_TRANSPORTS = ("redis", "rediss", "sqs", "sentinel")
 REDIS_DEFAULT_VISIBILITY_S = 3600
@@ -80,7 +84,10 @@ def make_app(settings: Settings, options: WorkerOptions | None = None) -> Worker
         broker_connection_retry_on_startup=True,
         broker_transport_options=_transport_options(app, options),
         worker_hijack_root_logger=False,
-        task_default_queue="ynet",
+        task_default_queue=EMBED_QUEUE,
+        # Searches have their own queue, so a worker can be kept for them alone (`ynet-db worker
+        # --queues search`) and a query never waits behind a catalogue's worth of embedding.
+        task_routes={SEARCH_TASK: {"queue": SEARCH_QUEUE}},
     )
     app.conf.update(options.extra_conf)
     return app

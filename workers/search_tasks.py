@@ -25,13 +25,11 @@ from celery import Celery, Task, shared_task
 from celery.app.backends import by_url
 from sqlalchemy import Engine
 from ynet_db.workers import process
-from ynet_db.workers.app import WorkerApp, broker_url
+from ynet_db.workers.app import SEARCH_TASK, WorkerApp, broker_url
 
 from ynet_db.filters import FilterError
 from ynet_db.prefilter import active_model
 from ynet_db.search import SearchError, SearchQuery, SearchResult, run_queries
-
-SEARCH_TASK = "ynet.search_query"
 
 
 def active_model_id(engine: Engine) -> int:

@@ -45,7 +45,7 @@ def test_worker_and_in_process_searches_give_the_same_results(
 ) -> None:
     redis.Redis.from_url(BROKER).flushdb()  # no stale query from an earlier run
     catalogue(engine, model.version, unit_vectors(200, model.embedding_dim, seed=5))
-    start_worker("--no-dispatcher", broker=BROKER)
+    start_worker("--no-dispatcher", "--queues", "search", broker=BROKER)  # a worker kept for queries
     runner = CeleryRunner(make_app(replace(settings, broker_url=BROKER)), timeout_s=120)
     queries = [photo(seed) for seed in range(6)]
     options = {"k": 10, "candidates": 60, "rerank": True, "filters": {"category": {"in": ["dress", "skirt"]}}}

@@ -54,6 +54,12 @@ def choose_pool(pool: str, device: str, concurrency: int | None) -> tuple[str, i
 @click.option(
     "--dispatcher/--no-dispatcher", default=True, show_default=True, help="Run the dispatcher beside the worker."
 )
+@click.option(
+    "--queues",
+    type=click.Choice(["embed", "search"]),
+    multiple=True,
+    help="What this worker takes (repeatable; default both): `--queues search` keeps one for queries.",
+)
 @click.option("--loglevel", default="info", show_default=True)
 @pass_app
 def worker(
@@ -64,10 +70,11 @@ def worker(
     lease: float,
     tick: float,
     dispatcher: bool,
+    queues: tuple[str, ...],
     loglevel: str,
 ) -> None:
     """Embed catalogue images as jobs arrive (Ctrl-C once: finish the batch and stop)."""
-    from ynet_db.workers.app import UnsafeSettings, WorkerOptions, check_settings, make_app
+    from ynet_db.workers.app import QUEUES, UnsafeSettings, WorkerOptions, check_settings, make_app
     from ynet_db.workers.dispatcher import DispatchOptions, run_process
 
     settings = app.settings
@@ -101,6 +108,8 @@ def worker(
                 loglevel,
                 "--hostname",
                 f"ynet-{os.getpid()}@%h",
+                "--queues",
+                ",".join(QUEUES[name] for name in (queues or QUEUES)),
             ]
         )
     finally:
