@@ -29,6 +29,9 @@ QUEUES = {"embed": EMBED_QUEUE, "search": SEARCH_QUEUE}
 # Transports that redeliver an unacknowledged message after a visibility timeout.
 VISIBILITY_TRANSPORTS = ("redis", "rediss", "sqs", "sentinel")
 REDIS_DEFAULT_VISIBILITY_S = 3600
+AMQP_TRANSPORTS = ("amqp", "amqps", "pyamqp")
+RABBITMQ_CONSUMER_TIMEOUT_S = 1800
+"""RabbitMQ closes the channel of a consumer that holds a message unacknowledged this long (its default)."""
 
 
 class UnsafeSettings(ValueError):
@@ -138,6 +141,11 @@ def check_settings(app: WorkerApp) -> None:
                 f"the broker's visibility_timeout ({visibility:g} s) is not above task_time_limit ({limit:g} s): "
                 "a running task's message would be delivered to a second worker"
             )
+    if limit and transport(app) in AMQP_TRANSPORTS and limit >= RABBITMQ_CONSUMER_TIMEOUT_S:
+        problems.append(
+            f"task_time_limit ({limit:g} s) reaches RabbitMQ's consumer_timeout ({RABBITMQ_CONSUMER_TIMEOUT_S} s): "
+            "the broker would close the channel and redeliver a task that is still running"
+        )
     if options.batch_size < 1 or options.lease <= timedelta(0):
         problems.append("batch_size and lease must be positive")
     if problems:

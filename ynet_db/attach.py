@@ -5,7 +5,7 @@ update of the watched columns, delete) and back-fills the rows it already holds,
 transaction: the triggers' lock holds off the shop's writes until the back-fill is committed, so no
 row is missed or copied twice. A product's `external_id` is the shop row's id as text.
 
-The triggers call one generic function with the column names as trigger arguments and read the row
+The triggers call one generic function (migration 0004) with the column names as trigger arguments and read the row
 through `to_jsonb(NEW) ->> column`, so no user-supplied name is ever spliced into a function body; in
 the trigger definitions names are quoted with `psycopg.sql.Identifier` and passed as literals.
 
@@ -56,53 +56,6 @@ class Attached:
     table: str
     backfilled: int
 
-
-FUNCTIONS = """
-CREATE OR REPLACE FUNCTION ynet.attached_product_upsert(r jsonb, cols text[]) RETURNS boolean
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    external text := r ->> cols[1];
-    image text := r ->> cols[2];
-    tag_value jsonb := r -> nullif(cols[4], '');
-    tag_list text[];
-BEGIN
-    IF external IS NULL THEN
-        RETURN false;
-    END IF;
-    IF image IS NULL OR image = '' THEN
-        DELETE FROM ynet.products WHERE external_id = external;
-        RETURN FOUND;
-    END IF;
-    tag_list := CASE jsonb_typeof(tag_value)
-        WHEN 'array' THEN ARRAY(SELECT jsonb_array_elements_text(tag_value))
-        WHEN 'string' THEN ARRAY(SELECT btrim(t) FROM regexp_split_to_table(tag_value #>> '{}', '[,|;]') AS t
-                                  WHERE btrim(t) <> '')
-        ELSE '{}'::text[] END;
-    INSERT INTO ynet.products AS p (external_id, title, category, tags, image_uri)
-    VALUES (external, coalesce(r ->> nullif(cols[5], ''), ''), coalesce(r ->> cols[3], ''), tag_list, image)
-    ON CONFLICT (external_id) DO UPDATE
-       SET title = EXCLUDED.title, category = EXCLUDED.category, tags = EXCLUDED.tags,
-           image_uri = EXCLUDED.image_uri
-     WHERE (p.title, p.category, p.tags, p.image_uri)
-           IS DISTINCT FROM (EXCLUDED.title, EXCLUDED.category, EXCLUDED.tags, EXCLUDED.image_uri);
-    RETURN FOUND;
-END $$;
-
-CREATE OR REPLACE FUNCTION ynet.attached_row_changed() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    cols text[] := ARRAY(SELECT unnest(TG_ARGV));  -- 1-based: id, image, category, tags, title
-    old_id text := CASE WHEN TG_OP <> 'INSERT' THEN to_jsonb(OLD) ->> cols[1] END;
-BEGIN
-    IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND old_id IS DISTINCT FROM to_jsonb(NEW) ->> cols[1]) THEN
-        DELETE FROM ynet.products WHERE external_id = old_id;
-    END IF;
-    IF TG_OP <> 'DELETE' THEN
-        PERFORM ynet.attached_product_upsert(to_jsonb(NEW), cols);
-    END IF;
-    RETURN NULL;
-END $$;
-"""
 
 FIND_TABLE = text(
     """
@@ -191,7 +144,6 @@ def attach(engine: Engine, table_name: str, columns: Columns) -> Attached:
         table = find_table(conn, table_name)
         check_columns(conn, table, columns)
         raw = conn.connection.driver_connection
-        raw.execute(FUNCTIONS)  # type: ignore[union-attr]
         for statement in _trigger_statements(table, columns):
             raw.execute(statement)  # type: ignore[union-attr]
         backfilled = raw.execute(_backfill_statement(table, columns)).fetchone()[0]  # type: ignore[union-attr]

@@ -26,6 +26,7 @@ from ynet_db.config import Settings
 from ynet_db.model_registry import activate
 
 REDIS_URL = "redis://127.0.0.1:6379/15"
+RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 HOOKS = Path(__file__).parent / "hooks"
 DEFAULT_MODEL = "ynet-lite0-default"
 

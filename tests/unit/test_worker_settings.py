@@ -55,6 +55,13 @@ def test_unsafe_settings_are_refused(conf: dict[str, object], problem: str) -> N
     assert problem in str(refused.value)
 
 
+def test_a_time_limit_past_rabbitmqs_consumer_timeout_is_refused() -> None:
+    rabbit = Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//", database_url="postgresql://unused/ynet")
+    check_settings(make_app(rabbit, WorkerOptions()))
+    with pytest.raises(UnsafeSettings, match=r"task_time_limit \(3600 s\) reaches RabbitMQ's consumer_timeout"):
+        check_settings(make_app(rabbit, WorkerOptions(extra_conf={"task_time_limit": 3600})))
+
+
 def test_a_long_time_limit_is_fine_where_no_visibility_timeout_applies() -> None:
     sqla = Settings(broker_url="sqla+postgresql+psycopg://u@h/ynet")
     app = make_app(sqla, WorkerOptions(extra_conf={"task_time_limit": 7200}))
