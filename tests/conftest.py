@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
-from psycopg import sql
+from databases import create_database, drop_database
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
 
 from ynet_db.config import Settings
 from ynet_db.db import migrate
 from ynet_db.db.engine import make_engine
-from ynet_db.db.server import libpq_dsn, start_embedded, stop_embedded
+from ynet_db.db.server import start_embedded, stop_embedded
 
 TEMPLATE = "ynet_test_template"
 
@@ -42,32 +40,10 @@ def server_url() -> Iterator[URL]:
     shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _admin(server_url: URL) -> psycopg.Connection:
-    return psycopg.connect(libpq_dsn(server_url), autocommit=True)
-
-
-def create_database(server_url: URL, template: str | None = None) -> URL:
-    name = f"ynet_test_{uuid.uuid4().hex[:12]}"
-    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
-    if template:
-        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
-    with _admin(server_url) as conn:
-        conn.execute(statement)
-    return server_url.set(database=name)
-
-
-def drop_database(server_url: URL, name: str) -> None:
-    with _admin(server_url) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 @pytest.fixture(scope="session")
 def template_database(server_url: URL) -> Iterator[str]:
     drop_database(server_url, TEMPLATE)
-    url = server_url.set(database=TEMPLATE)
-    with _admin(server_url) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(TEMPLATE)))
-    engine = make_engine(url)
+    engine = make_engine(create_database(server_url, name=TEMPLATE))
     migrate.upgrade(engine)
     engine.dispose()  # a template must have no open connections when it is copied
     yield TEMPLATE

@@ -7,12 +7,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import psycopg
 import pytest
 import torch
 from catalogue_vectors import add_embeddings, add_model, add_products, catalogue, photo, set_state, unit_vectors
+from databases import create_database, drop_database
 from PIL import Image
-from psycopg import sql
 from sqlalchemy import Engine, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
@@ -20,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from ynet_db.db.engine import make_engine
 from ynet_db.db.models import Product
-from ynet_db.db.server import libpq_dsn
 from ynet_db.embed import run_once
 from ynet_db.filters import FilterError, compile_filters
 from ynet_db.model_registry import ModelIdentity, activate, register
@@ -119,23 +117,12 @@ def tagged_template(server_url: URL, template_database: str) -> Iterator[np.ndar
     Built once per module as a template database (building the HNSW index takes seconds), copied per test.
     """
     vectors = unit_vectors(3000, DIM, seed=2)
-    admin(server_url, sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(TAGGED_TEMPLATE)))
-    admin(
-        server_url,
-        sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(TAGGED_TEMPLATE), sql.Identifier(template_database)
-        ),
-    )
-    builder = make_engine(server_url.set(database=TAGGED_TEMPLATE))
+    drop_database(server_url, TAGGED_TEMPLATE)
+    builder = make_engine(create_database(server_url, template_database, name=TAGGED_TEMPLATE))
     catalogue(builder, "small@1", vectors, tags=lambda i: ["rare"] if i % 200 == 0 else ["common"])
     builder.dispose()
     yield vectors
-    admin(server_url, sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(TAGGED_TEMPLATE)))
-
-
-def admin(server_url: URL, statement: sql.Composable) -> None:
-    with psycopg.connect(libpq_dsn(server_url), autocommit=True) as conn:
-        conn.execute(statement)
+    drop_database(server_url, TAGGED_TEMPLATE)
 
 
 @pytest.fixture
