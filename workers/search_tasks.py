@@ -5,8 +5,8 @@
 
 The worker runs the same `ynet_db.search.run_queries` as an in-process search, so both give the same
 results. A message carries a batch of queries: the worker encodes them in one forward pass, and
-`CeleryRunner` gathers the queries that concurrent callers (threads) make within a few milliseconds
-into one message.
+`CeleryRunner` gathers the queries of concurrent callers (threads) that arrive while earlier ones
+are out into one message.
 
 Unlike the embedding tasks, whose results live in the jobs table, a search answers its caller: this
 task alone keeps its result, in a result store derived from the broker (Redis: the same Redis; the
@@ -16,7 +16,6 @@ database transport: the database; RabbitMQ: RPC replies).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import Any
@@ -91,35 +90,41 @@ def answer(reply: dict[str, Any]) -> list[SearchResult]:
 
 
 class CeleryRunner:
-    """Sends queries to a worker; queries from concurrent threads within `window_s` share one message."""
+    """Sends queries to a worker, batching concurrent callers without delaying a lone one.
 
-    def __init__(self, app: Celery, *, timeout_s: float = 30.0, window_s: float = 0.003, max_batch: int = 16):
+    A query leaves at once while fewer than `max_in_flight` messages await replies; queries that
+    arrive while all are out wait, and leave together in one message as soon as one reply is back
+    (group commit). Set `max_in_flight` to the number of search worker processes: more would queue
+    single queries in the broker instead of batching them.
+    """
+
+    def __init__(self, app: Celery, *, timeout_s: float = 30.0, max_in_flight: int = 2, max_batch: int = 16):
         self.task = app.tasks[SEARCH_TASK]
         self.timeout_s = timeout_s
-        self.window_s = window_s
+        self.max_in_flight = max_in_flight
         self.max_batch = max_batch
         self._lock = threading.Lock()
+        self._in_flight = 0
         self._waiting: list[tuple[SearchQuery, Future[SearchResult]]] = []
 
     def run(self, queries: Sequence[SearchQuery]) -> list[SearchResult]:
-        if len(queries) != 1 or self.window_s <= 0:
+        if len(queries) != 1:
             return self.send(queries)
         future: Future[SearchResult] = Future()
         with self._lock:
             self._waiting.append((queries[0], future))
-            leader = len(self._waiting) == 1
-        if leader:
-            self._lead()
+            batch = self._take() if self._in_flight < self.max_in_flight else []
+            self._in_flight += bool(batch)
+        if batch:
+            self._carry(batch)
         return [future.result(timeout=self.timeout_s + 1)]
 
-    def _lead(self) -> None:
-        """The first waiting caller sends, after the window, everything that queued behind it."""
-        deadline = time.monotonic() + self.window_s
-        while time.monotonic() < deadline and len(self._waiting) < self.max_batch:
-            time.sleep(self.window_s / 4)
-        with self._lock:
-            batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
-            follower = self._waiting[0][1] if self._waiting else None
+    def _take(self) -> list[tuple[SearchQuery, Future[SearchResult]]]:
+        batch, self._waiting = self._waiting[: self.max_batch], self._waiting[self.max_batch :]
+        return batch
+
+    def _carry(self, batch: list[tuple[SearchQuery, Future[SearchResult]]]) -> None:
+        """Send one batch in this in-flight slot; a new thread carries the slot on if more queued meanwhile."""
         try:
             results = self.send([query for query, _ in batch])
         except Exception as error:  # every caller in the batch learns why
@@ -128,8 +133,11 @@ class CeleryRunner:
         else:
             for (_, future), result in zip(batch, results, strict=True):
                 future.set_result(result)
-        if follower is not None:
-            threading.Thread(target=self._lead, daemon=True).start()
+        with self._lock:
+            following = self._take()
+            self._in_flight -= not following
+        if following:
+            threading.Thread(target=self._carry, args=(following,), daemon=True).start()
 
     def send(self, queries: Sequence[SearchQuery]) -> list[SearchResult]:
         """One message, one reply; a query nobody picked up within the timeout expires unanswered."""

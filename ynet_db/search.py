@@ -147,8 +147,10 @@ def image_bytes(image: ImageInput) -> bytes:
     if isinstance(image, bytes):
         return image
     if isinstance(image, Image.Image):
+        # Lossless, so a worker sees the same pixels; the fastest zlib level, because the default
+        # spends 10 ms on a 224x224 photo to save a few KB on a local network.
         out = io.BytesIO()
-        image.save(out, format="PNG")
+        image.save(out, format="PNG", compress_level=1)
         return out.getvalue()
     return fetch_image_bytes(str(image))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
@@ -15,7 +16,7 @@ from ynet_db.search import SearchError, SearchQuery, SearchResult
 
 class Recording(CeleryRunner):
     def __init__(self, fail: bool = False) -> None:
-        super().__init__(SimpleNamespace(tasks={SEARCH_TASK: None}), window_s=0.05)  # type: ignore[arg-type]
+        super().__init__(SimpleNamespace(tasks={SEARCH_TASK: None}), max_in_flight=1)  # type: ignore[arg-type]
         self.batches: list[int] = []
         self.fail = fail
         self.lock = threading.Lock()
@@ -25,6 +26,7 @@ class Recording(CeleryRunner):
             self.batches.append(len(queries))
         if self.fail:
             raise SearchError("the worker is gone")
+        time.sleep(0.05)  # a worker's round trip, during which later callers queue
         return [SearchResult([], "m@1", "ann", False, q.k, 0, False) for q in queries]
 
 
@@ -39,6 +41,13 @@ def test_concurrent_queries_share_messages_and_get_their_own_answers() -> None:
     with ThreadPoolExecutor(6) as pool:
         assert list(pool.map(one, range(1, 7))) == [1, 2, 3, 4, 5, 6]  # each its own (k echoed back)
     assert sum(runner.batches) == 6 and len(runner.batches) < 6
+
+
+def test_a_lone_query_leaves_at_once_and_alone() -> None:
+    runner = Recording()
+    for k in (1, 2):
+        assert runner.run([SearchQuery(b"x", k=k, candidates=10)])[0].candidates_asked == k
+    assert runner.batches == [1, 1] and runner._in_flight == 0
 
 
 def test_every_caller_in_a_failed_batch_learns_why() -> None:
