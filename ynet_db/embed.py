@@ -135,13 +135,15 @@ def embed_batch(
             _record_failure(engine, job, worker, failure, result)
     if not prepared:
         return result
+    finished = []
     for item, outcome in zip(prepared, encode(model, prepared), strict=True):
         if isinstance(outcome, ItemFailure):
             _record_failure(engine, item.job, worker, outcome, result)
-        elif jobs.complete(engine, item.job, worker, outcome.tolist(), item.sha256):
-            result.done += 1
         else:
-            result.stale += 1
+            finished.append(jobs.Finished(item.job, outcome.numpy(), item.sha256))
+    done = jobs.complete_batch(engine, worker, finished)
+    result.done += len(done)
+    result.stale += len(finished) - len(done)
     return result
 
 
@@ -169,21 +171,10 @@ def run_once(
 ) -> BatchResult:
     """Claim up to `batch_size` ready jobs (of one model) and embed them; `claimed == 0` means no work.
 
-    The first job is claimed alone: if it is a retried one it is embedded alone (see the module's
-    notes). Retried jobs that come with the rest are embedded after the first-time ones, one by one.
+    The first job is claimed alone: a retried one is embedded alone (see the module's notes). Otherwise
+    the rest of the batch is filled with first attempts only, so no retried job shares a batch's fate.
     """
-    first = jobs.claim(engine, worker, 1, lease=lease, model_id=model_id)
-    if not first:
-        return BatchResult()
-    if _retried(first[0]) or batch_size == 1:
-        return embed_batch(engine, model, first, worker, fetch=fetch)
-    rest = jobs.claim(engine, worker, batch_size - 1, lease=lease, model_id=model_id)
-    result = embed_batch(engine, model, first + [job for job in rest if not _retried(job)], worker, fetch=fetch)
-    for job in rest:
-        if _retried(job):
-            result.add(embed_batch(engine, model, [job], worker, fetch=fetch))
-    return result
-
-
-def _retried(job: ClaimedJob) -> bool:
-    return job.attempts > 1
+    batch = jobs.claim(engine, worker, 1, lease=lease, model_id=model_id)
+    if batch and batch[0].attempts == 1 and batch_size > 1:
+        batch += jobs.claim(engine, worker, batch_size - 1, lease=lease, model_id=model_id, first_attempts_only=True)
+    return embed_batch(engine, model, batch, worker, fetch=fetch)

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 from sqlalchemy import Engine, text
+
+from ynet_db.db.vectors import vector_text
 
 DEFAULT_LEASE = timedelta(minutes=5)
 BACKOFF_BASE = timedelta(seconds=2)
@@ -44,6 +47,7 @@ CLAIM = text(
      WHERE j.product_id = p.id
        AND j.id IN (SELECT id FROM ynet.embedding_jobs
                      WHERE state IN ('pending', 'retry') AND run_after <= now()
+                       AND (state = 'pending' OR NOT :first_attempts_only)
                        AND (CAST(:model_id AS integer) IS NULL OR model_id = :model_id)
                      ORDER BY run_after, id
                      LIMIT :limit
@@ -55,36 +59,55 @@ CLAIM = text(
 
 
 def claim(
-    engine: Engine, worker: str, limit: int, *, lease: timedelta = DEFAULT_LEASE, model_id: int | None = None
+    engine: Engine,
+    worker: str,
+    limit: int,
+    *,
+    lease: timedelta = DEFAULT_LEASE,
+    model_id: int | None = None,
+    first_attempts_only: bool = False,
 ) -> list[ClaimedJob]:
-    """Take up to `limit` ready jobs for `worker` until the lease expires."""
+    """Take up to `limit` ready jobs for `worker` until the lease expires (with `first_attempts_only`,
+    only jobs never tried: no failed or expired one)."""
+    params = {"worker": worker, "lease": lease, "limit": limit, "model_id": model_id}
     with engine.begin() as conn:
-        rows = conn.execute(CLAIM, {"worker": worker, "lease": lease, "limit": limit, "model_id": model_id})
+        rows = conn.execute(CLAIM, {**params, "first_attempts_only": first_attempts_only})
         return sorted((ClaimedJob(*row) for row in rows), key=lambda job: job.id)
 
 
-# The embedding is written only while the job is still this worker's and the product still shows the
-# image and tags the job was made for; a late, superseded or re-claimed job changes nothing.
+# A batch's embeddings are written in one statement and one transaction: per job, only while it is
+# still this worker's and the product still shows the image and tags it was made for, so a late,
+# superseded or re-claimed job changes nothing. One commit per batch instead of one per job keeps the
+# database's share of a worker's time small; a crash before the commit loses the batch's writes and
+# its 'done' marks together, and the lease brings the jobs back.
 COMPLETE = text(
     """
-    WITH job AS (
-        SELECT j.id, j.product_id, j.model_id
-          FROM ynet.embedding_jobs j JOIN ynet.products p ON p.id = j.product_id
-         WHERE j.id = :job_id AND j.state = 'running' AND j.claimed_by = :worker
+    WITH finished AS (
+        SELECT * FROM unnest(CAST(:job_ids AS bigint[]), CAST(:hashes AS text[]), CAST(:embeddings AS text[]))
+                   AS f(job_id, image_sha256, embedding)
+    ), current AS (
+        SELECT j.id, j.product_id, j.model_id, f.image_sha256, f.embedding
+          FROM ynet.embedding_jobs j
+          JOIN finished f ON f.job_id = j.id
+          JOIN ynet.products p ON p.id = j.product_id
+         WHERE j.state = 'running' AND j.claimed_by = :worker
            AND p.image_uri = j.image_uri AND p.tags = j.tags
            AND p.image_sha256 IS NOT DISTINCT FROM j.image_sha256
            FOR UPDATE OF j
+    ), job AS (  -- one row per embedding: the newest job, should one batch ever hold two for a product
+        SELECT DISTINCT ON (product_id, model_id) * FROM current ORDER BY product_id, model_id, id DESC
     ), written AS (
         INSERT INTO ynet.embeddings (product_id, model_id, image_sha256, embedding)
-        SELECT product_id, model_id, :image_sha256, CAST(:embedding AS vector) FROM job
+        SELECT product_id, model_id, image_sha256, CAST(embedding AS vector) FROM job
         ON CONFLICT (product_id, model_id) DO UPDATE
            SET image_sha256 = EXCLUDED.image_sha256, embedding = EXCLUDED.embedding, created_at = now()
-        RETURNING product_id
+        RETURNING product_id, model_id
     )
-    UPDATE ynet.embedding_jobs
+    UPDATE ynet.embedding_jobs j
        SET state = 'done', finished_at = now(), updated_at = now(), lease_expires_at = NULL, last_error = NULL
-     WHERE id IN (SELECT id FROM job) AND EXISTS (SELECT 1 FROM written)
-    RETURNING id
+      FROM job JOIN written USING (product_id, model_id)
+     WHERE j.id = job.id
+    RETURNING j.id
     """
 )
 
@@ -92,21 +115,42 @@ RELEASE_STALE = text(
     """
     UPDATE ynet.embedding_jobs
        SET state = 'superseded', finished_at = now(), updated_at = now(), lease_expires_at = NULL
-     WHERE id = :job_id AND state = 'running' AND claimed_by = :worker
+     WHERE id = ANY(CAST(:job_ids AS bigint[])) AND state = 'running' AND claimed_by = :worker
     """
 )
 
 
-def complete(engine: Engine, job: ClaimedJob, worker: str, embedding: Sequence[float], image_sha256: str) -> bool:
-    """Write the job's embedding and mark it done; False if the job was no longer this worker's to finish."""
-    vector = "[" + ",".join(repr(float(x)) for x in embedding) + "]"
+@dataclass(frozen=True)
+class Finished:
+    """A job's embedding, ready to be written."""
+
+    job: ClaimedJob
+    embedding: Sequence[float] | np.ndarray
+    image_sha256: str
+
+
+def complete_batch(engine: Engine, worker: str, finished: Sequence[Finished]) -> set[int]:
+    """Write the embeddings and mark their jobs done, in one transaction; returns the ids done. A job that
+    was no longer this worker's to finish is marked superseded (if still this worker's) and left out."""
+    if not finished:
+        return set()
+    params = {
+        "worker": worker,
+        "job_ids": [item.job.id for item in finished],
+        "hashes": [item.image_sha256 for item in finished],
+        "embeddings": [vector_text(item.embedding) for item in finished],
+    }
     with engine.begin() as conn:
-        done = conn.execute(
-            COMPLETE, {"job_id": job.id, "worker": worker, "image_sha256": image_sha256, "embedding": vector}
-        ).first()
-        if done is None:
-            conn.execute(RELEASE_STALE, {"job_id": job.id, "worker": worker})
-        return done is not None
+        done = {int(row[0]) for row in conn.execute(COMPLETE, params)}
+        stale = [item.job.id for item in finished if item.job.id not in done]
+        if stale:
+            conn.execute(RELEASE_STALE, {"job_ids": stale, "worker": worker})
+        return done
+
+
+def complete(engine: Engine, job: ClaimedJob, worker: str, embedding: Sequence[float], image_sha256: str) -> bool:
+    """One job's `complete_batch`: False if the job was no longer this worker's to finish."""
+    return job.id in complete_batch(engine, worker, [Finished(job, embedding, image_sha256)])
 
 
 FAIL = text(

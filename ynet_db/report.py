@@ -79,7 +79,7 @@ def active_vectors(engine: Engine, product_ids: list[int]) -> dict[int, np.ndarr
     """Stored vectors under the active model: the context of each CtxYNet attention map."""
     from sqlalchemy import text
 
-    from ynet_db.prefilter import stored_vectors
+    from ynet_db.db.vectors import stored_vectors
 
     with engine.connect() as conn:
         rows = conn.execute(

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import Engine, text
 
-from ynet_db.prefilter import query_text
+from ynet_db.db.vectors import vector_text
 
 
 def unit_vectors(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -68,7 +68,7 @@ def add_embeddings(engine: Engine, model_id: int, product_ids: Sequence[int], ve
                 "INSERT INTO ynet.embeddings (product_id, model_id, image_sha256, embedding) "
                 "SELECT p, :mid, :sha, CAST(v AS vector) FROM unnest(CAST(:p AS int[]), CAST(:v AS text[])) AS u(p, v)"
             ),
-            {"mid": model_id, "sha": "0" * 64, "p": list(product_ids), "v": [query_text(v) for v in vectors]},
+            {"mid": model_id, "sha": "0" * 64, "p": list(product_ids), "v": [vector_text(v) for v in vectors]},
         )
         conn.execute(text("ANALYZE ynet.products"))
         conn.execute(text("ANALYZE ynet.embeddings"))

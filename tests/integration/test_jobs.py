@@ -71,6 +71,32 @@ def test_complete_writes_one_embedding_and_a_second_delivery_changes_nothing(cat
     assert _states(catalogue)["done"] == 1
 
 
+def test_a_batch_completes_in_one_call_and_only_its_current_jobs_are_done(catalogue: Engine) -> None:
+    batch = jobs.claim(catalogue, "w1", 3)
+    with Session(catalogue) as session:  # the middle product changes image while its batch is encoded
+        session.execute(update(Product).where(Product.id == batch[1].product_id).values(image_uri="/img/new.jpg"))
+        session.commit()
+    vectors = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    done = jobs.complete_batch(catalogue, "w1", [jobs.Finished(j, v, "a" * 64) for j, v in zip(batch, vectors)])
+    assert done == {batch[0].id, batch[2].id}
+    with Session(catalogue) as session:
+        stored = dict(session.execute(select(Embedding.product_id, Embedding.embedding)).all())
+        overtaken = session.get(EmbeddingJob, batch[1].id)
+    assert {k: list(v) for k, v in stored.items()} == {batch[0].product_id: [1, 0, 0], batch[2].product_id: [0, 0, 1]}
+    assert overtaken is not None and overtaken.state == "superseded"
+    assert jobs.complete_batch(catalogue, "w1", [jobs.Finished(batch[0], vectors[1], "b" * 64)]) == set()
+
+
+def test_a_claim_of_first_attempts_skips_retried_jobs(catalogue: Engine) -> None:
+    (failing,) = jobs.claim(catalogue, "w1", 1)
+    assert jobs.fail(catalogue, failing, "w1", "fetch: timed out") == "retry"
+    with catalogue.begin() as conn:
+        conn.execute(text("UPDATE ynet.embedding_jobs SET run_after = now() - interval '1 hour'"))
+    fresh = jobs.claim(catalogue, "w1", 100, first_attempts_only=True)
+    assert len(fresh) == 9 and failing.id not in {job.id for job in fresh}
+    assert [job.id for job in jobs.claim(catalogue, "w2", 100)] == [failing.id]
+
+
 def test_a_job_overtaken_by_a_new_image_writes_nothing(catalogue: Engine) -> None:
     (job,) = jobs.claim(catalogue, "w1", 1)
     with Session(catalogue) as session:

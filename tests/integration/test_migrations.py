@@ -84,3 +84,34 @@ def test_orm_models_match_migrated_schema(engine: Engine) -> None:
         )
         differences = compare_metadata(context, Base.metadata)
     assert differences == []
+
+
+def test_a_1280_d_embedding_is_stored_in_its_row_not_in_toast(engine: Engine) -> None:
+    """Out-of-line vectors cost every exact distance extra page reads and hide that cost from the planner."""
+    with engine.begin() as conn:
+        model = conn.execute(
+            text(
+                "INSERT INTO ynet.models (name, version, embedding_dim, weights_sha256) "
+                "VALUES ('m', 'm@1', 1280, :s) RETURNING id"
+            ),
+            {"s": "0" * 64},
+        ).scalar_one()
+        product = conn.execute(
+            text(
+                "INSERT INTO ynet.products (external_id, category, image_uri) "
+                "VALUES ('p', 'dress', '/p.jpg') RETURNING id"
+            )
+        ).scalar_one()
+        conn.execute(
+            text(
+                "INSERT INTO ynet.embeddings (product_id, model_id, image_sha256, embedding) "
+                "VALUES (:p, :m, :s, CAST(array_fill(0.5, ARRAY[1280]) AS vector))"
+            ),
+            {"p": product, "m": model, "s": "0" * 64},
+        )
+    with engine.connect() as conn:
+        toast = conn.execute(
+            text("SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = 'ynet.embeddings'::regclass")
+        ).scalar_one()
+        assert conn.execute(text(f"SELECT count(*) FROM {toast}")).scalar_one() == 0
+        assert conn.execute(text("SELECT pg_relation_size('ynet.embeddings')")).scalar_one() >= 1280 * 4

@@ -10,9 +10,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from ynet_db.db.models import Embedding, Product
+from ynet_db.db.vectors import vector_text
 from ynet_db.orm import active_model as active_orm_model
 from ynet_db.orm import matching, model_constant, nearest_to, product_embedding, similar_products
-from ynet_db.prefilter import prefilter, query_text
+from ynet_db.prefilter import prefilter
 
 DIM = 16
 
@@ -43,7 +44,7 @@ def test_nearest_products_agrees_with_the_python_prefilter(
 ) -> None:
     query = unit_vectors(1, DIM, seed=4)[0]
     found = nearest(
-        engine, f"SELECT * FROM ynet.nearest_products(CAST(:q AS vector), 8{arguments})", q=query_text(query)
+        engine, f"SELECT * FROM ynet.nearest_products(CAST(:q AS vector), 8{arguments})", q=vector_text(query)
     )
     want = prefilter(engine, query, candidates=8, filters=filters, exact=True).candidates
     assert [name for name, _ in found] == [c.external_id for c in want]
@@ -74,7 +75,7 @@ def test_the_functions_leave_no_settings_behind_even_inside_a_transaction(engine
 )
 def test_the_functions_refuse_bad_arguments(engine: Engine, vectors: np.ndarray, sql: str, message: str) -> None:
     with pytest.raises(DBAPIError) as raised, engine.begin() as conn:
-        conn.execute(text(sql), {"q": query_text(vectors[0])} if ":q" in sql else {})
+        conn.execute(text(sql), {"q": vector_text(vectors[0])} if ":q" in sql else {})
     assert message in str(raised.value.orig)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM ynet.products")).scalar() == 400
@@ -82,7 +83,7 @@ def test_the_functions_refuse_bad_arguments(engine: Engine, vectors: np.ndarray,
 
 def test_a_hostile_category_is_data(engine: Engine, vectors: np.ndarray) -> None:
     sql = "SELECT * FROM ynet.nearest_products(CAST(:q AS vector), 5, category => :c)"
-    assert nearest(engine, sql, q=query_text(vectors[0]), c="dress' OR '1'='1") == []
+    assert nearest(engine, sql, q=vector_text(vectors[0]), c="dress' OR '1'='1") == []
 
 
 def test_orm_similar_products_match_more_like_this(engine: Engine, vectors: np.ndarray) -> None:

@@ -1,0 +1,19 @@
+"""pgvector's two wire forms, to and from NumPy: text for parameters, binary for results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def vector_text(vector: Sequence[float] | np.ndarray) -> str:
+    """pgvector's text form; repr of a float32 widened to a double parses back to the same float32."""
+    return "[" + ",".join(map(repr, np.asarray(vector, dtype=np.float32).tolist())) + "]"
+
+
+def stored_vectors(blobs: Sequence[bytes]) -> np.ndarray:
+    """pgvector's binary form (`vector_send`: int16 dim, int16 unused, big-endian float32s) -> float32 [N, D]."""
+    if not blobs:
+        return np.zeros((0, 0), dtype=np.float32)
+    return np.stack([np.frombuffer(bytes(blob), dtype=">f4", offset=4) for blob in blobs]).astype(np.float32)
