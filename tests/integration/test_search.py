@@ -17,6 +17,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
+from ynet_db import prefilter as prefilter_module
 from ynet_db.db.engine import make_engine
 from ynet_db.db.models import Product
 from ynet_db.embed import run_once
@@ -163,6 +164,13 @@ def test_a_filter_matching_fewer_than_asked_is_reported_short(tagged_engine: Eng
     assert (len(found.candidates), found.short, found.path) == (15, True, "exact")
 
 
+@pytest.fixture
+def exact_below_2000(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tagged catalogue's 3,000 products would all be searched exactly under the default threshold."""
+    monkeypatch.setattr(prefilter_module, "EXACT_BELOW", 2000)
+
+
+@pytest.mark.usefixtures("exact_below_2000")
 def test_a_broad_filter_uses_the_index_and_returns_k_rows(tagged_engine: Engine, tagged: np.ndarray) -> None:
     query = unit_vectors(1, DIM, seed=4)[0]
     found = prefilter(tagged_engine, query, candidates=50, filters={"tags": ["common"]})
@@ -172,6 +180,7 @@ def test_a_broad_filter_uses_the_index_and_returns_k_rows(tagged_engine: Engine,
     assert recall >= 0.9
 
 
+@pytest.mark.usefixtures("exact_below_2000")
 def test_search_settings_do_not_leak_to_the_next_pooled_connection(tagged_url: URL, tagged: np.ndarray) -> None:
     one = make_engine(tagged_url, pool_size=1, max_overflow=0)
     try:
