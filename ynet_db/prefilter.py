@@ -156,10 +156,22 @@ def count_matching(conn: Connection, where: ColumnElement[bool], cap: int) -> in
     return int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
 
 
+SET_LOCAL = text(
+    "SELECT set_config(name, value, true) "
+    "FROM unnest(CAST(:names AS text[]), CAST(:values AS text[])) AS s(name, value)"
+)
+
+
 def set_local(conn: Connection, settings: Mapping[str, object]) -> None:
-    """Transaction-scoped settings (SET LOCAL): gone at commit or rollback, never left in the pool."""
-    for name, value in settings.items():
-        conn.execute(text("SELECT set_config(:name, :value, true)"), {"name": name, "value": str(value)})
+    """Transaction-scoped settings (SET LOCAL), in one round trip: gone at commit or rollback, never
+    left in the pool."""
+    conn.execute(SET_LOCAL, {"names": list(settings), "values": [str(value) for value in settings.values()]})
+
+
+CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
+"""psycopg prepares a statement run five times on one connection, and PostgreSQL may then switch to a
+generic plan that ignores the filter's values: a 10% tag filter at 100,000 products went from 40 ms
+to 460 ms on a pooled connection's sixth query. A plan for these values costs well under 1 ms."""
 
 
 def ann_settings(candidates: int) -> dict[str, object]:
@@ -195,10 +207,10 @@ def prefilter(
                 f"the query vector has shape {tuple(query.shape)}, model {model.version} stores "
                 f"{model.embedding_dim} dimensions"
             )
+        set_local(conn, CUSTOM_PLANS | ann_settings(candidates))
         if exact is None and filters:
             exact = count_matching(conn, where, EXACT_BELOW + 1) <= EXACT_BELOW
         if not exact:
-            set_local(conn, ann_settings(candidates))
             rows = _fetch(conn, model, query, where, candidates, exact=False, with_vectors=with_vectors)
             if len(rows) == candidates or exact is False or count_capped(conn, model, where, candidates) <= len(rows):
                 return _prefilter(rows, "ann", candidates, with_vectors)

@@ -193,10 +193,10 @@ def test_search_settings_do_not_leak_to_the_next_pooled_connection(tagged_url: U
             shown = [conn.execute(text(f"SHOW {name}")).scalar() for name in SETTINGS]
     finally:
         one.dispose()
-    assert shown == ["40", "off", "20000"]
+    assert shown == ["40", "off", "20000", "auto"]
 
 
-SETTINGS = ("hnsw.ef_search", "hnsw.iterative_scan", "hnsw.max_scan_tuples")
+SETTINGS = ("hnsw.ef_search", "hnsw.iterative_scan", "hnsw.max_scan_tuples", "plan_cache_mode")
 
 
 # -- one model's vectors ------------------------------------------------------------------------------
