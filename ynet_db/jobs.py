@@ -47,7 +47,7 @@ CLAIM = text(
      WHERE j.product_id = p.id
        AND j.id IN (SELECT id FROM ynet.embedding_jobs
                      WHERE state IN ('pending', 'retry') AND run_after <= now()
-                       AND (state = 'pending' OR NOT :first_attempts_only)
+                       AND (state = 'pending' OR NOT :first)
                        AND (CAST(:model_id AS integer) IS NULL OR model_id = :model_id)
                      ORDER BY run_after, id
                      LIMIT :limit
@@ -69,9 +69,9 @@ def claim(
 ) -> list[ClaimedJob]:
     """Take up to `limit` ready jobs for `worker` until the lease expires (with `first_attempts_only`,
     only jobs never tried: no failed or expired one)."""
-    params = {"worker": worker, "lease": lease, "limit": limit, "model_id": model_id}
+    params = {"worker": worker, "lease": lease, "limit": limit, "model_id": model_id, "first": first_attempts_only}
     with engine.begin() as conn:
-        rows = conn.execute(CLAIM, {**params, "first_attempts_only": first_attempts_only})
+        rows = conn.execute(CLAIM, params)
         return sorted((ClaimedJob(*row) for row in rows), key=lambda job: job.id)
 
 
