@@ -112,12 +112,7 @@ def load_catalogue(engine: Engine, version: str, vectors: np.ndarray) -> dict[st
         # Enough memory for the whole graph (vectors plus links), or the build slows down on disk.
         memory_mb = max(1024, int(n * (dim * 4 + 400) * 1.2 / 2**20))
         conn.execute(text(f"SET LOCAL maintenance_work_mem = '{memory_mb}MB'"))
-        conn.execute(
-            text(
-                f'CREATE INDEX "{index}" ON ynet.embeddings USING hnsw ((embedding::vector({dim})) vector_cosine_ops) '
-                f"WHERE model_id = {int(model_id)}"
-            )
-        )
+        conn.execute(text("SELECT ynet.build_model_index(:id)"), {"id": model_id})  # as the trigger builds it
         conn.execute(
             text("UPDATE ynet.models SET state = 'active', activated_at = now() WHERE id = :id"), {"id": model_id}
         )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import DBAPIError
 
 from ynet_db.db import migrate
 from ynet_db.db.models import SCHEMA, Base
@@ -115,3 +117,21 @@ def test_a_1280_d_embedding_is_stored_in_its_row_not_in_toast(engine: Engine) ->
         ).scalar_one()
         assert conn.execute(text(f"SELECT count(*) FROM {toast}")).scalar_one() == 0
         assert conn.execute(text("SELECT pg_relation_size('ynet.embeddings')")).scalar_one() >= 1280 * 4
+
+
+def test_a_new_model_gets_a_dense_hnsw_index_and_it_can_be_rebuilt(engine: Engine) -> None:
+    """m 32 / ef_construction 128: pgvector's defaults lost whole clusters at 1,000,000 products."""
+    options = "SELECT reloptions FROM pg_class WHERE relname = ynet.model_index_name(:id)"
+    with engine.begin() as conn:
+        model = conn.execute(
+            text(
+                "INSERT INTO ynet.models (name, version, embedding_dim, weights_sha256) "
+                "VALUES ('m', 'm@1', 8, :s) RETURNING id"
+            ),
+            {"s": "0" * 64},
+        ).scalar_one()
+        assert conn.execute(text(options), {"id": model}).scalar_one() == ["m=32", "ef_construction=128"]
+        conn.execute(text("SELECT ynet.build_model_index(:id)"), {"id": model})
+        assert conn.execute(text(options), {"id": model}).scalar_one() == ["m=32", "ef_construction=128"]
+    with pytest.raises(DBAPIError, match="no model with id 999"), engine.begin() as conn:
+        conn.execute(text("SELECT ynet.build_model_index(999)"))
