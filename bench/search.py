@@ -109,8 +109,9 @@ def load_catalogue(engine: Engine, version: str, vectors: np.ndarray) -> dict[st
     load_s = time.perf_counter() - started
     started = time.perf_counter()
     with engine.begin() as conn:
-        # Enough memory for the whole graph (vectors plus links), or the build slows down on disk.
-        memory_mb = max(1024, int(n * (dim * 4 + 400) * 1.2 / 2**20))
+        # Enough memory for the whole graph, or the build slows down on disk: per vector its floats,
+        # and up to 96 links of m = 32 (2m on the ground layer, m above) with their tuple headers.
+        memory_mb = max(1024, int(n * (dim * 4 + 1200) * 1.5 / 2**20))
         conn.execute(text(f"SET LOCAL maintenance_work_mem = '{memory_mb}MB'"))
         conn.execute(text("SELECT ynet.build_model_index(:id)"), {"id": model_id})  # as the trigger builds it
         conn.execute(
