@@ -22,19 +22,12 @@ from typing import Any
 
 from celery import Celery, Task, shared_task
 from celery.app.backends import by_url
-from sqlalchemy import Engine
 from ynet_db.workers import process
 from ynet_db.workers.app import SEARCH_TASK, WorkerApp, broker_url
 
 from ynet_db.filters import FilterError
 from ynet_db.prefilter import active_model
 from ynet_db.search import SearchError, SearchQuery, SearchResult, run_queries
-
-
-def active_model_id(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return active_model(conn).id
-
 
 ERRORS: dict[str, type[Exception]] = {"FilterError": FilterError, "SearchError": SearchError}
 
@@ -73,8 +66,10 @@ def search_query(queries: list[dict[str, Any]]) -> dict[str, Any]:
     """Run a batch of queries with the active model (loaded on demand); errors come back as data, by name."""
     resources = process.current()
     try:
-        model = resources.model_for(active_model_id(resources.engine))
-        results = run_queries(resources.engine, model, [SearchQuery.from_wire(q) for q in queries])
+        with resources.engine.connect() as conn:
+            active = active_model(conn)
+        model = resources.model_for(active.id)
+        results = run_queries(resources.engine, model, [SearchQuery.from_wire(q) for q in queries], active)
     except (FilterError, SearchError, LookupError, ValueError) as error:
         return {"error": type(error).__name__, "message": str(error)}
     return {"results": [result.to_wire() for result in results]}

@@ -138,21 +138,22 @@ def distance_to(query: np.ndarray, dim: int, *, indexed: bool = True) -> ColumnE
 def count_capped(conn: Connection, model: ActiveModel, where: ColumnElement[bool], cap: int) -> int:
     """Embedded products of the model that match, counting no further than `cap`."""
     e, p = Embedding.__table__.c, Product.__table__.c
-    inner = (
+    rows = (
         select(e.product_id)
         .select_from(Embedding.__table__.join(Product.__table__, p.id == e.product_id))
         .where(e.model_id == model.id, where)
-        .limit(cap)
-        .subquery()
     )
-    return int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
+    return _count(conn, rows, cap)
 
 
 def count_matching(conn: Connection, where: ColumnElement[bool], cap: int) -> int:
     """Products that match, counting no further than `cap`: the products table alone (through its
     indexes), as joining each match to its embedding would cost as much as the exact search itself."""
-    p = Product.__table__.c
-    inner = select(p.id).where(where).limit(cap).subquery()
+    return _count(conn, select(Product.__table__.c.id).where(where), cap)
+
+
+def _count(conn: Connection, rows: Select[Any], cap: int) -> int:
+    inner = rows.limit(cap).subquery()
     return int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
 
 

@@ -165,14 +165,18 @@ def as_image(image: ImageInput) -> Image.Image:
 # -- the query path --------------------------------------------------------------------------------------
 
 
-def run_queries(engine: Engine, model: QueryModel, queries: Sequence[SearchQuery]) -> list[SearchResult]:
-    """Encode every query in one forward pass, then prefilter and re-rank each."""
+def run_queries(
+    engine: Engine, model: QueryModel, queries: Sequence[SearchQuery], active: ActiveModel | None = None
+) -> list[SearchResult]:
+    """Encode every query in one forward pass, then prefilter and re-rank each (`active`: the active
+    model, when the caller has just read it)."""
     import torch
 
     if not queries:
         return []
-    with engine.connect() as conn:
-        active = active_model(conn)
+    if active is None:
+        with engine.connect() as conn:
+            active = active_model(conn)
     if active.version != model.version:
         raise SearchError(
             f"the active model is {active.version}, but the query model is {model.version}: vectors of two "

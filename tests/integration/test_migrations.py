@@ -6,7 +6,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from ynet_db.db import migrate
@@ -88,16 +88,22 @@ def test_orm_models_match_migrated_schema(engine: Engine) -> None:
     assert differences == []
 
 
+def _add_model(conn: Connection, dim: int) -> int:
+    return int(
+        conn.execute(
+            text(
+                "INSERT INTO ynet.models (name, version, embedding_dim, weights_sha256) "
+                "VALUES ('m', 'm@1', :d, :s) RETURNING id"
+            ),
+            {"d": dim, "s": "0" * 64},
+        ).scalar_one()
+    )
+
+
 def test_a_1280_d_embedding_is_stored_in_its_row_not_in_toast(engine: Engine) -> None:
     """Out-of-line vectors cost every exact distance extra page reads and hide that cost from the planner."""
     with engine.begin() as conn:
-        model = conn.execute(
-            text(
-                "INSERT INTO ynet.models (name, version, embedding_dim, weights_sha256) "
-                "VALUES ('m', 'm@1', 1280, :s) RETURNING id"
-            ),
-            {"s": "0" * 64},
-        ).scalar_one()
+        model = _add_model(conn, 1280)
         product = conn.execute(
             text(
                 "INSERT INTO ynet.products (external_id, category, image_uri) "
@@ -123,13 +129,7 @@ def test_a_new_model_gets_a_dense_hnsw_index_and_it_can_be_rebuilt(engine: Engin
     """m 32 / ef_construction 128: pgvector's defaults lost whole clusters at 1,000,000 products."""
     options = "SELECT reloptions FROM pg_class WHERE relname = ynet.model_index_name(:id)"
     with engine.begin() as conn:
-        model = conn.execute(
-            text(
-                "INSERT INTO ynet.models (name, version, embedding_dim, weights_sha256) "
-                "VALUES ('m', 'm@1', 8, :s) RETURNING id"
-            ),
-            {"s": "0" * 64},
-        ).scalar_one()
+        model = _add_model(conn, 8)
         assert conn.execute(text(options), {"id": model}).scalar_one() == ["m=32", "ef_construction=128"]
         conn.execute(text("SELECT ynet.build_model_index(:id)"), {"id": model})
         assert conn.execute(text(options), {"id": model}).scalar_one() == ["m=32", "ef_construction=128"]
