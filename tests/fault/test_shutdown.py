@@ -31,6 +31,12 @@ def running(engine: Engine) -> set[str]:
     return {str(sku) for (sku,) in rows(engine, RUNNING)}
 
 
+def a_full_batch(engine: Engine) -> set[str] | None:
+    """The skus of the running batch once all 4 are claimed (read once, so a later change cannot race it)."""
+    batch = running(engine)
+    return batch if len(batch) == 4 else None
+
+
 def slow(i: int) -> str:
     return "slow-"
 
@@ -46,8 +52,7 @@ def test_a_warm_shutdown_finishes_the_batch_and_claims_no_other(
     worker = start_worker(*LEASE, hooks=True)
     serve_default_model(engine, worker)
     insert_products(engine, tmp_path, 12, prefix=slow)  # a batch of 4 takes about 2 s to fetch
-    wait_for(lambda: len(running(engine)) == 4, 60, "a batch of 4 in progress", worker)
-    batch = running(engine)
+    batch = wait_for(lambda: a_full_batch(engine), 60, "a batch of 4 in progress", worker)
 
     worker.signal(signal.SIGTERM)
     worker.process.wait(60)
@@ -65,8 +70,7 @@ def test_a_cold_shutdown_leaves_the_batch_to_be_re_driven(
     worker = start_worker(*LEASE, hooks=True)
     serve_default_model(engine, worker)
     insert_products(engine, tmp_path, 8, prefix=slow)
-    wait_for(lambda: len(running(engine)) == 4, 60, "a batch of 4 in progress", worker)
-    batch = running(engine)
+    batch = wait_for(lambda: a_full_batch(engine), 60, "a batch of 4 in progress", worker)
 
     worker.signal(signal.SIGQUIT)
     try:

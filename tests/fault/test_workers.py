@@ -163,13 +163,14 @@ def parent_of(pid: int) -> int:
 def test_a_worker_process_killed_mid_batch_loses_and_duplicates_nothing(
     engine: Engine, start_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
-    worker = start_worker()
+    worker = start_worker(hooks=True)
     serve_default_model(engine, worker)
-    insert_products(engine, tmp_path, 24)
+    # Slow fetches (0.5 s each) hold every batch for about 2 s, so the kill lands while one is running.
+    insert_products(engine, tmp_path, 24, prefix=lambda i: "slow-")
 
     held = "SELECT claimed_by FROM ynet.embedding_jobs WHERE state = 'running' LIMIT 1"
-    wait_for(lambda: scalar(engine, held), 60, "a batch in progress", worker)
-    victim = int(str(scalar(engine, held)).rsplit("/", 1)[1])
+    claimed_by = wait_for(lambda: scalar(engine, held), 60, "a batch in progress", worker)
+    victim = int(str(claimed_by).rsplit("/", 1)[1])
     assert victim != worker.pid  # a pool child holds the lease, not the Celery parent
     os.kill(victim, signal.SIGKILL)
 

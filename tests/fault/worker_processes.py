@@ -148,11 +148,12 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str, worker: WorkerProcess | None = None) -> None:
+def wait_for(condition: Callable[[], object], timeout: float, what: str, worker: WorkerProcess | None = None) -> object:
+    """Poll until `condition` returns something true, and return that (not a second, later reading)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if condition():
-            return
+        if value := condition():
+            return value
         if worker is not None and worker.process.poll() is not None:
             pytest.fail(
                 f"the worker exited ({worker.process.returncode}) waiting for {what}:\n{worker.output()[-4000:]}"
