@@ -89,6 +89,12 @@ def catalogue(
     return model_id
 
 
+def exact_top(vectors: np.ndarray, rows: np.ndarray, query: np.ndarray, k: int) -> list[str]:
+    """The names of the k `rows` nearest to `query` by exact cosine distance (ties by row order)."""
+    distances = 1.0 - vectors[rows] @ query
+    return [f"p{rows[i]}" for i in np.argsort(distances, kind="stable")[:k]]
+
+
 def photo(seed: int, size: int = 48) -> Image.Image:
     """A small, blocky random picture (the default model's features differ per seed)."""
     cells = np.random.default_rng(seed).integers(0, 256, (6, 6, 3), dtype=np.uint8)

@@ -3,14 +3,21 @@ rows, settings that stay in their transaction, one model's vectors only, and fil
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from catalogue_vectors import add_embeddings, add_model, add_products, catalogue, photo, set_state, unit_vectors
-from databases import create_database, drop_database
+from catalogue_vectors import (
+    add_embeddings,
+    add_model,
+    add_products,
+    catalogue,
+    exact_top,
+    photo,
+    set_state,
+    unit_vectors,
+)
 from PIL import Image
 from sqlalchemy import Engine, text
 from sqlalchemy.dialects import postgresql
@@ -106,46 +113,6 @@ def test_without_an_active_model_search_says_what_to_do(engine: Engine, model: R
 
 
 # -- filters that still return k rows ---------------------------------------------------------------
-
-
-TAGGED_TEMPLATE = "ynet_test_search_tagged"
-
-
-@pytest.fixture(scope="module")
-def tagged_template(server_url: URL, template_database: str) -> Iterator[np.ndarray]:
-    """3,000 products; 'rare' on every 200th (0.5%: 15 products), 'common' on all others.
-
-    Built once per module as a template database (building the HNSW index takes seconds), copied per test.
-    """
-    vectors = unit_vectors(3000, DIM, seed=2)
-    drop_database(server_url, TAGGED_TEMPLATE)
-    builder = make_engine(create_database(server_url, template_database, name=TAGGED_TEMPLATE))
-    catalogue(builder, "small@1", vectors, tags=lambda i: ["rare"] if i % 200 == 0 else ["common"])
-    builder.dispose()
-    yield vectors
-    drop_database(server_url, TAGGED_TEMPLATE)
-
-
-@pytest.fixture
-def tagged_url(tagged_template: np.ndarray, database_factory: Callable[..., URL]) -> URL:
-    return database_factory(TAGGED_TEMPLATE)
-
-
-@pytest.fixture
-def tagged_engine(tagged_url: URL) -> Iterator[Engine]:
-    engine = make_engine(tagged_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
-def tagged(tagged_engine: Engine, tagged_template: np.ndarray) -> np.ndarray:
-    return tagged_template
-
-
-def exact_top(vectors: np.ndarray, rows: np.ndarray, query: np.ndarray, k: int) -> list[str]:
-    distances = 1.0 - vectors[rows] @ query
-    return [f"p{rows[i]}" for i in np.argsort(distances, kind="stable")[:k]]
 
 
 @pytest.mark.parametrize("exact", [None, False, True])

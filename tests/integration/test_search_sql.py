@@ -1,11 +1,11 @@
-"""Search from SQL (migration 0003's functions) and from the ORM, against the Python prefilter."""
+"""Search from SQL (the functions of migrations 0003 and 0007) and from the ORM, against the Python prefilter."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from catalogue_vectors import catalogue, unit_vectors
-from sqlalchemy import Engine, select, text
+from catalogue_vectors import catalogue, exact_top, unit_vectors
+from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -49,6 +49,33 @@ def test_nearest_products_agrees_with_the_python_prefilter(
     want = prefilter(engine, query, candidates=8, filters=filters, exact=True).candidates
     assert [name for name, _ in found] == [c.external_id for c in want]
     np.testing.assert_allclose([d for _, d in found], [c.distance for c in want], atol=1e-6)
+
+
+def index_scans(conn: Connection) -> int:
+    """Scans of the active model's HNSW index so far in this transaction (counted before any flush)."""
+    index = "SELECT ('ynet.' || ynet.model_index_name(id))::regclass FROM ynet.models WHERE state = 'active'"
+    return int(conn.execute(text(f"SELECT pg_stat_get_xact_numscans(({index}))")).scalar_one())
+
+
+def test_a_filter_matching_up_to_20000_products_is_searched_exactly(tagged_engine: Engine, tagged: np.ndarray) -> None:
+    query = unit_vectors(1, tagged.shape[1], seed=5)[0]
+    sql = "SELECT external_id FROM ynet.nearest_products(CAST(:q AS vector), 10, tags_any => ARRAY['common'])"
+    with tagged_engine.begin() as conn:
+        found = conn.execute(text(sql), {"q": vector_text(query)}).scalars().all()
+        assert index_scans(conn) == 0, "2,985 matches: exact search, as the Python prefilter decides"
+        conn.execute(text("SELECT * FROM ynet.nearest_products(CAST(:q AS vector), 10)"), {"q": vector_text(query)})
+        assert index_scans(conn) == 1, "no filter: the model's HNSW index"
+    common = np.array([i for i in range(len(tagged)) if i % 200])
+    assert found == exact_top(tagged, common, query, 10)
+
+
+def test_the_index_scan_agrees_with_the_python_prefilter(tagged_engine: Engine, tagged: np.ndarray) -> None:
+    query = unit_vectors(1, tagged.shape[1], seed=6)[0]
+    found = nearest(tagged_engine, "SELECT * FROM ynet.nearest_products(CAST(:q AS vector), 256)", q=vector_text(query))
+    want = prefilter(tagged_engine, query, candidates=256, exact=False)
+    assert want.path == "ann"
+    assert [name for name, _ in found] == [c.external_id for c in want.candidates]
+    np.testing.assert_allclose([d for _, d in found], [c.distance for c in want.candidates], atol=1e-6)
 
 
 def test_more_like_this_excludes_the_product_and_follows_its_stored_vector(engine: Engine, vectors: np.ndarray) -> None:
