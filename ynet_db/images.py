@@ -67,7 +67,7 @@ def decode_image(data: bytes, *, source: str, limits: ImageLimits = DEFAULT_LIMI
     image = _open_checked(data, source, limits)
     if min(image.size) < limits.min_side:
         raise ImageError(source, f"is {image.width}x{image.height} pixels, smaller than {limits.min_side} on a side")
-    return _to_rgb(_upright(image, source), source)
+    return to_rgb(_upright(image, source), source)
 
 
 def _open_checked(data: bytes, source: str, limits: ImageLimits) -> Image.Image:
@@ -104,7 +104,8 @@ def _upright(image: Image.Image, source: str) -> Image.Image:
         return image
 
 
-def _to_rgb(image: Image.Image, source: str) -> Image.Image:
+def to_rgb(image: Image.Image, source: str) -> Image.Image:
+    """8-bit RGB, transparent pixels on white, high-depth greyscale scaled (not clipped)."""
     if image.mode == "RGB":
         return image
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):

@@ -15,6 +15,7 @@ paths call `run_queries`, so they give the same results. torch is imported only 
 
 from __future__ import annotations
 
+import base64
 import io
 import time
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ from PIL import Image
 from sqlalchemy import Engine
 
 from ynet_db.filters import MAX_CANDIDATES, MAX_K, FilterError, bounded, compile_filters
-from ynet_db.images import decode_image, fetch_image_bytes
+from ynet_db.images import decode_image, fetch_image_bytes, to_rgb
 from ynet_db.prefilter import ActiveModel, Candidate, Path_, SearchError, active_model, prefilter
 
 if TYPE_CHECKING:
@@ -73,8 +74,6 @@ class SearchQuery:
         compile_filters(self.filters)  # refuse a bad filter before any model work
 
     def to_wire(self) -> dict[str, Any]:
-        import base64
-
         return {
             "image": base64.b64encode(image_bytes(self.image)).decode("ascii"),
             "k": self.k,
@@ -86,9 +85,11 @@ class SearchQuery:
 
     @classmethod
     def from_wire(cls, data: Mapping[str, Any]) -> SearchQuery:
-        import base64
-
-        return cls(**{**data, "image": base64.b64decode(data["image"], validate=True)})
+        try:
+            image = base64.b64decode(data["image"], validate=True)
+        except ValueError as error:
+            raise ValueError(f"the query image in the message is not valid base64 ({error})") from error
+        return cls(**{**data, "image": image})
 
 
 @dataclass(frozen=True)
@@ -143,21 +144,20 @@ class InProcess:
         return run_queries(self.engine, self.model, queries)
 
 
-def image_bytes(image: ImageInput) -> bytes:
+def image_bytes(image: bytes | Image.Image) -> bytes:
     if isinstance(image, bytes):
         return image
-    if isinstance(image, Image.Image):
-        # Lossless, so a worker sees the same pixels; the fastest zlib level, because the default
-        # spends 10 ms on a 224x224 photo to save a few KB on a local network.
-        out = io.BytesIO()
-        image.save(out, format="PNG", compress_level=1)
-        return out.getvalue()
-    return fetch_image_bytes(str(image))
+    # Lossless, so a worker sees the same pixels; the fastest zlib level, because the default spends
+    # 10 ms on a 224x224 photo to save a few KB on a local network. (Raw RGB packs 5 ms faster still,
+    # but in an A/B run it did not shorten the worker path beyond the noise, so the wire stays PNG.)
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
 
 
 def as_image(image: ImageInput) -> Image.Image:
     if isinstance(image, Image.Image):
-        return image.convert("RGB") if image.mode != "RGB" else image
+        return to_rgb(image, "query")
     data = image if isinstance(image, bytes) else fetch_image_bytes(str(image))
     return decode_image(data, source="query" if isinstance(image, bytes) else str(image))
 

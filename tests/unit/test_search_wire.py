@@ -1,0 +1,45 @@
+"""A query image travels to a search worker as the pixels an in-process search would see."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ynet_db.search import SearchQuery, as_image
+
+
+def random_image(width: int, height: int, mode: str = "RGB") -> Image.Image:
+    pixels = np.random.default_rng(width).integers(0, 256, (height, width, len(mode)), dtype=np.uint8)
+    return Image.fromarray(pixels, mode)
+
+
+def travelled(image: bytes | Image.Image) -> bytes | Image.Image:
+    return SearchQuery.from_wire(SearchQuery(image).to_wire()).image
+
+
+def test_a_photo_arrives_with_the_same_pixels() -> None:
+    photo = random_image(224, 224)
+    assert as_image(travelled(photo)).tobytes() == photo.tobytes()
+
+
+def test_a_transparent_picture_arrives_as_the_in_process_search_sees_it() -> None:
+    picture = random_image(64, 48, "RGBA")
+    encoded = io.BytesIO()
+    picture.save(encoded, format="PNG")
+    seen_in_process = as_image(picture)
+    assert seen_in_process.tobytes() == as_image(encoded.getvalue()).tobytes(), "on white, as a decoded file"
+    assert as_image(travelled(picture)).tobytes() == seen_in_process.tobytes()
+
+
+def test_an_upload_travels_as_it_came() -> None:
+    upload = b"\xff\xd8 not decoded on the way"
+    assert travelled(upload) == upload
+
+
+def test_a_malformed_image_message_is_refused_with_what_is_wrong() -> None:
+    wire = {**SearchQuery(b"x").to_wire(), "image": "not base64!"}
+    with pytest.raises(ValueError, match="the query image in the message is not valid base64"):
+        SearchQuery.from_wire(wire)
