@@ -3,6 +3,7 @@
     python bench/search.py --sizes 10000,100000 [--dim 1280|256] [--queries 100] [--out bench/search.json]
     python bench/search.py --sizes 2000                          # a quick run (about a minute here)
     python bench/search.py --sizes 2000 --worker-broker redis://127.0.0.1:6379/13   # + the worker path
+    python bench/search.py --sizes 1000000 --dim 256 --m 32 --ef-construction 128      # the denser graph
 
 Each size gets a fresh embedded PostgreSQL in a temporary directory, a model row of the chosen
 dimension, and generated catalogue vectors: clustered (400 centres, like products of a few hundred
@@ -37,7 +38,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 import numpy as np
@@ -47,6 +48,15 @@ from tqdm import tqdm
 
 K = 20
 CANDIDATES = 256
+
+
+class IndexLinks(NamedTuple):
+    """The model index's graph (`ynet.build_model_index`): pgvector's defaults unless asked."""
+
+    m: int = 16
+    ef_construction: int = 64
+
+
 FILTER_SHARES = {"10%": 10, "1%": 100, "0.1%": 1000}
 """Tag 'fN' is on every N-th product."""
 
@@ -81,7 +91,7 @@ def timed(run: Callable[[], Any]) -> tuple[Any, float]:
     return value, time.perf_counter() - started
 
 
-def load_catalogue(engine: Engine, version: str, vectors: np.ndarray) -> dict[str, float]:
+def load_catalogue(engine: Engine, version: str, vectors: np.ndarray, links: IndexLinks) -> dict[str, float]:
     """Model row, products (with the filter tags), embeddings by binary COPY; the HNSW index built after."""
     n, dim = vectors.shape
     with engine.begin() as conn:
@@ -110,10 +120,11 @@ def load_catalogue(engine: Engine, version: str, vectors: np.ndarray) -> dict[st
     started = time.perf_counter()
     with engine.begin() as conn:
         # Enough memory for the whole graph, or the build slows down on disk: per vector its floats,
-        # and up to 96 links of m = 32 (2m on the ground layer, m above) with their tuple headers.
-        memory_mb = max(1024, int(n * (dim * 4 + 1200) * 1.5 / 2**20))
+        # and up to 3m links (2m on the ground layer, m above) of 12 bytes with their tuple headers.
+        memory_mb = max(1024, int(n * (dim * 4 + 36 * links.m + 50) * 1.5 / 2**20))
         conn.execute(text(f"SET LOCAL maintenance_work_mem = '{memory_mb}MB'"))
-        conn.execute(text("SELECT ynet.build_model_index(:id)"), {"id": model_id})  # as the trigger builds it
+        build = text("SELECT ynet.build_model_index(:id, :m, :ef)")  # as the trigger builds it, links as asked
+        conn.execute(build, {"id": model_id, "m": links.m, "ef": links.ef_construction})
         conn.execute(
             text("UPDATE ynet.models SET state = 'active', activated_at = now() WHERE id = :id"), {"id": model_id}
         )
@@ -121,7 +132,7 @@ def load_catalogue(engine: Engine, version: str, vectors: np.ndarray) -> dict[st
     with engine.begin() as conn:
         conn.execute(text("ANALYZE ynet.products"))
         conn.execute(text("ANALYZE ynet.embeddings"))
-    return {"load_s": round(load_s, 1), "index_build_s": round(index_s, 1)}
+    return {"load_s": round(load_s, 1), "index_build_s": round(index_s, 1), "index": links._asdict()}
 
 
 def copy_embeddings(engine: Engine, model_id: int, vectors: np.ndarray) -> None:
@@ -262,7 +273,7 @@ def worker_path(
         process.wait(30)
 
 
-def run_size(n: int, dim: int, queries: int, worker_broker: str | None) -> dict[str, Any]:
+def run_size(n: int, dim: int, queries: int, worker_broker: str | None, links: IndexLinks) -> dict[str, Any]:
     from ynet_db.db import migrate
     from ynet_db.db.engine import make_engine
     from ynet_db.db.server import start_embedded, stop_embedded
@@ -279,7 +290,7 @@ def run_size(n: int, dim: int, queries: int, worker_broker: str | None) -> dict[
         migrate.upgrade(engine)
         vectors = clustered_vectors(n, dim, seed=n)
         click.echo(f"[{n}] loading {n} x {dim} vectors ...", err=True)
-        result: dict[str, Any] = {"products": n, "dim": dim, **load_catalogue(engine, model.version, vectors)}
+        result: dict[str, Any] = {"products": n, "dim": dim, **load_catalogue(engine, model.version, vectors, links)}
         picks = np.random.default_rng(1).choice(n, size=queries, replace=False)
         query_vectors = noisy(vectors[picks], seed=2)
         own = np.einsum("ij,ij->i", query_vectors, vectors[picks])
@@ -310,12 +321,19 @@ def run_size(n: int, dim: int, queries: int, worker_broker: str | None) -> dict[
 @click.option("--dim", type=click.Choice(["1280", "256"]), default="1280", show_default=True)
 @click.option("--queries", type=click.IntRange(5, 10_000), default=100, show_default=True)
 @click.option("--worker-broker", help="Also time the worker path through this broker (e.g. redis://...).")
+@click.option("--m", type=click.IntRange(2, 100), default=16, show_default=True, help="HNSW links per node.")
+@click.option(
+    "--ef-construction", type=click.IntRange(4, 1000), default=64, show_default=True, help="HNSW build list (>= 2m)."
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the numbers as JSON.")
-def main(sizes: str, dim: str, queries: int, worker_broker: str | None, out: Path | None) -> None:
+def main(
+    sizes: str, dim: str, queries: int, worker_broker: str | None, m: int, ef_construction: int, out: Path | None
+) -> None:
     import torch
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    results = [run_size(int(size), int(dim), queries, worker_broker) for size in sizes.split(",")]
+    links = IndexLinks(m, ef_construction)
+    results = [run_size(int(size), int(dim), queries, worker_broker, links) for size in sizes.split(",")]
     text_out = json.dumps(results, indent=2)
     click.echo(text_out)
     if out:

@@ -125,13 +125,26 @@ def test_a_1280_d_embedding_is_stored_in_its_row_not_in_toast(engine: Engine) ->
         assert conn.execute(text("SELECT pg_relation_size('ynet.embeddings')")).scalar_one() >= 1280 * 4
 
 
-def test_a_new_model_gets_a_dense_hnsw_index_and_it_can_be_rebuilt(engine: Engine) -> None:
-    """m 32 / ef_construction 128: pgvector's defaults lost whole clusters at 1,000,000 products."""
+def test_a_new_model_gets_pgvectors_default_links_and_a_denser_index_on_request(engine: Engine) -> None:
+    """m 16 / ef_construction 64 keep each insert cheap; m 32 / 128 is the large catalogue's choice."""
     options = "SELECT reloptions FROM pg_class WHERE relname = ynet.model_index_name(:id)"
     with engine.begin() as conn:
         model = _add_model(conn, 8)
+        assert conn.execute(text(options), {"id": model}).scalar_one() == ["m=16", "ef_construction=64"]
+        conn.execute(text("SELECT ynet.build_model_index(:id, 32, 128)"), {"id": model})
         assert conn.execute(text(options), {"id": model}).scalar_one() == ["m=32", "ef_construction=128"]
-        conn.execute(text("SELECT ynet.build_model_index(:id)"), {"id": model})
-        assert conn.execute(text(options), {"id": model}).scalar_one() == ["m=32", "ef_construction=128"]
-    with pytest.raises(DBAPIError, match="no model with id 999"), engine.begin() as conn:
-        conn.execute(text("SELECT ynet.build_model_index(999)"))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ("999", "no model with id 999"),
+        (":id, 1", "m must be between 2 and 100, got 1"),
+        (":id, 32, 40", r"ef_construction must be between 2 \* m \(64\) and 1000, got 40"),
+    ],
+)
+def test_build_model_index_refuses_what_pgvector_would(engine: Engine, arguments: str, message: str) -> None:
+    with engine.begin() as conn:
+        model = _add_model(conn, 8)
+    with pytest.raises(DBAPIError, match=message), engine.begin() as conn:
+        conn.execute(text(f"SELECT ynet.build_model_index({arguments})"), {"id": model})
