@@ -14,7 +14,7 @@ from ynet_db.workers import process
 from ynet_db.workers.app import EMBED_TASK, SWEEP_TASK
 
 from ynet_db import jobs
-from ynet_db.embed import BatchResult, run_once
+from ynet_db.embed import BatchResult, BatchWriter, run_once
 from ynet_db.model_registry import promote_if_complete
 
 log = logging.getLogger(__name__)
@@ -34,14 +34,24 @@ def embed_pending(model_id: int | None = None) -> int:
         return 0
     app = embed_pending.app
     options = app.ynet_options
-    total, deadline = BatchResult(), time.monotonic() + options.drain_s
-    while time.monotonic() < deadline and not app.ynet_stopping.is_set():
-        batch = run_once(
-            resources.engine, model, resources.name, options.batch_size, model_id=model_id, lease=options.lease
-        )
-        if not batch.claimed:
-            break
-        resources.heartbeat.add_done(batch.done)
+    batches: list[BatchResult] = []
+    deadline = time.monotonic() + options.drain_s
+    with BatchWriter(resources.engine, resources.name, on_written=resources.heartbeat.add_done) as writer:
+        while time.monotonic() < deadline and not app.ynet_stopping.is_set():
+            batch = run_once(
+                resources.engine,
+                model,
+                resources.name,
+                options.batch_size,
+                model_id=model_id,
+                lease=options.lease,
+                writer=writer,
+            )
+            if not batch.claimed:
+                break
+            batches.append(batch)
+    total = BatchResult()
+    for batch in batches:  # counted once the writer has finished every batch's write
         total.add(batch)
     log.info("embedded %d, %d to retry, %d dead, %d stale", total.done, total.retry, total.dead, total.stale)
     return total.done

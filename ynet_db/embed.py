@@ -9,10 +9,17 @@ recorded with `jobs.fail`:
 The encoder runs once per batch; if the batch as a whole raises, each item is encoded alone so
 the culprit is found and the others still get their embeddings.
 
+A worker's loop writes each batch on a thread (`BatchWriter`) while it embeds the next one: the
+database's share of the time (the HNSW insert, the commit) then overlaps the encoder's, one write in
+flight at a time. A write that fails surfaces at the next batch or at the end of the loop, and the
+batch behind it was claimed but never written: the lease brings both batches' jobs back.
+
 An item can also kill its process outright (a decoder crash, the OOM killer): nothing is recorded,
 and its whole batch comes back when the lease expires. So a job on its second or later attempt is
 embedded alone: a killer then takes only itself down, and ends dead after its attempts, while its
-former batch-mates are embedded.
+former batch-mates are embedded. Before it, the previous batch's write is waited for, so that write
+does not go down with it either. (A first attempt that kills takes the write in flight along: those
+jobs come back once, and are then embedded alone.)
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
@@ -72,6 +80,11 @@ class BatchResult:
     """Jobs that were no longer this worker's (lease lost, product changed): nothing written."""
     errors: list[str] = field(default_factory=list)
 
+    def tally(self, written: int, done: set[int]) -> None:
+        """A write of `written` embeddings finished the jobs `done`; the others were no longer this worker's."""
+        self.done += len(done)
+        self.stale += written - len(done)
+
     def add(self, other: BatchResult) -> None:
         self.claimed += other.claimed
         self.done += other.done
@@ -122,10 +135,55 @@ def _vectors(model: ShopEncoder, items: Sequence[Prepared]) -> torch.Tensor:
     return vectors
 
 
+class BatchWriter:
+    """Writes batches (`jobs.complete_batch`) on one thread, one write in flight: `write` waits for the
+    previous batch's write, then starts this one's and returns. `close` (or leaving the `with`) waits for
+    the last. A batch's `done` and `stale` counts are final once its write is waited for; `on_written`
+    hears how many jobs each write finished."""
+
+    def __init__(self, engine: Engine, worker: str, on_written: Callable[[int], None] = lambda done: None) -> None:
+        self.engine, self.worker, self.on_written = engine, worker, on_written
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="ynet-writer")
+        self._in_flight: tuple[Future[set[int]], int, BatchResult] | None = None
+
+    def write(self, finished: Sequence[jobs.Finished], result: BatchResult) -> None:
+        self.wait()
+        future = self._thread.submit(jobs.complete_batch, self.engine, self.worker, finished)
+        self._in_flight = (future, len(finished), result)
+
+    def wait(self) -> None:
+        if self._in_flight is None:
+            return
+        future, written, result = self._in_flight
+        self._in_flight = None
+        done = future.result()
+        result.tally(written, done)
+        self.on_written(len(done))
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._thread.shutdown()
+
+    def __enter__(self) -> BatchWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def embed_batch(
-    engine: Engine, model: ShopEncoder, batch: Sequence[ClaimedJob], worker: str, *, fetch: Fetch = default_fetch
+    engine: Engine,
+    model: ShopEncoder,
+    batch: Sequence[ClaimedJob],
+    worker: str,
+    *,
+    fetch: Fetch = default_fetch,
+    writer: BatchWriter | None = None,
 ) -> BatchResult:
-    """Embed claimed jobs and record each outcome; never raises for a single item's failure."""
+    """Embed claimed jobs and record each outcome; never raises for a single item's failure. With a
+    `writer` the embeddings are written behind the caller's back (counts final after `writer.wait`)."""
     result = BatchResult(claimed=len(batch))
     prepared: list[Prepared] = []
     for job in batch:
@@ -141,9 +199,10 @@ def embed_batch(
             _record_failure(engine, item.job, worker, outcome, result)
         else:
             finished.append(jobs.Finished(item.job, outcome.numpy(), item.sha256))
-    done = jobs.complete_batch(engine, worker, finished)
-    result.done += len(done)
-    result.stale += len(finished) - len(done)
+    if writer is None:
+        result.tally(len(finished), jobs.complete_batch(engine, worker, finished))
+    else:
+        writer.write(finished, result)
     return result
 
 
@@ -168,6 +227,7 @@ def run_once(
     model_id: int | None = None,
     lease: timedelta = jobs.DEFAULT_LEASE,
     fetch: Fetch = default_fetch,
+    writer: BatchWriter | None = None,
 ) -> BatchResult:
     """Claim up to `batch_size` ready jobs (of one model) and embed them; `claimed == 0` means no work.
 
@@ -177,4 +237,6 @@ def run_once(
     batch = jobs.claim(engine, worker, 1, lease=lease, model_id=model_id)
     if batch and batch[0].attempts == 1 and batch_size > 1:
         batch += jobs.claim(engine, worker, batch_size - 1, lease=lease, model_id=model_id, first_attempts_only=True)
-    return embed_batch(engine, model, batch, worker, fetch=fetch)
+    elif batch and writer is not None:
+        writer.wait()  # a retried job may kill the process: no other batch's write may go down with it
+    return embed_batch(engine, model, batch, worker, fetch=fetch, writer=writer)

@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 from sqlalchemy import Engine, func, select, update
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import Session
 
 from ynet_db import jobs
 from ynet_db.db.models import Embedding, EmbeddingJob, Model, Product
-from ynet_db.embed import embed_batch, run_once
+from ynet_db.embed import BatchWriter, embed_batch, run_once
 from ynet_db.model_registry import ModelIdentity, activate, promote_if_complete, register
 
 DIM = 4
@@ -174,3 +175,28 @@ def test_first_activation_is_immediate_and_a_later_one_backfills_then_switches(e
             "test@1": "retired",
             "test@2": "active",
         }
+
+
+def test_a_writer_writes_each_batch_behind_the_next_and_counts_once_written(engine: Engine, tmp_path: Path) -> None:
+    add_model(engine)
+    add_products(engine, [str(write_png(tmp_path / f"{i}.png", (10 * i, 0, 0))) for i in range(5)])
+    heard: list[int] = []
+    with BatchWriter(engine, "w1", on_written=heard.append) as writer:
+        first = run_once(engine, ColourEncoder(), "w1", batch_size=3, writer=writer)
+        second = run_once(engine, ColourEncoder(), "w1", batch_size=3, writer=writer)
+        assert first.done == 3, "the first write was waited for before the second began"
+        assert run_once(engine, ColourEncoder(), "w1", batch_size=3, writer=writer).claimed == 0
+    assert (second.claimed, second.done, heard) == (2, 2, [3, 2])
+    assert set(job_states(engine).values()) == {"done"} and embedding_count(engine) == 5
+
+
+def test_a_failed_write_surfaces_and_leaves_its_jobs_to_the_lease(
+    engine: Engine, empty_engine: Engine, tmp_path: Path
+) -> None:
+    add_model(engine)
+    add_products(engine, [str(write_png(tmp_path / "0.png", (200, 0, 0)))])
+    writer = BatchWriter(empty_engine, "w1")  # a database without ynet's schema: the write fails
+    run_once(engine, ColourEncoder(), "w1", batch_size=1, writer=writer)
+    with pytest.raises(ProgrammingError, match="ynet.embedding_jobs"):
+        writer.close()
+    assert job_states(engine) == {"p0": "running"} and embedding_count(engine) == 0
