@@ -233,6 +233,7 @@ def run_once(
 
     The first job is claimed alone: a retried one is embedded alone (see the module's notes). Otherwise
     the rest of the batch is filled with first attempts only, so no retried job shares a batch's fate.
+    With a `writer`, the batch is written on its thread (the returned counts are final after its `wait`).
     """
     batch = jobs.claim(engine, worker, 1, lease=lease, model_id=model_id)
     if batch and batch[0].attempts == 1 and batch_size > 1:
