@@ -10,8 +10,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 from worker_processes import (
-    RABBITMQ_URL,
-    REDIS_URL,
     WorkerProcess,
     attempts_by_sku,
     embeddings_per_product,
@@ -29,7 +27,7 @@ from ynet_db.config import Settings
 
 
 @pytest.mark.parametrize(
-    "broker", [None, REDIS_URL, RABBITMQ_URL], ids=["database-broker", "redis-broker", "rabbitmq-broker"]
+    "broker", [None, "redis", "rabbitmq"], ids=["database-broker", "redis-broker", "rabbitmq-broker"]
 )
 def test_inserted_products_are_embedded_once_each(
     engine: Engine, start_worker: Callable[..., WorkerProcess], tmp_path: Path, broker: str | None
