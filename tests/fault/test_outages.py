@@ -83,9 +83,13 @@ def test_database_connections_killed_mid_batch_leave_a_consistent_state(
     wait_for(lambda: scalar(engine, in_progress), 60, "a batch in progress", worker)
 
     killed: set[int] = set()
+
+    def reconnected() -> set[int]:
+        return a_new_worker_connection(engine, killed)
+
     for _ in range(3):  # during the fetches, then each time the worker has connected again
         killed |= terminate_others(engine)
-        wait_for(lambda: a_new_worker_connection(engine, killed), 60, "the worker to connect again", worker)
+        wait_for(reconnected, 60, "the worker to connect again", worker)
     assert len(killed) >= 3
 
     wait_for(lambda: states(engine) == {"done": 8}, 120, "8 jobs done", worker)
