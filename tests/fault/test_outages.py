@@ -19,6 +19,7 @@ from worker_processes import (
     rows,
     scalar,
     serve_default_model,
+    set_max_attempts,
     states,
     wait_for,
 )
@@ -54,6 +55,10 @@ def test_products_inserted_while_the_broker_is_down_are_embedded_when_it_returns
     assert worker.process.poll() is None
 
 
+LOADED_MACHINE_ATTEMPTS = 20
+"""On a loaded machine a batch can outlast the tests' 3 s lease, and the sweep hands it on (an attempt each
+time, the late write counted stale): enough attempts that such churn cannot end a job dead."""
+
 # In the select list, not the WHERE clause: there PostgreSQL may call it before it tests `pid <> pg_backend_pid()`.
 TERMINATE_OTHERS = """
     SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity
@@ -78,6 +83,7 @@ def test_database_connections_killed_mid_batch_leave_a_consistent_state(
     # The database is also the broker here, so the Celery consumer loses its connections too.
     worker = start_worker(hooks=True)
     serve_default_model(engine, worker)
+    set_max_attempts(engine, LOADED_MACHINE_ATTEMPTS)
     insert_products(engine, tmp_path, 8, prefix=lambda i: "slow-")
     in_progress = "SELECT count(*) FROM ynet.embedding_jobs WHERE state = 'running'"
     wait_for(lambda: scalar(engine, in_progress), 60, "a batch in progress", worker)
@@ -124,15 +130,18 @@ def test_a_postgresql_restart_under_a_running_worker_loses_no_job(
     monkeypatch: pytest.MonkeyPatch,
     broker: str | None,
 ) -> None:
-    monkeypatch.setenv("YNET_TEST_SLOW_S", "1.5")  # a batch of 4 takes 6 s: the stop lands in its fetches
+    gate = tmp_path / "gate"
+    monkeypatch.setenv("YNET_TEST_GATE", str(gate))  # each gate-* fetch waits for this file
     server, url, engine = private_postgres
     worker = start_worker(hooks=True, broker=broker, database=url)
     serve_default_model(engine, worker)
-    insert_products(engine, tmp_path, 8, prefix=lambda i: "slow-")
+    set_max_attempts(engine, LOADED_MACHINE_ATTEMPTS)
+    insert_products(engine, tmp_path, 8, prefix=lambda i: "gate-")
     in_hand = wait_for(lambda: a_full_batch(engine), 60, "a batch of 4 in progress", worker)
 
     seen = worker.log_size()
     server.stop()
+    gate.touch()  # the batch in hand goes on to its write, with the database gone
     wait_for(lambda: TASK_FAILED in worker.output(seen), 60, "the batch in hand to fail its write", worker)
     assert server.start() == url
     insert_products(engine, tmp_path, 2, start=8)  # work made after the restart is picked up too
@@ -140,5 +149,5 @@ def test_a_postgresql_restart_under_a_running_worker_loses_no_job(
     wait_for(lambda: states(engine) == {"done": 10}, 180, "10 jobs done after the restart", worker)
     assert embeddings_per_product(engine) == [1] * 10
     attempts = attempts_by_sku(engine)
-    assert {sku: attempts[sku] for sku in in_hand} == {sku: 2 for sku in in_hand}, "the batch in hand, retried"
+    assert all(attempts[sku] >= 2 for sku in in_hand), f"the batch in hand {in_hand}, retried: {attempts}"
     assert worker.process.poll() is None

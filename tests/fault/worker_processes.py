@@ -167,7 +167,7 @@ def private_postgres() -> Iterator[tuple[PostgresServer, URL, Engine]]:
         yield server, url, engine
     finally:
         engine.dispose()
-        server.stop()
+        server.db("stop")  # a test that failed may have left it stopped
         shutil.rmtree(server.data_dir, ignore_errors=True)
 
 

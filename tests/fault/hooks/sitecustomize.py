@@ -4,14 +4,15 @@
 loads it at interpreter start, before ynet-db, and the forked pool children inherit the patch.
 By image file name:
 - `kill-*`: the process dies on fetch (`os._exit`), as it would from a decoder crash or the OOM killer;
-- `slow-*`: the fetch takes YNET_TEST_SLOW_S seconds (default 0.5), so a test can act mid-batch.
+- `slow-*`: the fetch takes YNET_TEST_SLOW_S seconds (default 0.5), so a test can act mid-batch;
+- `gate-*`: the fetch waits until the file YNET_TEST_GATE exists, so a test holds a batch as long as it needs.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from pathlib import PurePath
+from pathlib import Path, PurePath
 
 import ynet_db.images as images
 
@@ -25,6 +26,10 @@ def _faulty_fetch(location: str, **options: object) -> bytes:
         os._exit(KILLED_EXIT_STATUS)
     if name.startswith("slow-"):
         time.sleep(float(os.environ.get("YNET_TEST_SLOW_S", "0.5")))
+    if name.startswith("gate-"):
+        gate = Path(os.environ["YNET_TEST_GATE"])
+        while not gate.exists():
+            time.sleep(0.05)
     return _real_fetch(location, **options)  # type: ignore[arg-type]
 
 
