@@ -12,8 +12,15 @@ from sqlalchemy.orm import Session
 from ynet_db.db.models import Embedding, Product
 from ynet_db.db.vectors import vector_text
 from ynet_db.orm import active_model as active_orm_model
-from ynet_db.orm import matching, model_constant, nearest_to, product_embedding, similar_products
-from ynet_db.prefilter import prefilter
+from ynet_db.orm import (
+    matching,
+    model_constant,
+    nearest_to,
+    product_by_external_id,
+    product_embedding,
+    similar_products,
+)
+from ynet_db.prefilter import SearchError, prefilter
 
 DIM = 16
 
@@ -164,3 +171,15 @@ def test_more_like_this_asks_for_a_source_when_several_use_the_external_id(engin
     assert [name for name, _ in found] == [f"p{i}" for i in np.argsort(distances)[:5]]
     with pytest.raises(DBAPIError, match="product 'p7' has no embedding"), engine.begin() as conn:
         conn.execute(text("SELECT * FROM ynet.more_like_this('p7', 5, source => 'shop.items')")).all()
+
+
+def test_orm_finds_a_product_by_external_id_and_source(engine: Engine, vectors: np.ndarray) -> None:
+    with Session(engine) as session:
+        session.add(Product(source="shop.items", external_id="p7", category="coat", image_uri="/shop/7.jpg"))
+        session.commit()
+        with pytest.raises(SearchError, match=r"external id 'p7' is used by several sources \(import, shop.items\)"):
+            product_by_external_id(session, "p7")
+        assert product_by_external_id(session, "p7", "shop.items").category == "coat"
+        assert product_by_external_id(session, "p8").source == "import"
+        with pytest.raises(SearchError, match="no product with external id 'p8' in shop.items"):
+            product_by_external_id(session, "p8", "shop.items")
