@@ -256,7 +256,7 @@ def _upsert_statement(rows: list[dict[str, Any]]) -> Any:
         )
     )
     return statement.on_conflict_do_update(
-        index_elements=[Product.external_id],
+        index_elements=[Product.source, Product.external_id],
         set_={column: getattr(incoming, column) for column in rows[0] if column != "external_id"},
         where=changed,
         # xmax is 0 for a freshly inserted row version; unchanged rows are not returned at all.
