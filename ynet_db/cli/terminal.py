@@ -23,8 +23,3 @@ def _escape(match: re.Match[str]) -> str:
 def safe(text: object) -> str:
     """`text` as one line with every control character escaped (newlines and tabs included)."""
     return _UNSAFE.sub(_escape, str(text))
-
-
-def safe_lines(text: object) -> str:
-    """Like `safe`, but the line breaks of a multi-line report are kept (and only those)."""
-    return "\n".join(safe(line) for line in str(text).split("\n"))

@@ -115,12 +115,15 @@ def weights_file(path: Path, *, creating: bool = False) -> Path:
 
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read and verify a checkpoint; raises CheckpointError for anything but a genuine one."""
-    if path.is_dir():
-        refuse_foreign_files(path)
     target = weights_file(path)
-    if not target.is_file():
-        raise CheckpointError(f"checkpoint {target}: no such file")
-    refuse_pickle(target)
+    try:
+        if path.is_dir():
+            refuse_foreign_files(path)
+        if not target.is_file():
+            raise CheckpointError(f"checkpoint {target}: no such file")
+        refuse_pickle(target)
+    except OSError as error:  # unreadable, or a name too long for the file system
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({error.strerror or error})") from error
     try:
         with safe_open(str(target), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}

@@ -156,3 +156,8 @@ def test_a_config_out_of_bounds_is_refused(
     _with_config(tmp_path / "ckpt" / "model.safetensors", **changes)
     with pytest.raises(CheckpointError, match=re.escape(f"malformed description ({reason}")):
         RetrievalModel.load(tmp_path / "ckpt")
+
+
+def test_a_checkpoint_path_the_file_system_refuses_is_a_checkpoint_error(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"cannot be read \(File name too long\)"):
+        load_checkpoint(tmp_path / ("x" * 300 + ".safetensors"))
