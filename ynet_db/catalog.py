@@ -231,11 +231,13 @@ def _check_json_depth(text: str) -> None:
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    record = dict(pairs)
-    if len(record) < len(pairs):
-        repeated = sorted({key for key, _ in pairs if sum(1 for other, _ in pairs if other == key) > 1})
-        raise RowError(f"the key {repeated[0]!r} appears twice in one object")
-    return record
+    """An object whose keys are unique: json.loads would keep the last of two, silently."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise RowError(f"the key {key[:40]!r} appears twice in one object")
+        seen.add(key)
+    return dict(pairs)
 
 
 def _no_constant(name: str) -> Any:

@@ -67,7 +67,7 @@ def _local_file_problem(uri: str) -> str | None:
     return None if stat.S_ISREG(mode) else "is not a regular file"
 
 
-def thumbnail(image: Image.Image | str, mark: str = "") -> str:
+def image_tile(image: Image.Image | str, mark: str = "") -> str:
     """An image tile, or a placeholder that says why there is no image."""
     if isinstance(image, str):
         return f'<div class="missing">no image: {html.escape(image)}</div>'
@@ -85,7 +85,7 @@ def search_page(engine: Engine, model: RetrievalModel, query: Path, result: Sear
     vectors = active_vectors(engine, [row.product_id for row in result.rows])
     cells = []
     for row in result.rows:
-        thumb = thumbnail(product_image(row.image_uri))
+        thumb = image_tile(product_image(row.image_uri))
         weights = query_attention(model, picture, torch.from_numpy(vectors[row.product_id]))
         cells.append(
             f'<figure>{thumb}<img src="{data_uri(overlay(picture, weights))}" title="query attention">'
@@ -174,7 +174,7 @@ def demo_query_section(
         weights = query_attention(model, query, torch.from_numpy(vectors[shown[0].product_id]))
         cells.append(figure(data_uri(overlay(query, weights)), "attention given #1"))
     for row in shown:
-        thumb = thumbnail(product_image(row.image_uri), ' class="hit"' if row.external_id == truth else "")
+        thumb = image_tile(product_image(row.image_uri), ' class="hit"' if row.external_id == truth else "")
         cells.append(f"<figure>{thumb}<figcaption>#{row.rank} {html.escape(row.external_id)}</figcaption></figure>")
     return '<div class="query">' + "".join(cells) + "</div>"
 

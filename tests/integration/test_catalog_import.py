@@ -281,3 +281,10 @@ def test_cli_lists_every_bad_line_with_exit_status_3_and_prints_no_control_chara
     assert "rejected line 4 (id 'evil'): image '\\x1b]0;owned\\x07.jpg' contains control characters" in result.output
     assert "\x1b" not in result.output and "\x07" not in result.output
     assert sorted(_products(engine)) == ["j1", "j5"]
+
+
+def test_an_over_long_jsonl_line_is_rejected_unread(engine: Engine, images: Path) -> None:
+    long_line = _row("long", blob="x" * 1024 * 1024)
+    summary = import_catalog(engine, _jsonl(images, _row("j1"), long_line, _row("j3")))
+    assert [(r.line, r.reason) for r in summary.rejected] == [(2, "line longer than 1048576 characters")]
+    assert sorted(_products(engine)) == ["j1", "j3"]
