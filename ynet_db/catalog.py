@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError
 
 from ynet_db.content_hash import file_sha256
 from ynet_db.db.models import Product
-from ynet_db.images import ImageLimits
+from ynet_db.images import DEFAULT_LIMITS
 
 FIELDS = ("id", "title", "category", "tags", "image", "price", "stock")
 MAX_ID_LENGTH = 200
@@ -331,7 +331,7 @@ def _image(location: str, base_dir: Path) -> tuple[str, str | None]:
 
 def _bounded_sha256(path: Path) -> str:
     """The image's hash, refusing a file a worker would refuse to fetch before hashing all of it."""
-    size, limit = path.stat().st_size, ImageLimits().max_bytes
+    size, limit = path.stat().st_size, DEFAULT_LIMITS.max_bytes
     if size > limit:
         raise RowError(f"image {path} has {size} bytes, over the limit of {limit}")
     return file_sha256(path)
