@@ -1,8 +1,7 @@
 """The embedding jobs as an operator reads them: which product, which model, how far, and the last error.
 
 `ynet-db jobs list --state dead` finds what to re-drive without SQL. Errors and ids come from images,
-URLs and shop tables, so every control character is shown escaped: a line is one job, and nothing in
-it can move the cursor or recolour the terminal.
+URLs and shop tables: the CLI prints them through `ynet_db.cli.terminal.safe`.
 """
 
 from __future__ import annotations
@@ -45,8 +44,7 @@ class JobRow:
     @property
     def product(self) -> str:
         """The external id, with its source when the product comes from an attached table."""
-        shown = escaped(self.external_id)
-        return shown if self.source == IMPORT_SOURCE else f"{shown} ({escaped(self.source)})"
+        return self.external_id if self.source == IMPORT_SOURCE else f"{self.external_id} ({self.source})"
 
 
 def list_jobs(engine: Engine, *, state: str | None = None, model: str | None = None, limit: int = 50) -> list[JobRow]:
@@ -55,11 +53,6 @@ def list_jobs(engine: Engine, *, state: str | None = None, model: str | None = N
         model_id = find(conn, model).id if model is not None else None
         rows = conn.execute(LIST_JOBS, {"state": state, "model_id": model_id, "limit": limit})
         return [JobRow(*row) for row in rows]
-
-
-def escaped(value: str) -> str:
-    """`value` with every unprintable character written as its Python escape (a newline as \\n)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in value)
 
 
 def clipped(value: str, width: int) -> str:

@@ -8,8 +8,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import numpy as np
 from PIL import Image
@@ -38,13 +41,37 @@ def data_uri(image: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-def product_image(uri: str) -> Image.Image | None:
+def product_image(uri: str) -> Image.Image | str:
+    """The product's shop image, or why there is none to show: one bad image must not cost the page."""
     from ynet_db.images import ImageError, decode_image, fetch_image_bytes
 
     try:
-        return decode_image(fetch_image_bytes(uri, timeout_s=5), source=uri)
-    except ImageError:
-        return None  # a missing shop image must not cost the page
+        problem = _local_file_problem(uri)
+        return problem or decode_image(fetch_image_bytes(uri, timeout_s=5), source=uri)
+    except ImageError as error:
+        return error.reason
+    except (OSError, ValueError) as error:  # a malformed URL, a path the file system refuses
+        return f"cannot be read ({getattr(error, 'strerror', None) or error})"
+
+
+def _local_file_problem(uri: str) -> str | None:
+    """Why a local image cannot be shown, found before opening it: opening a FIFO would wait forever."""
+    parts = urlsplit(uri)
+    if parts.scheme.lower() not in ("", "file"):
+        return None
+    path = Path(url2pathname(parts.path) if parts.scheme else uri)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "does not exist"
+    return None if stat.S_ISREG(mode) else "is not a regular file"
+
+
+def image_tile(image: Image.Image | str, mark: str = "") -> str:
+    """An image tile, or a placeholder that says why there is no image."""
+    if isinstance(image, str):
+        return f'<div class="missing">no image: {html.escape(image)}</div>'
+    return f'<img{mark} src="{data_uri(image)}">'
 
 
 def search_page(engine: Engine, model: RetrievalModel, query: Path, result: SearchResult) -> str:
@@ -58,8 +85,7 @@ def search_page(engine: Engine, model: RetrievalModel, query: Path, result: Sear
     vectors = active_vectors(engine, [row.product_id for row in result.rows])
     cells = []
     for row in result.rows:
-        shop = product_image(row.image_uri)
-        thumb = f'<img src="{data_uri(shop)}">' if shop else '<div class="missing">no image</div>'
+        thumb = image_tile(product_image(row.image_uri))
         weights = query_attention(model, picture, torch.from_numpy(vectors[row.product_id]))
         cells.append(
             f'<figure>{thumb}<img src="{data_uri(overlay(picture, weights))}" title="query attention">'
@@ -99,7 +125,7 @@ PAGE = """<!doctype html>
 body {{ font-family: sans-serif; margin: 2em; }}
 figure {{ display: inline-block; margin: 0.5em; vertical-align: top; width: 330px; }}
 figure img {{ width: 160px; height: 160px; object-fit: contain; background: #eee; }}
-.missing {{ display: inline-block; width: 160px; height: 160px; background: #eee; }}
+.missing {{ display: inline-block; width: 160px; height: 160px; background: #eee; overflow: hidden; }}
 figcaption {{ font-size: 0.85em; }}
 </style></head><body>
 <h1>ynet-db search</h1>
@@ -148,9 +174,7 @@ def demo_query_section(
         weights = query_attention(model, query, torch.from_numpy(vectors[shown[0].product_id]))
         cells.append(figure(data_uri(overlay(query, weights)), "attention given #1"))
     for row in shown:
-        shop = product_image(row.image_uri)
-        mark = ' class="hit"' if row.external_id == truth else ""
-        thumb = f'<img{mark} src="{data_uri(shop)}">' if shop else '<div class="missing">no image</div>'
+        thumb = image_tile(product_image(row.image_uri), ' class="hit"' if row.external_id == truth else "")
         cells.append(f"<figure>{thumb}<figcaption>#{row.rank} {html.escape(row.external_id)}</figcaption></figure>")
     return '<div class="query">' + "".join(cells) + "</div>"
 

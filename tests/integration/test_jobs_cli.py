@@ -61,7 +61,7 @@ def test_jobs_list_shows_the_dead_with_their_last_error_escaped(cli: CliRunner, 
     assert "\x1b" not in result.output
     by_id = {int(line.split()[0]): line for line in lines[1:]}
     first = by_id[queue["m@1/import/p1"]].split(maxsplit=5)
-    assert first[1:] == ["dead", "5/5", "m@1", "p1", r"cannot decode\n\x1b[31m/img/1.jpg\x1b[0m"]
+    assert first[1:] == ["dead", "5/5", "m@1", "p1", r"cannot decode\x0a\x1b[31m/img/1.jpg\x1b[0m"]
     second = by_id[queue["n@1/public.items/p1"]]
     assert " n@1 " in second and " p1 (public.items) " in second
     assert second.endswith("HTTP 404 " + "x" * 148 + "...")

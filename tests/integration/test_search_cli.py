@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -49,3 +52,70 @@ def test_search_refuses_a_bad_filter_with_its_message(
     result = CliRunner().invoke(main, ["search", str(query), "--tag", "a\x00b", "--no-rerank"])
     assert result.exit_code == 1
     assert "Error: filter 'tags': strings may not contain NUL bytes" in result.output
+
+
+def _unreadable_images(directory: Path) -> dict[str, str]:
+    """product external id -> an image location the page cannot show, by kind."""
+    listening = socket.socket(socket.AF_UNIX)
+    listening.bind(str(directory / "image.sock"))  # closed with the test's process; the path is what matters
+    os.mkfifo(directory / "image.fifo")  # opening it would wait forever for a writer
+    (directory / "notes.jpg").write_text("not an image")
+    return {
+        "p0": str(directory / "image.sock"),
+        "p1": str(directory / "image.fifo"),
+        "p2": "/" + "x" * 5000 + ".jpg",
+        "p3": str(directory / "missing.jpg"),
+        "p4": str(directory / "notes.jpg"),
+        "p5": "http://[::1/x.jpg",
+    }
+
+
+def test_search_html_writes_the_page_when_result_images_cannot_be_shown(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = RetrievalModel.load_default()
+    catalogue(engine, model.version, unit_vectors(6, model.embedding_dim, seed=1))
+    images = _unreadable_images(tmp_path)
+    with engine.begin() as conn:
+        for external_id, uri in images.items():
+            conn.execute(
+                text("UPDATE ynet.products SET image_uri = :uri WHERE external_id = :id"),
+                {"uri": uri, "id": external_id},
+            )
+    query = tmp_path / "query.png"
+    photo(4).save(query)
+    monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
+    monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    out = tmp_path / "page.html"
+    result = CliRunner().invoke(main, ["search", str(query), "--k", "6", "--no-rerank", "--html", str(out)])
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert page.count("data:image/jpeg;base64,") == 1 + 6  # the query, and an attention map per result
+    placeholders = re.findall(r'<div class="missing">no image: ([^<]*)</div>', page)
+    assert sorted(placeholders) == [
+        "cannot be read (File name too long)",
+        "cannot be read (Invalid IPv6 URL)",
+        "does not exist",
+        "is not a regular file",  # the socket
+        "is not a regular file",  # the FIFO
+        "is not an image in a supported format",
+    ]
+
+
+def test_search_escapes_control_characters_in_what_it_prints(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = RetrievalModel.load_default()
+    catalogue(engine, model.version, unit_vectors(3, model.embedding_dim, seed=1))
+    with engine.begin() as conn:  # as a shop table attached with `ynet-db attach` could hold them
+        conn.execute(
+            text("UPDATE ynet.products SET title = :evil, category = :evil, external_id = external_id || :evil"),
+            {"evil": "\x1b]0;owned\x07"},
+        )
+    query = tmp_path / "query.png"
+    photo(4).save(query)
+    monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
+    result = CliRunner().invoke(main, ["search", str(query), "--k", "3", "--no-rerank"])
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert result.output.count("\\x1b]0;owned\\x07") == 3 * 2  # title and id in full (the category column cuts it)

@@ -6,8 +6,9 @@ import click
 
 from ynet_db import jobs as queue
 from ynet_db.cli.context import App, pass_app
+from ynet_db.cli.terminal import safe
 from ynet_db.db.models import JOB_STATES
-from ynet_db.job_list import JobRow, clipped, escaped, list_jobs
+from ynet_db.job_list import JobRow, clipped, list_jobs
 from ynet_db.model_registry import RegistryError
 
 JOB_ID = click.IntRange(1, 2**31 - 1)
@@ -54,9 +55,9 @@ def list_(app: App, state: str | None, model: str | None, limit: int, full: bool
 
 
 def _line(row: JobRow, full: bool) -> str:
-    error = escaped(row.last_error or "")
+    error = safe(row.last_error or "")
     tries = f"{row.attempts}/{row.max_attempts}"
     return (
-        f"{row.id:>10}  {row.state:<10} {tries:>5}  {escaped(row.model_version):<24} {row.product:<24} "
+        f"{row.id:>10}  {row.state:<10} {tries:>5}  {safe(row.model_version):<24} {safe(row.product):<24} "
         f"{error if full else clipped(error, ERROR_WIDTH)}"
     ).rstrip()

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from ynet_db.cli.checkpoints import load_model
 from ynet_db.cli.context import App, pass_app
+from ynet_db.cli.terminal import safe
 from ynet_db.model_registry import (
     Coverage,
     ModelIdentity,
@@ -29,12 +31,10 @@ def model() -> None:
 @pass_app
 def register_(app: App, path: Path | None) -> None:
     """Register the checkpoint at PATH (default: YNET_MODEL, else the shipped default model)."""
-    from ynet_db.nn.model import RetrievalModel
-
     path = path or app.settings.model_path
-    loaded = RetrievalModel.load(path) if path else RetrievalModel.load_default()
+    loaded = load_model(path)
     record = register(app.migrated_engine, ModelIdentity.of(loaded, path))
-    click.echo(f"{record.version} ({record.name}, {record.embedding_dim} dims): {record.state}")
+    click.echo(safe(f"{record.version} ({record.name}, {record.embedding_dim} dims): {record.state}"))
 
 
 @model.command("activate")
@@ -72,11 +72,11 @@ def list_(app: App) -> None:
     with engine.connect() as conn:
         rows = coverage(conn)
     if promoted is not None:
-        click.echo(_promoted(next(row for row in rows if row.model.id == promoted.id)))
+        click.echo(safe(_promoted(next(row for row in rows if row.model.id == promoted.id))))
     if not rows:
         click.echo("no models registered; run `ynet-db model register`")
     for row in rows:
-        click.echo(str(row))
+        click.echo(safe(row))
 
 
 def _promoted(row: Coverage) -> str:

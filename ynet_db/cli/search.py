@@ -7,7 +7,9 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ynet_db.cli.checkpoints import load_model
 from ynet_db.cli.context import App, pass_app
+from ynet_db.cli.terminal import safe
 
 if TYPE_CHECKING:
     from ynet_db.nn.model import RetrievalModel
@@ -54,7 +56,7 @@ def search(
     try:
         compile_filters(filters)  # refuse a bad filter before loading a model
     except FilterError as error:
-        raise click.ClickException(str(error)) from error
+        raise click.ClickException(safe(error)) from error
     engine = app.migrated_engine
     model = None if via_worker else _load_model(app)
     via = _worker_runner(app) if via_worker else None
@@ -63,7 +65,7 @@ def search(
             engine, image, k=k, filters=filters, candidates=max(candidates, k), rerank=rerank, model=model, via=via
         )
     except (FilterError, SearchError, ImageError) as error:
-        raise click.ClickException(str(error)) from error
+        raise click.ClickException(safe(error)) from error
     click.echo(table(result))
     if html_out is not None:
         model = model or _load_model(app)
@@ -74,9 +76,7 @@ def search(
 
 
 def _load_model(app: App) -> RetrievalModel:
-    from ynet_db.workers.process import load_model
-
-    return load_model(app.settings)
+    return load_model(app.settings.model_path, app.settings.device)
 
 
 def _worker_runner(app: App) -> object:
@@ -92,13 +92,13 @@ def table(result: SearchResult) -> str:
     from ynet_db.report import summary_line
 
     lines = [
-        summary_line(result),
+        safe(summary_line(result)),
         f"{'rank':>4}  {'external id':<20} {'category':<14} {'distance':>8} {'re-rank':>8}  title",
     ]
     for row in result.rows:
         score = "" if row.rerank_score is None else f"{row.rerank_score:8.4f}"
         lines.append(
-            f"{row.rank:>4}  {row.external_id[:20]:<20} {row.category[:14]:<14} {row.distance:8.4f} {score:>8}  "
-            f"{row.title}"
+            f"{row.rank:>4}  {safe(row.external_id)[:20]:<20} {safe(row.category)[:14]:<14} {row.distance:8.4f} "
+            f"{score:>8}  {safe(row.title)}"
         )
     return "\n".join(lines)
