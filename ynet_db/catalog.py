@@ -9,6 +9,7 @@ database triggers, a changed price or title does not.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -21,14 +22,16 @@ from sqlalchemy import Engine, literal_column, or_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 
-from ynet_db.content_hash import file_sha256
 from ynet_db.db.models import Product
+from ynet_db.fetch import read_local_file
+from ynet_db.fetch_policy import REFUSED_ADDRESS, FetchPolicy
+from ynet_db.image_uri import validate_image_uri
+from ynet_db.images import ImageError
 
 FIELDS = ("id", "title", "category", "tags", "image", "price", "stock")
 MAX_ID_LENGTH = 200
 MAX_TAG_LENGTH = 200
 TAG_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]+$")
-REMOTE_SCHEMES = ("http://", "https://")
 
 
 class RowError(ValueError):
@@ -139,12 +142,14 @@ def _read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any] | RowError]]:
 # -- validating ---------------------------------------------------------------------------------
 
 
-def parse_record(record: dict[str, Any], base_dir: Path) -> CatalogRow:
-    """Validate one raw record; image paths are resolved against `base_dir` and hashed."""
+def parse_record(record: dict[str, Any], base_dir: Path, policy: FetchPolicy | None = None) -> CatalogRow:
+    """Validate one raw record; image paths are resolved against `base_dir` and hashed, under `policy`
+    (default: no local file outside `base_dir`, URLs only to public addresses)."""
     external_id = _required_text(record, "id")
     if len(external_id) > MAX_ID_LENGTH:
         raise RowError(f"id is longer than {MAX_ID_LENGTH} characters")
-    image_uri, image_sha256 = _image(_required_text(record, "image"), base_dir)
+    policy = (policy or FetchPolicy()).or_root(base_dir)
+    image_uri, image_sha256 = _image(_required_text(record, "image"), base_dir, policy)
     return CatalogRow(
         external_id=external_id,
         title=str(record.get("title", "")).strip(),
@@ -190,15 +195,23 @@ def _tags_from_text(text: str) -> Any:
         raise RowError(f"unreadable tags: {text[:40]!r} is not a JSON array ({error.msg})") from None
 
 
-def _image(location: str, base_dir: Path) -> tuple[str, str | None]:
+def _image(location: str, base_dir: Path, policy: FetchPolicy) -> tuple[str, str | None]:
     """The stored image URI and, for local files, the content hash (remote ones are hashed on fetch)."""
-    if location.lower().startswith(REMOTE_SCHEMES):
-        return location, None
-    path = Path(location.removeprefix("file://")).expanduser()
-    path = path if path.is_absolute() else base_dir / path
-    if not path.is_file():
-        raise RowError(f"image not found: {path.absolute()}")
-    return str(path.resolve()), file_sha256(path)
+    try:
+        uri = validate_image_uri(location)
+        if not uri.is_local:
+            if policy.literal_refused(uri.host):  # a name is checked when a worker resolves it
+                raise ImageError(location, REFUSED_ADDRESS)
+            return location, None
+        assert uri.path is not None
+        path = uri.path.expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        real = policy.local_path(path, location)
+        if not real.exists():
+            raise RowError(f"image not found: {path.absolute()}")
+        return str(real), hashlib.sha256(read_local_file(real, location, policy)).hexdigest()
+    except ImageError as error:
+        raise RowError(str(error)) from None
 
 
 def _price(value: Any) -> Decimal | None:
@@ -222,8 +235,10 @@ def _stock(value: Any) -> int | None:
         raise RowError(f"stock {value!r} is not a whole number") from None
 
 
-def validate(path: Path) -> Iterator[tuple[int, CatalogRow | Rejection]]:
-    """Each row of the file, parsed, or rejected with its reason; later duplicates of an id are rejected."""
+def validate(path: Path, policy: FetchPolicy | None = None) -> Iterator[tuple[int, CatalogRow | Rejection]]:
+    """Each row of the file, parsed, or rejected with its reason; later duplicates of an id are rejected.
+    Local images are read under `policy`, by default (and when it has no root) only under the file's folder."""
+    policy = (policy or FetchPolicy.from_env()).or_root(path.parent)
     first_seen: dict[str, int] = {}
     for line, record in read_records(path):
         if isinstance(record, RowError):
@@ -232,7 +247,7 @@ def validate(path: Path) -> Iterator[tuple[int, CatalogRow | Rejection]]:
         raw_id = record.get("id")
         external_id = str(raw_id).strip() if isinstance(raw_id, (str, int)) else None
         try:
-            row = parse_record(record, path.parent)
+            row = parse_record(record, path.parent, policy)
         except RowError as error:
             yield line, Rejection(line, external_id, str(error))
             continue
@@ -289,11 +304,14 @@ def import_catalog(
     *,
     batch_size: int = 500,
     progress: Callable[[int], None] | None = None,
+    policy: FetchPolicy | None = None,
 ) -> ImportSummary:
-    """Import a CSV or JSON Lines catalogue; `progress` is called with the number of rows done."""
+    """Import a CSV or JSON Lines catalogue; `progress` is called with the number of rows done. Local
+    images are read under `policy` (default: the environment's settings), or under the file's folder
+    when the policy has no root."""
     summary = ImportSummary(path)
     batch: list[tuple[int, CatalogRow]] = []
-    for line, item in validate(path):
+    for line, item in validate(path, policy):
         if isinstance(item, Rejection):
             summary.rejected.append(item)
         else:

@@ -16,6 +16,7 @@ from PIL import Image
 from sqlalchemy import Engine
 
 if TYPE_CHECKING:
+    from ynet_db.fetch_policy import FetchPolicy
     from ynet_db.nn.model import RetrievalModel
     from ynet_db.search import SearchResult
 
@@ -38,27 +39,30 @@ def data_uri(image: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-def product_image(uri: str) -> Image.Image | None:
-    from ynet_db.images import ImageError, decode_image, fetch_image_bytes
+def product_image(uri: str, policy: FetchPolicy) -> Image.Image | None:
+    """A shop image fetched under `policy` that decodes as an image, or None: a page inlines nothing else."""
+    from ynet_db.fetch import fetch_image_bytes
+    from ynet_db.images import ImageError, decode_image
 
     try:
-        return decode_image(fetch_image_bytes(uri, timeout_s=5), source=uri)
+        return decode_image(fetch_image_bytes(uri, policy=policy, timeout_s=5), source=uri)
     except ImageError:
-        return None  # a missing shop image must not cost the page
+        return None  # a missing or refused shop image must not cost the page
 
 
-def search_page(engine: Engine, model: RetrievalModel, query: Path, result: SearchResult) -> str:
-    """The query, each result's thumbnail, and where the query model looks given that result."""
+def search_page(
+    engine: Engine, model: RetrievalModel, picture: Image.Image, result: SearchResult, policy: FetchPolicy
+) -> str:
+    """The query, each result's thumbnail (fetched under `policy`), and where the query model looks given
+    that result."""
     import torch
 
     from ynet_db.attention_map import overlay, query_attention
-    from ynet_db.images import decode_image, fetch_image_bytes
 
-    picture = decode_image(fetch_image_bytes(str(query)), source=str(query))
     vectors = active_vectors(engine, [row.product_id for row in result.rows])
     cells = []
     for row in result.rows:
-        shop = product_image(row.image_uri)
+        shop = product_image(row.image_uri, policy)
         thumb = f'<img src="{data_uri(shop)}">' if shop else '<div class="missing">no image</div>'
         weights = query_attention(model, picture, torch.from_numpy(vectors[row.product_id]))
         cells.append(
@@ -134,7 +138,7 @@ def png_uri(path: Path) -> str:
 
 
 def demo_query_section(
-    engine: Engine, model: RetrievalModel, query: Image.Image, truth: str, result: SearchResult
+    engine: Engine, model: RetrievalModel, query: Image.Image, truth: str, result: SearchResult, policy: FetchPolicy
 ) -> str:
     """One query: its photo, its first results (the right product framed), attention given the first."""
     import torch
@@ -148,7 +152,7 @@ def demo_query_section(
         weights = query_attention(model, query, torch.from_numpy(vectors[shown[0].product_id]))
         cells.append(figure(data_uri(overlay(query, weights)), "attention given #1"))
     for row in shown:
-        shop = product_image(row.image_uri)
+        shop = product_image(row.image_uri, policy)
         mark = ' class="hit"' if row.external_id == truth else ""
         thumb = f'<img{mark} src="{data_uri(shop)}">' if shop else '<div class="missing">no image</div>'
         cells.append(f"<figure>{thumb}<figcaption>#{row.rank} {html.escape(row.external_id)}</figcaption></figure>")

@@ -27,6 +27,7 @@ def test_search_prints_a_table_and_writes_a_page(
     photo(4).save(query)
     monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
     monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("YNET_IMAGE_ROOTS", str(tmp_path))  # the shop image may be inlined
     out = tmp_path / "page.html"
     args = ["search", str(query), "--k", "3", "--category", "dress", "--rerank", "--html", str(out)]
     result = CliRunner().invoke(main, args)
