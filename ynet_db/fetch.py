@@ -17,6 +17,7 @@ whatever read is blocked then returns at once.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import os
 import socket
 import ssl
@@ -210,6 +211,8 @@ def _fetch_http(uri: ImageUri, policy: FetchPolicy, watchdog: Watchdog, limits: 
 
 def _resolve(policy: FetchPolicy, uri: ImageUri, source: str, watchdog: Watchdog) -> list[str]:
     """The resolver's answer, on a thread so that a hanging DNS server cannot outlast the deadline."""
+    if _is_address(uri.host):
+        return [uri.host]
     answer: list[str] = []
     failure: list[BaseException] = []
 
@@ -227,6 +230,14 @@ def _resolve(policy: FetchPolicy, uri: ImageUri, source: str, watchdog: Watchdog
     if failure:
         raise ImageError(source, "could not be fetched (its host name did not resolve)") from failure[0]
     return answer
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _redirect_target(source: str, uri: ImageUri, location: str | None) -> ImageUri:
