@@ -50,3 +50,33 @@ def test_search_refuses_a_bad_filter_with_its_message(
     result = CliRunner().invoke(main, ["search", str(query), "--tag", "a\x00b", "--no-rerank"])
     assert result.exit_code == 1
     assert "Error: filter 'tags': strings may not contain NUL bytes" in result.output
+
+
+def test_the_page_inlines_only_images_the_fetch_policy_allows(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = RetrievalModel.load_default()
+    catalogue(engine, model.version, unit_vectors(30, model.embedding_dim, seed=1))
+    allowed, elsewhere = tmp_path / "shop", tmp_path / "elsewhere"
+    allowed.mkdir(), elsewhere.mkdir()
+    photo(3).save(allowed / "shop.png")
+    photo(5).save(elsewhere / "private.png")  # a real image, but outside YNET_IMAGE_ROOTS
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE ynet.products SET image_uri = :uri"), {"uri": str(elsewhere / "private.png")})
+        conn.execute(
+            text("UPDATE ynet.products SET image_uri = :uri WHERE id = (SELECT min(id) FROM ynet.products)"),
+            {"uri": str(allowed / "shop.png")},
+        )
+    query = tmp_path / "query.png"
+    photo(4).save(query)
+    monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
+    monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("YNET_IMAGE_ROOTS", str(allowed))
+    out = tmp_path / "page.html"
+    args = ["search", str(query), "--k", "30", "--candidates", "30", "--no-rerank", "--html", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    # The query, an attention map per result, and one thumbnail: the shop image under the root.
+    assert page.count("data:image/jpeg;base64,") == 1 + 30 + 1
+    assert page.count('class="missing"') == 29
