@@ -3,13 +3,15 @@ answers that change, the wall-clock deadline and cancellation."""
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from loopback_servers import Loopback, ScriptedResolver, loopback, png_bytes
 
 from ynet_db.config import Settings
+from ynet_db.embed import policy_fetch
 from ynet_db.fetch import FetchCancelled, fetch_image_bytes
 from ynet_db.fetch_policy import REFUSED_ADDRESS, FetchPolicy, FetchRefused
 from ynet_db.images import ImageError
@@ -103,13 +105,19 @@ def test_a_trickling_server_is_cut_at_the_deadline(server: Loopback, path: str) 
     assert str(caught.value) == f"image {url}: timed out after 1 s; the server is slow or unreachable"
 
 
-def test_a_fetch_in_flight_stops_when_cancelled(server: Loopback) -> None:
+@pytest.mark.parametrize("through", ["fetch_image_bytes", "embed.policy_fetch"])
+def test_a_fetch_in_flight_stops_when_cancelled(server: Loopback, through: str) -> None:
     stop = threading.Event()
     failures: list[BaseException] = []
+    run: Callable[[str], bytes]
+    if through == "fetch_image_bytes":
+        run = functools.partial(fetch_image_bytes, policy=LOOPBACK_ALLOWED, timeout_s=600, cancelled=stop.is_set)
+    else:
+        run = policy_fetch(LOOPBACK_ALLOWED, cancelled=stop.is_set)  # what a worker's warm shutdown uses
 
     def fetch() -> None:
         try:
-            fetch_image_bytes(server.url("/held"), policy=LOOPBACK_ALLOWED, timeout_s=600, cancelled=stop.is_set)
+            run(server.url("/held"))
         except BaseException as error:  # handed to the test thread
             failures.append(error)
 
