@@ -188,8 +188,10 @@ class Watchdog:
 
 
 def _shut(sock: socket.socket) -> None:
+    # The plain socket's shutdown, also for a TLS socket: it wakes a thread blocked in recv (close()
+    # would not), and leaves the TLS object that thread is reading from in place.
     try:
-        sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv; close() would not
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass  # not connected yet, or already closed
 
@@ -333,5 +335,5 @@ def _read_body(response: http.client.HTTPResponse, source: str, watchdog: Watchd
 
 def _describe(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
-        return error.strerror.lower()
+        return error.strerror
     return str(error) or type(error).__name__

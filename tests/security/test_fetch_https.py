@@ -56,6 +56,14 @@ def test_https_connects_to_the_checked_address_and_verifies_the_host_name(
     assert names == ["shop.test"]
 
 
+def test_a_trickling_https_server_is_cut_at_the_deadline(tls_server: tuple[Loopback, list[str]]) -> None:
+    server, _ = tls_server
+    url = f"https://shop.test:{server.port}/trickle"
+    with pytest.raises(ImageError) as caught:
+        fetch_image_bytes(url, policy=policy_for("shop.test"), timeout_s=1)
+    assert str(caught.value) == f"image {url}: timed out after 1 s; the server is slow or unreachable"
+
+
 def test_https_refuses_a_certificate_for_another_name(tls_server: tuple[Loopback, list[str]]) -> None:
     server, names = tls_server
     url = f"https://other.test:{server.port}/ok.png"
