@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urljoin
 
-from ynet_db.fetch_policy import REFUSED_FILE, FetchPolicy, FetchRefused
+from ynet_db.fetch_policy import REFUSED_ADDRESS, REFUSED_FILE, FetchPolicy, FetchRefused
 from ynet_db.image_uri import ImageUri, validate_image_uri
 from ynet_db.images import DEFAULT_LIMITS, ImageError, ImageLimits
 
@@ -229,8 +229,10 @@ def _resolve(policy: FetchPolicy, uri: ImageUri, source: str, watchdog: Watchdog
     thread.join(watchdog.remaining())
     if thread.is_alive():
         raise TimeoutError("DNS did not answer in time")
-    if failure:
+    if failure and uri.host in policy.allowed_names:
         raise ImageError(source, "could not be fetched (its host name did not resolve)") from failure[0]
+    if failure:
+        raise FetchRefused(source, REFUSED_ADDRESS) from failure[0]
     return answer
 
 

@@ -31,8 +31,11 @@ Resolver = Callable[[str, int], Sequence[str]]
 
 REFUSED_FILE = "refused by the fetch policy: local files are only read under YNET_IMAGE_ROOTS"
 REFUSED_ADDRESS = (
-    "refused by the fetch policy: only public addresses, or hosts listed in YNET_ALLOWED_HOSTS, are fetched"
+    "refused by the fetch policy: the host does not resolve to public addresses only "
+    "(internal hosts must be listed in YNET_ALLOWED_HOSTS)"
 )
+"""Also the text for a name that does not resolve at all: otherwise the two texts together would tell
+which internal names exist."""
 
 # Ranges that carry an IPv4 address inside an IPv6 one; the embedded address is what is reached.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")

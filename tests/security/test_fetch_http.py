@@ -95,6 +95,15 @@ def test_a_name_that_resolves_to_loopback_is_refused(server: Loopback) -> None:
     assert server.hits["/secret"] == 0
 
 
+def test_a_name_that_does_not_resolve_reads_like_an_internal_one() -> None:
+    # Otherwise the texts would tell which internal names exist.
+    url = "http://no-such-host.invalid/a.jpg"
+    assert refused(url, FetchPolicy()) == f"image {url}: {REFUSED_ADDRESS}"
+    with pytest.raises(ImageError) as caught:
+        fetch_image_bytes(url, policy=FetchPolicy.from_settings(Settings(allowed_hosts=("no-such-host.invalid",))))
+    assert str(caught.value) == f"image {url}: could not be fetched (its host name did not resolve)"
+
+
 @pytest.mark.parametrize("path", ["/trickle", "/trickle-headers"])
 def test_a_trickling_server_is_cut_at_the_deadline(server: Loopback, path: str) -> None:
     # One byte every 0.25 s: no read waits long enough to time out, so only a wall-clock deadline stops
