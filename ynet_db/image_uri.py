@@ -55,8 +55,8 @@ def validate_image_uri(location: str) -> ImageUri:
         raise ImageError(location, "contains a control character")
     parts = _split(location)
     scheme = parts.scheme.lower()
-    if scheme == "":
-        return ImageUri(location, "file", path=Path(location))
+    if scheme == "" or (scheme not in ("file", *DEFAULT_PORTS) and "://" not in location):
+        return ImageUri(location, "file", path=Path(location))  # a path, also one like 'look:red.jpg'
     if scheme == "file":
         return _file_uri(location, parts)
     if scheme in DEFAULT_PORTS:

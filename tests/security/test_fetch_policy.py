@@ -180,6 +180,12 @@ def test_local_files_are_read_only_under_the_roots(root: Path, tmp_path: Path, m
     assert {refusal(location, policy) for location in outside} == {REFUSED_FILE}
 
 
+def test_a_file_name_with_a_colon_is_a_path(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (root / "look:red.png").write_bytes(b"colon")
+    monkeypatch.chdir(root)
+    assert fetch_image_bytes("look:red.png", policy=FetchPolicy(roots=(root,))) == b"colon"
+
+
 def test_no_root_no_local_file(root: Path) -> None:
     assert refusal(str(root / "a.png"), FetchPolicy()) == REFUSED_FILE
 
