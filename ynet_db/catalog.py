@@ -9,6 +9,7 @@ database triggers, a changed price or title does not.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -21,9 +22,11 @@ from sqlalchemy import Engine, literal_column, or_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 
-from ynet_db.content_hash import file_sha256
 from ynet_db.db.models import Product
-from ynet_db.images import DEFAULT_LIMITS
+from ynet_db.fetch import read_local_file
+from ynet_db.fetch_policy import REFUSED_ADDRESS, FetchPolicy
+from ynet_db.image_uri import validate_image_uri
+from ynet_db.images import ImageError
 
 FIELDS = ("id", "title", "category", "tags", "image", "price", "stock")
 MAX_ID_LENGTH = 200
@@ -44,8 +47,6 @@ STOCK_PATTERN = re.compile(r"\s*[0-9]{1,10}\s*")
 _SURROGATE = re.compile(r"[\udc80-\udcff]")
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _JSON_BRACKET = re.compile(r"[\[\]{}]")
-REMOTE_SCHEMES = ("http://", "https://")
-FILE_SCHEME = "file://"
 
 
 class RowError(ValueError):
@@ -247,15 +248,17 @@ def _no_constant(name: str) -> Any:
 # -- validating ---------------------------------------------------------------------------------
 
 
-def parse_record(record: dict[str, Any], base_dir: Path) -> CatalogRow:
-    """Validate one raw record; image paths are resolved against `base_dir` and hashed."""
+def parse_record(record: dict[str, Any], base_dir: Path, policy: FetchPolicy | None = None) -> CatalogRow:
+    """Validate one raw record; image paths are resolved against `base_dir` and hashed, under `policy`
+    (default: no local file outside `base_dir`, URLs only to public addresses)."""
     external_id = _text(record, "id", MAX_ID_LENGTH, required=True)
     category = _text(record, "category", MAX_CATEGORY_LENGTH, required=True)
     location = _text(record, "image", MAX_IMAGE_LOCATION_LENGTH, required=True)
     title = _text(record, "title", MAX_TITLE_LENGTH, required=False, pattern=TITLE_PATTERN)
     tags = parse_tags(record.get("tags", []))
     price, stock = _price(record.get("price")), _stock(record.get("stock"))
-    image_uri, image_sha256 = _image(location, base_dir)
+    policy = (policy or FetchPolicy()).or_root(base_dir)
+    image_uri, image_sha256 = _image(location, base_dir, policy)
     return CatalogRow(
         external_id=external_id,
         title=title,
@@ -314,27 +317,23 @@ def _tags_from_text(text: str) -> Any:
         raise RowError(f"unreadable tags: {text[:40]!r} is not a JSON array ({error.msg})") from None
 
 
-def _image(location: str, base_dir: Path) -> tuple[str, str | None]:
+def _image(location: str, base_dir: Path, policy: FetchPolicy) -> tuple[str, str | None]:
     """The stored image URI and, for local files, the content hash (remote ones are hashed on fetch)."""
-    if location.lower().startswith(REMOTE_SCHEMES):
-        return location, None
-    path = Path(location[len(FILE_SCHEME) :] if location[: len(FILE_SCHEME)].lower() == FILE_SCHEME else location)
-    path = path.expanduser()
-    path = path if path.is_absolute() else base_dir / path
     try:
-        if not path.is_file():
+        uri = validate_image_uri(location)
+        if not uri.is_local:
+            if policy.literal_refused(uri.host):  # a name is checked when a worker resolves it
+                raise ImageError(location, REFUSED_ADDRESS)
+            return location, None
+        assert uri.path is not None
+        path = uri.path.expanduser()
+        path = path if path.is_absolute() else base_dir / path
+        real = policy.local_path(path, location)
+        if not real.exists():
             raise RowError(f"image not found: {path.absolute()}")
-        return str(path.resolve()), _bounded_sha256(path)
-    except OSError as error:  # an over-long name, a file that cannot be read
-        raise RowError(f"image {location[:200]!r} cannot be read ({error.strerror or error})") from None
-
-
-def _bounded_sha256(path: Path) -> str:
-    """The image's hash, refusing a file a worker would refuse to fetch before hashing all of it."""
-    size, limit = path.stat().st_size, DEFAULT_LIMITS.max_bytes
-    if size > limit:
-        raise RowError(f"image {path} has {size} bytes, over the limit of {limit}")
-    return file_sha256(path)
+        return str(real), hashlib.sha256(read_local_file(real, location, policy)).hexdigest()
+    except ImageError as error:
+        raise RowError(str(error)) from None
 
 
 def _price(value: Any) -> Decimal | None:
@@ -360,15 +359,17 @@ def _stock(value: Any) -> int | None:
     return value
 
 
-def validate(path: Path) -> Iterator[tuple[int, CatalogRow | Rejection]]:
-    """Each row of the file, parsed, or rejected with its reason; later duplicates of an id are rejected."""
+def validate(path: Path, policy: FetchPolicy | None = None) -> Iterator[tuple[int, CatalogRow | Rejection]]:
+    """Each row of the file, parsed, or rejected with its reason; later duplicates of an id are rejected.
+    Local images are read under `policy`, by default (and when it has no root) only under the file's folder."""
+    policy = (policy or FetchPolicy.from_env()).or_root(path.parent)
     first_seen: dict[str, int] = {}
     for line, record in read_records(path):
         if isinstance(record, RowError):
             yield line, Rejection(line, None, str(record))
             continue
         try:
-            row = parse_record(record, path.parent)
+            row = parse_record(record, path.parent, policy)
         except RowError as error:
             yield line, Rejection(line, _id_for_report(record), str(error))
             continue
@@ -432,15 +433,18 @@ def import_catalog(
     *,
     batch_size: int = 500,
     progress: Callable[[int], None] | None = None,
+    policy: FetchPolicy | None = None,
 ) -> ImportSummary:
     """Import a CSV or JSON Lines catalogue; `progress` is called with the number of rows validated.
 
     The whole file is read and validated before the first write, so a file that cannot be read
     (unknown format, bad header) writes nothing, and a bad row is a rejection, never a half import.
+    Local images are read under `policy` (default: the environment's settings), or under the file's
+    folder when the policy has no root.
     """
     summary = ImportSummary(path)
     good: list[tuple[int, CatalogRow]] = []
-    for line, item in validate(path):
+    for line, item in validate(path, policy):
         if isinstance(item, Rejection):
             summary.rejected.append(item)
         else:

@@ -24,6 +24,7 @@ jobs come back once, and are then embedded alone.)
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
@@ -37,7 +38,9 @@ from PIL import Image
 from sqlalchemy import Engine
 
 from ynet_db import jobs
-from ynet_db.images import ImageError, decode_image, fetch_image_bytes
+from ynet_db.fetch import Cancelled, fetch_image_bytes
+from ynet_db.fetch_policy import FetchPolicy
+from ynet_db.images import ImageError, decode_image
 from ynet_db.jobs import ClaimedJob
 
 log = logging.getLogger(__name__)
@@ -95,7 +98,13 @@ class BatchResult:
 
 
 def default_fetch(location: str) -> bytes:
-    return fetch_image_bytes(location, timeout_s=FETCH_TIMEOUT_S)
+    """A fetch under the policy the environment's settings describe (YNET_IMAGE_ROOTS, YNET_ALLOWED_HOSTS)."""
+    return fetch_image_bytes(location, policy=FetchPolicy.from_env(), timeout_s=FETCH_TIMEOUT_S)
+
+
+def policy_fetch(policy: FetchPolicy, cancelled: Cancelled | None = None) -> Fetch:
+    """A fetch under `policy`; when `cancelled()` turns true (a warm shutdown), a fetch in flight stops."""
+    return functools.partial(fetch_image_bytes, policy=policy, timeout_s=FETCH_TIMEOUT_S, cancelled=cancelled)
 
 
 def prepare(job: ClaimedJob, model: ShopEncoder, fetch: Fetch = default_fetch) -> Prepared:

@@ -8,17 +8,15 @@ from __future__ import annotations
 import base64
 import html
 import io
-import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
 import numpy as np
 from PIL import Image
 from sqlalchemy import Engine
 
 if TYPE_CHECKING:
+    from ynet_db.fetch_policy import FetchPolicy
     from ynet_db.nn.model import RetrievalModel
     from ynet_db.search import SearchResult
 
@@ -41,30 +39,16 @@ def data_uri(image: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-def product_image(uri: str) -> Image.Image | str:
-    """The product's shop image, or why there is none to show: one bad image must not cost the page."""
-    from ynet_db.images import ImageError, decode_image, fetch_image_bytes
+def product_image(uri: str, policy: FetchPolicy) -> Image.Image | str:
+    """The product's shop image fetched under `policy`, or why there is none to show: one bad image must not
+    cost the page, and nothing the policy refuses is inlined."""
+    from ynet_db.fetch import fetch_image_bytes
+    from ynet_db.images import ImageError, decode_image
 
     try:
-        problem = _local_file_problem(uri)
-        return problem or decode_image(fetch_image_bytes(uri, timeout_s=5), source=uri)
+        return decode_image(fetch_image_bytes(uri, policy=policy, timeout_s=5), source=uri)
     except ImageError as error:
         return error.reason
-    except (OSError, ValueError) as error:  # a malformed URL, a path the file system refuses
-        return f"cannot be read ({getattr(error, 'strerror', None) or error})"
-
-
-def _local_file_problem(uri: str) -> str | None:
-    """Why a local image cannot be shown, found before opening it: opening a FIFO would wait forever."""
-    parts = urlsplit(uri)
-    if parts.scheme.lower() not in ("", "file"):
-        return None
-    path = Path(url2pathname(parts.path) if parts.scheme else uri)
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        return "does not exist"
-    return None if stat.S_ISREG(mode) else "is not a regular file"
 
 
 def image_tile(image: Image.Image | str, mark: str = "") -> str:
@@ -74,18 +58,19 @@ def image_tile(image: Image.Image | str, mark: str = "") -> str:
     return f'<img{mark} src="{data_uri(image)}">'
 
 
-def search_page(engine: Engine, model: RetrievalModel, query: Path, result: SearchResult) -> str:
-    """The query, each result's thumbnail, and where the query model looks given that result."""
+def search_page(
+    engine: Engine, model: RetrievalModel, picture: Image.Image, result: SearchResult, policy: FetchPolicy
+) -> str:
+    """The query, each result's thumbnail (fetched under `policy`), and where the query model looks given
+    that result."""
     import torch
 
     from ynet_db.attention_map import overlay, query_attention
-    from ynet_db.images import decode_image, fetch_image_bytes
 
-    picture = decode_image(fetch_image_bytes(str(query)), source=str(query))
     vectors = active_vectors(engine, [row.product_id for row in result.rows])
     cells = []
     for row in result.rows:
-        thumb = image_tile(product_image(row.image_uri))
+        thumb = image_tile(product_image(row.image_uri, policy))
         weights = query_attention(model, picture, torch.from_numpy(vectors[row.product_id]))
         cells.append(
             f'<figure>{thumb}<img src="{data_uri(overlay(picture, weights))}" title="query attention">'
@@ -160,7 +145,7 @@ def png_uri(path: Path) -> str:
 
 
 def demo_query_section(
-    engine: Engine, model: RetrievalModel, query: Image.Image, truth: str, result: SearchResult
+    engine: Engine, model: RetrievalModel, query: Image.Image, truth: str, result: SearchResult, policy: FetchPolicy
 ) -> str:
     """One query: its photo, its first results (the right product framed), attention given the first."""
     import torch
@@ -174,7 +159,7 @@ def demo_query_section(
         weights = query_attention(model, query, torch.from_numpy(vectors[shown[0].product_id]))
         cells.append(figure(data_uri(overlay(query, weights)), "attention given #1"))
     for row in shown:
-        thumb = image_tile(product_image(row.image_uri), ' class="hit"' if row.external_id == truth else "")
+        thumb = image_tile(product_image(row.image_uri, policy), ' class="hit"' if row.external_id == truth else "")
         cells.append(f"<figure>{thumb}<figcaption>#{row.rank} {html.escape(row.external_id)}</figcaption></figure>")
     return '<div class="query">' + "".join(cells) + "</div>"
 

@@ -45,6 +45,12 @@ class ColourEncoder:
         return Encoding(torch.cat([pixels, torch.ones(len(pixels), 1)], dim=1))
 
 
+@pytest.fixture(autouse=True)
+def images_under_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run_once`'s default fetch reads local images only under YNET_IMAGE_ROOTS; these tests write them here."""
+    monkeypatch.setenv("YNET_IMAGE_ROOTS", str(tmp_path))
+
+
 def write_png(path: Path, colour: tuple[int, int, int]) -> Path:
     Image.new("RGB", (64, 64), colour).save(path)
     return path

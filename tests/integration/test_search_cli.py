@@ -30,6 +30,7 @@ def test_search_prints_a_table_and_writes_a_page(
     photo(4).save(query)
     monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
     monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("YNET_IMAGE_ROOTS", str(tmp_path))  # the shop image may be inlined
     out = tmp_path / "page.html"
     args = ["search", str(query), "--k", "3", "--category", "dress", "--rerank", "--html", str(out)]
     result = CliRunner().invoke(main, args)
@@ -86,6 +87,7 @@ def test_search_html_writes_the_page_when_result_images_cannot_be_shown(
     photo(4).save(query)
     monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
     monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("YNET_IMAGE_ROOTS", str(tmp_path))
     out = tmp_path / "page.html"
     result = CliRunner().invoke(main, ["search", str(query), "--k", "6", "--no-rerank", "--html", str(out)])
     assert result.exit_code == 0, result.output
@@ -93,11 +95,11 @@ def test_search_html_writes_the_page_when_result_images_cannot_be_shown(
     assert page.count("data:image/jpeg;base64,") == 1 + 6  # the query, and an attention map per result
     placeholders = re.findall(r'<div class="missing">no image: ([^<]*)</div>', page)
     assert sorted(placeholders) == [
-        "cannot be read (File name too long)",
-        "cannot be read (Invalid IPv6 URL)",
         "does not exist",
+        "is longer than 4096 characters",
         "is not a regular file",  # the socket
         "is not a regular file",  # the FIFO
+        "is not a valid URL (Invalid IPv6 URL)",
         "is not an image in a supported format",
     ]
 
@@ -119,3 +121,33 @@ def test_search_escapes_control_characters_in_what_it_prints(
     assert result.exit_code == 0, result.output
     assert "\x1b" not in result.output and "\x07" not in result.output
     assert result.output.count("\\x1b]0;owned\\x07") == 3 * 2  # title and id in full (the category column cuts it)
+
+
+def test_the_page_inlines_only_images_the_fetch_policy_allows(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = RetrievalModel.load_default()
+    catalogue(engine, model.version, unit_vectors(30, model.embedding_dim, seed=1))
+    allowed, elsewhere = tmp_path / "shop", tmp_path / "elsewhere"
+    allowed.mkdir(), elsewhere.mkdir()
+    photo(3).save(allowed / "shop.png")
+    photo(5).save(elsewhere / "private.png")  # a real image, but outside YNET_IMAGE_ROOTS
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE ynet.products SET image_uri = :uri"), {"uri": str(elsewhere / "private.png")})
+        conn.execute(
+            text("UPDATE ynet.products SET image_uri = :uri WHERE id = (SELECT min(id) FROM ynet.products)"),
+            {"uri": str(allowed / "shop.png")},
+        )
+    query = tmp_path / "query.png"
+    photo(4).save(query)
+    monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
+    monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("YNET_IMAGE_ROOTS", str(allowed))
+    out = tmp_path / "page.html"
+    args = ["search", str(query), "--k", "30", "--candidates", "30", "--no-rerank", "--html", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    # The query, an attention map per result, and one thumbnail: the shop image under the root.
+    assert page.count("data:image/jpeg;base64,") == 1 + 30 + 1
+    assert page.count('class="missing"') == 29

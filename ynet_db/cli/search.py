@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,8 +41,9 @@ def search(
     html_out: Path | None,
 ) -> None:
     """Find the catalogue products nearest to the photo IMAGE under the active model."""
+    from ynet_db.fetch_policy import FetchPolicy
     from ynet_db.filters import FilterError, compile_filters
-    from ynet_db.images import ImageError
+    from ynet_db.images import ImageError, decode_image
     from ynet_db.search import SearchError
     from ynet_db.search import search as run_search
 
@@ -57,22 +59,38 @@ def search(
         compile_filters(filters)  # refuse a bad filter before loading a model
     except FilterError as error:
         raise click.ClickException(safe(error)) from error
+    query = _read_query(image)
     engine = app.migrated_engine
     model = None if via_worker else _load_model(app)
     via = _worker_runner(app) if via_worker else None
     try:
         result = run_search(
-            engine, image, k=k, filters=filters, candidates=max(candidates, k), rerank=rerank, model=model, via=via
+            engine, query, k=k, filters=filters, candidates=max(candidates, k), rerank=rerank, model=model, via=via
         )
+        picture = decode_image(query, source=str(image)) if html_out is not None else None
     except (FilterError, SearchError, ImageError) as error:
         raise click.ClickException(safe(error)) from error
     click.echo(table(result))
-    if html_out is not None:
+    if html_out is not None and picture is not None:
         model = model or _load_model(app)
         from ynet_db.report import search_page
 
-        html_out.write_text(search_page(engine, model, image, result), encoding="utf-8")
+        page = search_page(engine, model, picture, result, FetchPolicy.from_settings(app.settings))
+        html_out.write_text(page, encoding="utf-8")
         click.echo(f"wrote {html_out}")
+
+
+def _read_query(image: Path) -> bytes:
+    """The operator's own photo: read from its folder whatever YNET_IMAGE_ROOTS says, but only a regular file."""
+    from ynet_db.fetch import read_local_file
+    from ynet_db.fetch_policy import FetchPolicy
+    from ynet_db.images import ImageError
+
+    real = Path(os.path.realpath(image))
+    try:
+        return read_local_file(real, str(image), FetchPolicy(roots=(real.parent,)))
+    except ImageError as error:
+        raise click.ClickException(safe(error)) from error
 
 
 def _load_model(app: App) -> RetrievalModel:

@@ -13,10 +13,10 @@ import os
 import time
 from pathlib import PurePath
 
-import ynet_db.images as images
+import ynet_db.fetch as fetch
 
 KILLED_EXIT_STATUS = 70
-_real_fetch = images.fetch_image_bytes
+_real_fetch = fetch.fetch_image_bytes
 
 
 def _faulty_fetch(location: str, **options: object) -> bytes:
@@ -28,4 +28,4 @@ def _faulty_fetch(location: str, **options: object) -> bytes:
     return _real_fetch(location, **options)  # type: ignore[arg-type]
 
 
-images.fetch_image_bytes = _faulty_fetch
+fetch.fetch_image_bytes = _faulty_fetch
