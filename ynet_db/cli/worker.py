@@ -75,7 +75,7 @@ def worker(
     queues: tuple[str, ...],
     loglevel: str,
 ) -> None:
-    """Embed catalogue images as jobs arrive (Ctrl-C once: finish the batch and stop)."""
+    """Embed catalogue images as jobs arrive (Ctrl-C once: write what was fetched, hand the rest back, stop)."""
     from ynet_db.workers.app import QUEUES, UnsafeSettings, WorkerOptions, check_settings, make_app
     from ynet_db.workers.dispatcher import DispatchOptions, run_process
 
