@@ -45,6 +45,9 @@ def slow(i: int) -> str:
 # hands the batch back to the queue while it still runs.
 LEASE = ("--lease", "10")
 
+# A job handed back unattempted is as it was before its claim: no attempt, no completion, no error, no lease.
+UNFINISHED = "SELECT attempts, completions, last_error, lease_expires_at FROM ynet.embedding_jobs WHERE state <> 'done'"
+
 
 def test_a_warm_shutdown_writes_what_it_fetched_and_hands_back_the_rest_unattempted(
     engine: Engine, start_worker: Callable[..., WorkerProcess], tmp_path: Path
@@ -61,15 +64,11 @@ def test_a_warm_shutdown_writes_what_it_fetched_and_hands_back_the_rest_unattemp
     done = {sku for sku, state in job_states(engine).items() if state == "done"}
     assert done and done <= batch, "the fetch in flight was finished and written; no other batch was claimed"
     assert states(engine) == {"done": len(done), "pending": 12 - len(done)}
-    # The jobs it never fetched went back as they were: no attempt spent, no error, no lease.
     assert set(rows(engine, UNFINISHED)) == {(0, 0, None, None)}
     assert rows(
         engine, "SELECT completions, attempts, count(*) FROM ynet.embedding_jobs WHERE state = 'done' GROUP BY 1, 2"
     ) == [(1, 1, len(done))]
     assert scalar(engine, "SELECT count(*) FROM ynet.workers WHERE stopped_at IS NULL") == 0
-
-
-UNFINISHED = "SELECT attempts, completions, last_error, lease_expires_at FROM ynet.embedding_jobs WHERE state <> 'done'"
 
 
 def test_a_warm_shutdown_cuts_a_fetch_that_would_hang_and_hands_its_batch_back(
