@@ -10,7 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from PIL import Image
+from sqlalchemy import Engine, text
 from worker_processes import (
     RABBITMQ_URL,
     REDIS_URL,
@@ -60,6 +61,37 @@ def test_a_poison_item_ends_dead_and_the_rest_of_its_batch_is_embedded(
     ((attempts, error),) = rows(engine, "SELECT attempts, last_error FROM ynet.embedding_jobs WHERE state = 'dead'")
     assert attempts == 3 and "does not exist" in str(error)
     assert embeddings_per_product(engine) == [1, 1, 0, 1, 1, 1]
+
+
+def test_an_image_url_the_http_client_cannot_parse_costs_only_its_own_job(
+    engine: Engine, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    # urlsplit raises ValueError for this URL: once it ended the task, and the heartbeat kept its
+    # batch-mates' leases alive, so they stayed 'running' for as long as the process lived.
+    worker = start_worker()
+    serve_default_model(engine, worker)
+    set_max_attempts(engine, 2)
+    images = []
+    for i in (1, 2, 3):
+        Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(tmp_path / f"{i}.png")
+        images.append({"sku": f"sku-{i}", "uri": str(tmp_path / f"{i}.png")})
+    with engine.begin() as conn:  # one transaction: the bad URL's job is claimed first, its batch-mates with it
+        conn.execute(
+            text(
+                "INSERT INTO ynet.products (external_id, category, tags, image_uri) "
+                "VALUES (:sku, 'dress', ARRAY['color:red'], :uri)"
+            ),
+            [{"sku": "sku-0", "uri": "http://[::1/x.jpg"}, *images],
+        )
+    wait_for(lambda: states(engine) == {"done": 3, "dead": 1}, 90, "3 done and 1 dead", worker)
+    ((sku, error),) = rows(
+        engine,
+        "SELECT p.external_id, j.last_error FROM ynet.embedding_jobs j JOIN ynet.products p ON p.id = j.product_id "
+        "WHERE j.state = 'dead'",
+    )
+    assert sku == "sku-0" and "http://[::1/x.jpg" in str(error)
+    once = "SELECT completions, attempts, count(*) FROM ynet.embedding_jobs GROUP BY 1, 2 ORDER BY 1"
+    assert rows(engine, once) == [(0, 2, 1), (1, 1, 3)]
 
 
 def test_an_item_that_kills_its_process_ends_dead_without_taking_its_batch_with_it(
