@@ -43,7 +43,11 @@ def test_products_inserted_while_the_broker_is_down_are_embedded_when_it_returns
     wait_for(lambda: states(engine) == {"done": 8}, 90, "8 jobs done after a broker restart", worker)
     assert embeddings_per_product(engine) == [1] * 8
     assert worker.process.poll() is None
+    # Exactly once: each job claimed once and completed once (a count only the completing statement writes).
+    assert rows(engine, EXACTLY_ONCE) == [(1, 1, 8)]
 
+
+EXACTLY_ONCE = "SELECT completions, attempts, count(*) FROM ynet.embedding_jobs GROUP BY 1, 2"
 
 TERMINATE_OTHERS = """
     SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
@@ -69,6 +73,7 @@ def test_database_connections_killed_mid_batch_leave_a_consistent_state(
 
     wait_for(lambda: states(engine) == {"done": 8}, 120, "8 jobs done", worker)
     assert embeddings_per_product(engine) == [1] * 8
+    assert rows(engine, "SELECT DISTINCT completions FROM ynet.embedding_jobs") == [(1,)]
     # Every embedding was computed from the image its job names, and the worker reconnected.
     assert scalar(engine, "SELECT count(*) FROM ynet.embeddings e JOIN ynet.products p ON p.id = e.product_id") == 8
     assert rows(engine, "SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'ynet-worker %'")

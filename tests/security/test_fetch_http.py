@@ -122,7 +122,7 @@ def test_a_fetch_in_flight_stops_when_cancelled(server: Loopback, through: str) 
     if through == "fetch_image_bytes":
         run = functools.partial(fetch_image_bytes, policy=LOOPBACK_ALLOWED, timeout_s=600, cancelled=stop.is_set)
     else:
-        run = policy_fetch(LOOPBACK_ALLOWED, cancelled=stop.is_set)  # what a worker's warm shutdown uses
+        run = functools.partial(policy_fetch(LOOPBACK_ALLOWED), stop=stop)  # what a worker's warm shutdown uses
 
     def fetch() -> None:
         try:

@@ -157,6 +157,9 @@ class EmbeddingJob(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    completions: Mapped[int] = mapped_column(
+        server_default="0", comment="times this job was written and marked done; more than 1 is a duplicate"
+    )
 
     product: Mapped[Product] = relationship()
     model: Mapped[Model] = relationship()
