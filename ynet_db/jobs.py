@@ -38,7 +38,6 @@ class ClaimedJob:
     image_uri: str
     image_sha256: str | None
     tags: list[str]
-    category: str
     attempts: int
     max_attempts: int
 
@@ -48,17 +47,14 @@ CLAIM = text(
     UPDATE ynet.embedding_jobs AS j
        SET state = 'running', attempts = j.attempts + 1, claimed_by = :worker,
            lease_expires_at = now() + :lease, updated_at = now()
-      FROM ynet.products AS p
-     WHERE j.product_id = p.id
-       AND j.id IN (SELECT id FROM ynet.embedding_jobs
+     WHERE j.id IN (SELECT id FROM ynet.embedding_jobs
                      WHERE state IN ('pending', 'retry') AND run_after <= now()
                        AND (state = 'pending' OR NOT :first)
                        AND (CAST(:model_id AS integer) IS NULL OR model_id = :model_id)
                      ORDER BY run_after, id
                      LIMIT :limit
                      FOR UPDATE SKIP LOCKED)
-    RETURNING j.id, j.product_id, j.model_id, j.image_uri, j.image_sha256, j.tags, p.category,
-              j.attempts, j.max_attempts
+    RETURNING j.id, j.product_id, j.model_id, j.image_uri, j.image_sha256, j.tags, j.attempts, j.max_attempts
     """
 )
 
