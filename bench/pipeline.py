@@ -114,8 +114,11 @@ def fresh_database() -> Iterator[URL]:
 
 
 @contextmanager
-def running_worker(url: URL, processes: int, batch_size: int, broker: str | None, log: Path) -> Iterator[None]:
+def running_worker(
+    url: URL, processes: int, batch_size: int, broker: str | None, log: Path, images: Path
+) -> Iterator[None]:
     env = {**os.environ, "YNET_DATABASE_URL": url.render_as_string(hide_password=False), "YNET_DEVICE": "cpu"}
+    env["YNET_IMAGE_ROOTS"] = str(images.resolve())  # the fetch policy reads local images only under it
     if broker:
         env["YNET_BROKER_URL"] = broker
     argv = [sys.executable, "-m", "ynet_db", "worker", "--pool", "prefork", "--concurrency", str(processes)]
@@ -237,7 +240,7 @@ def main(
         for count in worker_counts:
             reset(engine)
             log = out.with_suffix(f".worker{count}.log")
-            with running_worker(url, count, batch_size, broker, log):
+            with running_worker(url, count, batch_size, broker, log, folder):
                 wait_until(engine, LIVE_WORKERS, count, 300)
                 run: dict[str, Any] = {"worker_processes": count, **pipeline_rate(engine, items, timeout)}
                 run["vs_encoder_alone"] = run["embeddings_per_s"] / alone

@@ -11,7 +11,9 @@ Importing this module imports neither torch nor the tasks: the dispatcher sends 
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -52,6 +54,21 @@ class WorkerOptions:
     """Celery settings applied last (for tests and operators); `check_settings` still applies."""
 
 
+class StartupFailure:
+    """Why a worker process could not start, in memory shared with the process that forked it."""
+
+    SIZE = 2048
+
+    def __init__(self) -> None:
+        self._text = multiprocessing.Array(ctypes.c_char, self.SIZE)
+
+    def report(self, message: str) -> None:
+        self._text.value = message.encode(errors="replace")[: self.SIZE - 1]
+
+    def message(self) -> str | None:
+        return self._text.value.decode(errors="replace") or None
+
+
 class WorkerApp(Celery):  # type: ignore[misc]
     """A Celery app that carries the ynet settings its worker processes start from."""
 
@@ -59,9 +76,12 @@ class WorkerApp(Celery):  # type: ignore[misc]
         super().__init__("ynet_db", **kwargs)
         self.ynet_settings = settings
         self.ynet_options = options
-        # Made before the pool forks, so every child shares it: set on a warm shutdown, it stops
-        # a draining task after its current batch (Celery itself only waits for the task to end).
+        # Made before the pool forks, so every child shares them. `ynet_stopping`, set on a warm
+        # shutdown, stops a draining task after the fetch in hand (Celery itself only waits for the
+        # task to end); `ynet_startup_failure` tells the worker's main process why a child cannot serve.
         self.ynet_stopping = multiprocessing.Event()
+        self.ynet_startup_failure = StartupFailure()
+        self.ynet_main_pid = os.getpid()
 
 
 def broker_url(settings: Settings) -> str:

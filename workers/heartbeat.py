@@ -7,12 +7,18 @@ that beats: the two agree only when nothing was inherited across a fork.
 
 A beat that cannot reach the database is logged and skipped: a database outage must not take the
 worker down with it, and the next beat repairs the row.
+
+Each beat also renews the leases of the jobs that a live task of this process holds (`holding`), and
+of no other job: a task that died by an exception leaves its jobs to their lease and the sweep, while
+the process beats on. It beats at least three times per lease, so a live task never loses one.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -59,7 +65,10 @@ class Heartbeat:
         self.identity = identity
         self.lease = lease
         self.interval_s = interval_s or HEARTBEAT_INTERVAL.total_seconds()
+        if lease is not None:
+            self.interval_s = min(self.interval_s, lease.total_seconds() / 3)
         self.jobs_done = 0
+        self._held: list[jobs.InHand] = []
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ynet-heartbeat", daemon=True)
@@ -73,11 +82,25 @@ class Heartbeat:
             self.jobs_done += count
         self.beat()
 
+    @contextmanager
+    def holding(self) -> Iterator[jobs.InHand]:
+        """The jobs a task works on, renewed by each beat until the task leaves the `with`."""
+        in_hand = jobs.InHand()
+        with self._lock:
+            self._held.append(in_hand)
+        try:
+            yield in_hand
+        finally:
+            with self._lock:
+                self._held.remove(in_hand)
+
     def beat(self) -> None:
         self._write(BEAT, {"id": self.identity.id, "jobs_done": self.jobs_done})
         if self.lease is not None:
-            # A live process keeps its jobs; only a dead one's leases run out and are swept.
-            self._write(jobs.RENEW, {"worker": self.identity.id, "lease": self.lease})
+            with self._lock:
+                job_ids = sorted({job_id for in_hand in self._held for job_id in in_hand.ids()})
+            if job_ids:
+                self._write(jobs.RENEW, {"worker": self.identity.id, "lease": self.lease, "job_ids": job_ids})
 
     def stop(self) -> None:
         """Mark the row stopped: a clean exit, as opposed to a heartbeat that just ceases."""

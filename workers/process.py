@@ -13,13 +13,20 @@ pid read when the connection is opened), so `pg_stat_activity` shows which proce
 connection, and a test can prove that none was opened by the parent.
 
 A warm shutdown (SIGTERM, Ctrl-C) is announced in the parent; `app.ynet_stopping`, an event the pool
-children inherit, tells a draining task to finish its batch and take no other.
+children inherit, tells a draining task to cut its fetch in flight, finish what it fetched and take
+no other batch.
+
+A worker that cannot serve its model must not say "ready" and idle: `check_model` reads and verifies
+the checkpoint in the main process before Celery starts, and a child that still fails to start (the
+network cannot be built from it, the database refuses the registration) reports why and stops the
+worker, which exits non-zero with that reason.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -33,6 +40,7 @@ from ynet_db.workers.heartbeat import Heartbeat, WorkerIdentity
 from ynet_db.config import Settings
 from ynet_db.db.engine import engine_from_settings
 from ynet_db.model_registry import ModelIdentity, ModelRecord, register
+from ynet_db.nn.checkpoint import load_checkpoint
 from ynet_db.nn.model import RetrievalModel
 
 log = logging.getLogger(__name__)
@@ -99,6 +107,14 @@ def load_model(settings: Settings) -> RetrievalModel:
     return RetrievalModel.load_default(device=settings.device)
 
 
+def check_model(settings: Settings) -> None:
+    """Read and verify the checkpoint the worker processes will load (raises `CheckpointError` or
+    `OSError`). Only the file is read here, no network is built: the main process forks the pool
+    afterwards and must not have run torch's thread pools."""
+    if settings.model_path is not None:
+        load_checkpoint(settings.model_path)
+
+
 def start(settings: Settings, torch_threads: int | None = None, lease: timedelta | None = None) -> WorkerResources:
     """Build this process's engine and model, and make sure the model is registered."""
     global _current
@@ -142,7 +158,16 @@ def _drop_inherited_broker_engines() -> None:
 @signals.worker_process_init.connect
 def _on_process_init(**_: Any) -> None:
     app = current_app._get_current_object()
-    start(app.ynet_settings, app.ynet_options.torch_threads, app.ynet_options.lease)
+    try:
+        start(app.ynet_settings, app.ynet_options.torch_threads, app.ynet_options.lease)
+    except Exception as error:
+        # Celery only logs a failing handler and would serve on with a process that has no model.
+        message = f"worker process {os.getpid()} cannot serve: {type(error).__name__}: {error}"
+        log.error(message)
+        app.ynet_startup_failure.report(message)
+        if os.getpid() == app.ynet_main_pid:  # the solo pool, still starting: Celery lets this through
+            raise SystemExit(1) from error
+        os.kill(app.ynet_main_pid, signal.SIGTERM)  # a warm shutdown of the whole worker
 
 
 @signals.worker_shutting_down.connect

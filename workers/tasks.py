@@ -14,7 +14,7 @@ from ynet_db.workers import process
 from ynet_db.workers.app import EMBED_TASK, SWEEP_TASK
 
 from ynet_db import jobs
-from ynet_db.embed import BatchResult, BatchWriter, run_once
+from ynet_db.embed import drain
 from ynet_db.model_registry import promote_if_complete
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 @shared_task(name=EMBED_TASK)
 def embed_pending(model_id: int | None = None) -> int:
     """Embed ready jobs of one model (default: this process's own) until none is left, the drain time is
-    up or the worker stops. Another registered model is loaded on demand: that is how running workers
-    back-fill a newly activated model."""
+    up or the worker stops (which also cuts the fetch in flight). Another registered model is loaded on
+    demand: that is how running workers back-fill a newly activated model."""
     resources = process.current()
     model_id = resources.record.id if model_id is None else model_id
     try:
@@ -34,26 +34,27 @@ def embed_pending(model_id: int | None = None) -> int:
         return 0
     app = embed_pending.app
     options = app.ynet_options
-    batches: list[BatchResult] = []
-    deadline = time.monotonic() + options.drain_s
-    with BatchWriter(resources.engine, resources.name, on_written=resources.heartbeat.add_done) as writer:
-        while time.monotonic() < deadline and not app.ynet_stopping.is_set():
-            batch = run_once(
-                resources.engine,
-                model,
-                resources.name,
-                options.batch_size,
-                model_id=model_id,
-                lease=options.lease,
-                writer=writer,
-            )
-            if not batch.claimed:
-                break
-            batches.append(batch)
-    total = BatchResult()
-    for batch in batches:  # counted once the writer has finished every batch's write
-        total.add(batch)
-    log.info("embedded %d, %d to retry, %d dead, %d stale", total.done, total.retry, total.dead, total.stale)
+    with resources.heartbeat.holding() as in_hand:
+        total = drain(
+            resources.engine,
+            model,
+            resources.name,
+            options.batch_size,
+            until=time.monotonic() + options.drain_s,
+            stop=app.ynet_stopping,
+            in_hand=in_hand,
+            model_id=model_id,
+            lease=options.lease,
+            on_written=resources.heartbeat.add_done,
+        )
+    log.info(
+        "embedded %d, %d to retry, %d dead, %d stale, %d released",
+        total.done,
+        total.retry,
+        total.dead,
+        total.stale,
+        total.released,
+    )
     return total.done
 
 

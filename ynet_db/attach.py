@@ -3,11 +3,13 @@
 `attach` checks the table and its columns in the catalog, installs three row triggers on it (insert,
 update of the watched columns, delete) and back-fills the rows it already holds, all in one
 transaction: the triggers' lock holds off the shop's writes until the back-fill is committed, so no
-row is missed or copied twice. A product's `external_id` is the shop row's id as text.
+row is missed or copied twice. A product's `external_id` is the shop row's id as text and its `source`
+the table's name, so the table's ids never meet those of the import or of another attached table.
 
-The triggers call one generic function (migration 0004) with the column names as trigger arguments and read the row
-through `to_jsonb(NEW) ->> column`, so no user-supplied name is ever spliced into a function body; in
-the trigger definitions names are quoted with `psycopg.sql.Identifier` and passed as literals.
+The triggers call one generic function (migrations 0004 and 0008) with the column names and the source as
+trigger arguments and read the row through `to_jsonb(NEW) ->> column`, so no user-supplied name is ever
+spliced into a function body; in the trigger definitions names are quoted with `psycopg.sql.Identifier`
+and passed as literals.
 
 - An update that changes none of the id, image, category, tags or title columns does not fire at
   all (`UPDATE OF` plus a `WHEN` that compares old and new), so price and stock updates cost nothing.
@@ -15,7 +17,8 @@ the trigger definitions names are quoted with `psycopg.sql.Identifier` and passe
 - Tags may be an array of text or one string delimited by `,`, `|` or `;`.
 - Deleting a row deletes its product, and with it its embeddings and jobs (foreign keys cascade).
 The functions run as their owner (SECURITY DEFINER, fixed search_path), so the shop's own role
-needs no rights on the ynet schema.
+needs no rights on the ynet schema; only their owner may execute them (migration 0008), so the role
+that runs `attach` is the one that migrated the schema or was granted EXECUTE on them.
 """
 
 from __future__ import annotations
@@ -45,10 +48,9 @@ class Columns:
     def watched(self) -> list[str]:
         return [c for c in (self.id, self.image, self.category, self.tags, self.title) if c is not None]
 
-    @property
-    def arguments(self) -> list[str]:
+    def arguments(self, source: str) -> list[str]:
         """The trigger arguments, in the order the functions read them; '' for an absent column."""
-        return [self.id, self.image, self.category, self.tags or "", self.title or ""]
+        return [self.id, self.image, self.category, self.tags or "", self.title or "", source]
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,10 @@ class Attached:
     backfilled: int
 
 
+# The qualified name is spelled as the triggers spell their source when they are given none (0008).
 FIND_TABLE = text(
     """
-    SELECT c.oid, n.nspname, c.relname, c.relkind
+    SELECT c.oid, n.nspname, c.relname, format('%I.%I', n.nspname, c.relname), c.relkind
       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.oid = to_regclass(:name)
     """
@@ -90,20 +93,12 @@ class Table:
     oid: int
     schema: str
     name: str
-
-    @property
-    def qualified(self) -> str:
-        """schema.name, each part quoted only where SQL needs it (as `regclass` prints it)."""
-        return f"{_display(self.schema)}.{_display(self.name)}"
+    qualified: str
+    """schema.name, each part quoted where SQL needs it: the products' `source`."""
 
     @property
     def identifier(self) -> sql.Identifier:
         return sql.Identifier(self.schema, self.name)
-
-
-def _display(name: str) -> str:
-    plain = name.isidentifier() and name == name.lower() and name.isascii()
-    return name if plain else '"' + name.replace('"', '""') + '"'
 
 
 def find_table(conn: Connection, name: str) -> Table:
@@ -114,8 +109,8 @@ def find_table(conn: Connection, name: str) -> Table:
         raise AttachError(f"{name!r} is not a table name") from error
     if row is None:
         raise AttachError(f"no table named {name!r}")
-    oid, schema, relname, kind = row
-    table = Table(oid, schema, relname)
+    oid, schema, relname, qualified, kind = row
+    table = Table(oid, schema, relname, qualified)
     if kind not in ("r", "p"):
         raise AttachError(f"{table.qualified} is not a table")
     if schema == "ynet":
@@ -156,7 +151,7 @@ def attach(engine: Engine, table_name: str, columns: Columns) -> Attached:
 
 
 def _trigger_statements(table: Table, columns: Columns) -> list[sql.Composed]:
-    args = sql.SQL(", ").join(sql.Literal(value) for value in columns.arguments)
+    args = sql.SQL(", ").join(sql.Literal(value) for value in columns.arguments(table.qualified))
     changed = sql.SQL(" OR ").join(
         sql.SQL("OLD.{0} IS DISTINCT FROM NEW.{0}").format(sql.Identifier(column)) for column in columns.watched
     )
@@ -181,7 +176,7 @@ def _drop_statements(table: Table) -> list[sql.Composed]:
 
 
 def _backfill_statement(table: Table, columns: Columns) -> sql.Composed:
-    args = sql.SQL(", ").join(sql.Literal(value) for value in columns.arguments)
+    args = sql.SQL(", ").join(sql.Literal(value) for value in columns.arguments(table.qualified))
     return sql.SQL(
         "SELECT count(*) FILTER (WHERE ynet.attached_product_upsert(to_jsonb(t), ARRAY[{}]::text[])) FROM {} AS t"
     ).format(args, table.identifier)

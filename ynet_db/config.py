@@ -6,7 +6,9 @@ directory holds the catalogue and also serves as Celery's broker and result stor
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,11 @@ from pathlib import Path
 import platformdirs
 
 DEVICES = ("auto", "cpu", "cuda")
+
+# A DNS name as a URL carries it: ASCII labels (IDNA-encoded) of letters, digits and hyphens.
+HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9])?)*\.?$", re.IGNORECASE
+)
 
 
 class SettingsError(ValueError):
@@ -33,10 +40,19 @@ class Settings:
     """A checkpoint to serve instead of the shipped default model."""
     test_database_url: str | None = None
     """For the test suite: a server to use instead of an embedded one."""
+    image_roots: tuple[Path, ...] = ()
+    """Folders under which local image files may be read; none means no local file (see fetch_policy.py)."""
+    allowed_hosts: tuple[str, ...] = ()
+    """Host names, IP addresses or CIDR ranges that image URLs may reach although they are not public."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise SettingsError(f"YNET_DEVICE={self.device!r}: expected one of {', '.join(DEVICES)}")
+        for root in self.image_roots:
+            if not root.is_absolute():
+                raise SettingsError(f"YNET_IMAGE_ROOTS: {str(root)!r} is not an absolute path")
+        for host in self.allowed_hosts:
+            _check_allowed_host(host)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -49,8 +65,27 @@ class Settings:
             device=env.get("YNET_DEVICE", "auto").lower(),
             model_path=Path(env["YNET_MODEL"]).expanduser() if env.get("YNET_MODEL") else None,
             test_database_url=env.get("YNET_TEST_DATABASE_URL") or None,
+            image_roots=_image_roots(env.get("YNET_IMAGE_ROOTS", "")),
+            allowed_hosts=tuple(h.strip().lower() for h in env.get("YNET_ALLOWED_HOSTS", "").split(",") if h.strip()),
         )
 
     @property
     def pgdata(self) -> Path:
         return self.data_dir / "pgdata"
+
+
+def _image_roots(value: str) -> tuple[Path, ...]:
+    return tuple(Path(part).expanduser() for part in value.split(os.pathsep) if part.strip())
+
+
+def _check_allowed_host(host: str) -> None:
+    """An entry of YNET_ALLOWED_HOSTS: an IP address, a CIDR range or a DNS name."""
+    try:
+        ipaddress.ip_network(host, strict=False)
+        return
+    except ValueError:
+        pass
+    if "/" in host or ":" in host or not HOST_NAME.match(host):
+        raise SettingsError(
+            f"YNET_ALLOWED_HOSTS: {host!r} is not a host name, an IP address or a CIDR range (e.g. 10.0.0.0/8)"
+        )

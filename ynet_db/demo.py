@@ -27,6 +27,7 @@ from ynet_db.catalog import ImportSummary, import_catalog
 from ynet_db.data import load_dataset
 from ynet_db.data.records import ImageRef, Pair, RetrievalDataset
 from ynet_db.data.synth import MANIFEST, SynthConfig, generate
+from ynet_db.fetch_policy import FetchPolicy
 
 if TYPE_CHECKING:
     from ynet_db.nn.model import RetrievalModel
@@ -95,7 +96,7 @@ def write_catalogue(dataset: RetrievalDataset, path: Path) -> Path:
 def import_demo_catalogue(engine: Engine, dataset: RetrievalDataset, *, progress: bool = True) -> ImportSummary:
     path = write_catalogue(dataset, dataset.root / "catalogue.jsonl")
     with tqdm(total=len(dataset.products), unit="product", desc="importing", disable=not progress) as bar:
-        return import_catalog(engine, path, progress=bar.update)
+        return import_catalog(engine, path, progress=bar.update, policy=FetchPolicy(roots=(dataset.root,)))
 
 
 def demo_checkpoint() -> Path:
@@ -106,10 +107,12 @@ def demo_checkpoint() -> Path:
 
 
 @contextmanager
-def running_workers(log: Path, model_path: Path | None) -> Iterator[subprocess.Popen[bytes]]:
-    """`ynet-db worker` as a child process (its own process group), warm-stopped on the way out."""
+def running_workers(log: Path, model_path: Path | None, image_root: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`ynet-db worker` as a child process (its own process group), warm-stopped on the way out; it may
+    read the images under `image_root` besides those under YNET_IMAGE_ROOTS."""
     log.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ) | ({"YNET_MODEL": str(model_path)} if model_path else {})
+    env["YNET_IMAGE_ROOTS"] = os.pathsep.join(filter(None, [env.get("YNET_IMAGE_ROOTS"), str(image_root)]))
     with log.open("ab") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "ynet_db", "worker", "--loglevel", "warning"],
@@ -226,11 +229,12 @@ def write_report(
     from ynet_db.report import demo_page, demo_query_section, plot_latency
 
     text, numbers = summary_text(outcomes, dataset)
+    policy = FetchPolicy(roots=(dataset.root,))
     out.mkdir(parents=True, exist_ok=True)
     plot_topk({"through the database": numbers["accuracy"]}, out / "topk.png", title="Demo: top-k accuracy")  # type: ignore[dict-item]
     plot_latency([outcome.seconds * 1000 for outcome in outcomes], out / "latency.png")
     sections = [
-        demo_query_section(engine, model, read_image(whole(o.pair.street)), o.pair.item_id, o.result)
+        demo_query_section(engine, model, read_image(whole(o.pair.street)), o.pair.item_id, o.result, policy)
         for o in outcomes[:SHOWN_QUERIES]
     ]
     (out / "results.json").write_text(json.dumps(numbers, indent=2))

@@ -1,11 +1,13 @@
 """Jobs -> shop embeddings: fetch, hash, decode, encode in one micro-batch, write back.
 
-One bad item never fails its batch (design principle 2). Each item's failure is classified and
-recorded with `jobs.fail`:
+One bad item never fails its batch (design principle 2): any exception while an item is prepared
+(fetch, hash, decode, preprocess) is that item's failure, classified and recorded with `jobs.fail`:
 - the bytes cannot be fetched (missing file, HTTP error, timeout, I/O error): retryable, because a
   file server or CDN comes back; attempts and backoff bound it, then the job is dead;
 - the bytes are not a usable image, or not the image the catalogue hashed: permanent, because the
-  same bytes will fail the same way.
+  same bytes will fail the same way;
+- anything else (a URL the HTTP client cannot even parse, a bug): retryable, the exception's type in
+  the recorded error, so an unforeseen failure costs its item some attempts and nothing more.
 The encoder runs once per batch; if the batch as a whole raises, each item is encoded alone so
 the culprit is found and the others still get their embeddings.
 
@@ -20,12 +22,20 @@ embedded alone: a killer then takes only itself down, and ends dead after its at
 former batch-mates are embedded. Before it, the previous batch's write is waited for, so that write
 does not go down with it either. (A first attempt that kills takes the write in flight along: those
 jobs come back once, and are then embedded alone.)
+
+A stopping worker (warm shutdown) hands its fetch the stop event, which cuts a download in flight. An
+item whose fetch was cut, and every item of the batch not yet fetched, is released to the queue with
+its attempt given back; the items already fetched are embedded and written. A task that dies by an
+exception (`drain`) notes the error on the jobs it holds and leaves them to their lease: the heartbeat
+renews only the jobs a live task holds (`jobs.InHand`), so the sweep returns them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,14 +47,26 @@ from PIL import Image
 from sqlalchemy import Engine
 
 from ynet_db import jobs
-from ynet_db.images import ImageError, decode_image, fetch_image_bytes
+from ynet_db.fetch import fetch_image_bytes
+from ynet_db.fetch_policy import FetchPolicy
+from ynet_db.images import ImageError, decode_image
 from ynet_db.jobs import ClaimedJob
 
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT_S = 10.0
 
-Fetch = Callable[[str], bytes]
+
+class StopSignal(Protocol):
+    """Set when the worker stops: a `threading.Event`, or the `multiprocessing.Event` pool children share."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+Fetch = Callable[[str, StopSignal], bytes]
+"""`fetch(location, stop)`: the image's bytes; a fetch that sees `stop` set gives up (raises)."""
 
 
 class ShopEncoder(Protocol):
@@ -63,6 +85,10 @@ class ItemFailure(Exception):
         self.permanent = permanent
 
 
+class Released(Exception):
+    """The worker stopped while this item was being fetched: it goes back to the queue, unattempted."""
+
+
 @dataclass(frozen=True)
 class Prepared:
     job: ClaimedJob
@@ -78,6 +104,8 @@ class BatchResult:
     dead: int = 0
     stale: int = 0
     """Jobs that were no longer this worker's (lease lost, product changed): nothing written."""
+    released: int = 0
+    """Jobs handed back unattempted because the worker was stopping."""
     errors: list[str] = field(default_factory=list)
 
     def tally(self, written: int, done: set[int]) -> None:
@@ -91,31 +119,73 @@ class BatchResult:
         self.retry += other.retry
         self.dead += other.dead
         self.stale += other.stale
+        self.released += other.released
         self.errors.extend(other.errors)
 
 
-def default_fetch(location: str) -> bytes:
-    return fetch_image_bytes(location, timeout_s=FETCH_TIMEOUT_S)
+def policy_fetch(policy: FetchPolicy) -> Fetch:
+    """A fetch under `policy`; the worker's stop signal (a warm shutdown) cuts a fetch in flight."""
+
+    def fetch(location: str, stop: StopSignal) -> bytes:
+        return fetch_image_bytes(location, policy=policy, timeout_s=FETCH_TIMEOUT_S, cancelled=stop.is_set)
+
+    return fetch
 
 
-def prepare(job: ClaimedJob, model: ShopEncoder, fetch: Fetch = default_fetch) -> Prepared:
-    """Bytes -> hash -> safe decode -> model input, or an `ItemFailure` that says whether to retry."""
+def default_fetch(location: str, stop: StopSignal) -> bytes:
+    """A fetch under the policy the environment's settings describe (YNET_IMAGE_ROOTS, YNET_ALLOWED_HOSTS)."""
+    return policy_fetch(FetchPolicy.from_env())(location, stop)
+
+
+def prepare(
+    job: ClaimedJob, model: ShopEncoder, fetch: Fetch = default_fetch, stop: StopSignal | None = None
+) -> Prepared:
+    """Bytes -> hash -> safe decode -> model input; any failure is an `ItemFailure` that says whether to
+    retry, or `Released` when the worker stopped during the fetch."""
+    data = _fetch(job, fetch, stop or threading.Event())
     try:
-        data = fetch(job.image_uri)
-    except (ImageError, OSError, TimeoutError) as error:
-        raise ItemFailure(f"fetch: {error}", permanent=False) from error
-    digest = hashlib.sha256(data).hexdigest()
+        digest = hashlib.sha256(data).hexdigest()
+        _check_hash(job, digest)
+        image = _decode(job, data)
+        return Prepared(job, digest, model.preprocess(image))
+    except ItemFailure:
+        raise
+    except Exception as error:  # preprocessing, or a fetch that returned something other than bytes
+        raise ItemFailure(f"prepare: {unexpected(job, error)}", permanent=False) from error
+
+
+def _fetch(job: ClaimedJob, fetch: Fetch, stop: StopSignal) -> bytes:
+    try:
+        return fetch(job.image_uri, stop)
+    except Exception as error:
+        if stop.is_set():  # whatever the fetcher raises when it is cut, the item was not really tried
+            raise Released(job.image_uri) from error
+        if isinstance(error, (ImageError, OSError, TimeoutError)):
+            raise ItemFailure(f"fetch: {error}", permanent=False) from error
+        raise ItemFailure(f"fetch: {unexpected(job, error)}", permanent=False) from error
+
+
+def _check_hash(job: ClaimedJob, digest: str) -> None:
     if job.image_sha256 is not None and job.image_sha256 != digest:
         raise ItemFailure(
             f"image {job.image_uri}: its bytes hash to {digest}, the catalogue says {job.image_sha256}; "
             "the file changed after import, re-import the product",
             permanent=True,
         )
+
+
+def _decode(job: ClaimedJob, data: bytes) -> Image.Image:
     try:
-        image = decode_image(data, source=job.image_uri)
+        return decode_image(data, source=job.image_uri)
     except ImageError as error:
         raise ItemFailure(f"decode: {error}", permanent=True) from error
-    return Prepared(job, digest, model.preprocess(image))
+    except Exception as error:  # decode_image names what it knows; anything else is a decoder bug
+        raise ItemFailure(f"decode: {unexpected(job, error)}", permanent=False) from error
+
+
+def unexpected(job: ClaimedJob, error: Exception) -> str:
+    """An exception nobody classified, named by its type and the image it came from."""
+    return f"image {job.image_uri}: unexpected {type(error).__name__}: {error}"
 
 
 def encode(model: ShopEncoder, items: Sequence[Prepared]) -> list[torch.Tensor | ItemFailure]:
@@ -144,20 +214,22 @@ class BatchWriter:
     def __init__(self, engine: Engine, worker: str, on_written: Callable[[int], None] = lambda done: None) -> None:
         self.engine, self.worker, self.on_written = engine, worker, on_written
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="ynet-writer")
-        self._in_flight: tuple[Future[set[int]], int, BatchResult] | None = None
+        self._in_flight: tuple[Future[set[int]], list[int], BatchResult, jobs.InHand] | None = None
 
-    def write(self, finished: Sequence[jobs.Finished], result: BatchResult) -> None:
+    def write(self, finished: Sequence[jobs.Finished], result: BatchResult, in_hand: jobs.InHand) -> None:
+        """Start writing `finished`; its jobs leave `in_hand` once written (until then their leases are renewed)."""
         self.wait()
         future = self._thread.submit(jobs.complete_batch, self.engine, self.worker, finished)
-        self._in_flight = (future, len(finished), result)
+        self._in_flight = (future, [item.job.id for item in finished], result, in_hand)
 
     def wait(self) -> None:
         if self._in_flight is None:
             return
-        future, written, result = self._in_flight
+        future, job_ids, result, in_hand = self._in_flight
         self._in_flight = None
         done = future.result()
-        result.tally(written, done)
+        in_hand.drop(job_ids)
+        result.tally(len(job_ids), done)
         self.on_written(len(done))
 
     def close(self) -> None:
@@ -181,33 +253,47 @@ def embed_batch(
     *,
     fetch: Fetch = default_fetch,
     writer: BatchWriter | None = None,
+    stop: StopSignal | None = None,
+    in_hand: jobs.InHand | None = None,
 ) -> BatchResult:
     """Embed claimed jobs and record each outcome; never raises for a single item's failure. With a
-    `writer` the embeddings are written behind the caller's back (counts final after `writer.wait`)."""
+    `writer` the embeddings are written behind the caller's back (counts final after `writer.wait`).
+    Once `stop` is set, the items not yet fetched are released; each job leaves `in_hand` when settled."""
+    stop, in_hand = stop or threading.Event(), in_hand or jobs.InHand()
     result = BatchResult(claimed=len(batch))
     prepared: list[Prepared] = []
+    released: list[ClaimedJob] = []
     for job in batch:
         try:
-            prepared.append(prepare(job, model, fetch))
+            if stop.is_set():
+                raise Released(job.image_uri)
+            prepared.append(prepare(job, model, fetch, stop))
+        except Released:
+            released.append(job)
         except ItemFailure as failure:
-            _record_failure(engine, job, worker, failure, result)
+            _record_failure(engine, job, worker, failure, result, in_hand)
+    _release(engine, worker, released, result, in_hand)
     if not prepared:
         return result
     finished = []
     for item, outcome in zip(prepared, encode(model, prepared), strict=True):
         if isinstance(outcome, ItemFailure):
-            _record_failure(engine, item.job, worker, outcome, result)
+            _record_failure(engine, item.job, worker, outcome, result, in_hand)
         else:
             finished.append(jobs.Finished(item.job, outcome.numpy(), item.sha256))
     if writer is None:
         result.tally(len(finished), jobs.complete_batch(engine, worker, finished))
+        in_hand.drop(item.job.id for item in finished)
     else:
-        writer.write(finished, result)
+        writer.write(finished, result, in_hand)
     return result
 
 
-def _record_failure(engine: Engine, job: ClaimedJob, worker: str, failure: ItemFailure, result: BatchResult) -> None:
+def _record_failure(
+    engine: Engine, job: ClaimedJob, worker: str, failure: ItemFailure, result: BatchResult, in_hand: jobs.InHand
+) -> None:
     state = jobs.fail(engine, job, worker, str(failure), permanent=failure.permanent)
+    in_hand.drop([job.id])
     log.info("job %s (product %s) failed, now %s: %s", job.id, job.product_id, state, failure)
     result.errors.append(f"job {job.id}: {failure}")
     if state == "dead":
@@ -216,6 +302,18 @@ def _record_failure(engine: Engine, job: ClaimedJob, worker: str, failure: ItemF
         result.retry += 1
     else:
         result.stale += 1
+
+
+def _release(
+    engine: Engine, worker: str, released: Sequence[ClaimedJob], result: BatchResult, in_hand: jobs.InHand
+) -> None:
+    job_ids = [job.id for job in released]
+    count = jobs.release(engine, worker, job_ids)
+    in_hand.drop(job_ids)
+    result.released += count
+    result.stale += len(job_ids) - count
+    if job_ids:
+        log.info("stopping: %d jobs released to the queue unattempted", count)
 
 
 def run_once(
@@ -228,16 +326,82 @@ def run_once(
     lease: timedelta = jobs.DEFAULT_LEASE,
     fetch: Fetch = default_fetch,
     writer: BatchWriter | None = None,
+    stop: StopSignal | None = None,
+    in_hand: jobs.InHand | None = None,
 ) -> BatchResult:
     """Claim up to `batch_size` ready jobs (of one model) and embed them; `claimed == 0` means no work.
 
     The first job is claimed alone: a retried one is embedded alone (see the module's notes). Otherwise
     the rest of the batch is filled with first attempts only, so no retried job shares a batch's fate.
     With a `writer`, the batch is written on its thread (the returned counts are final after its `wait`).
+    The claimed jobs are held in `in_hand` until each is written, failed or released.
     """
+    in_hand = in_hand or jobs.InHand()
     batch = jobs.claim(engine, worker, 1, lease=lease, model_id=model_id)
+    in_hand.hold(job.id for job in batch)
     if batch and batch[0].attempts == 1 and batch_size > 1:
         batch += jobs.claim(engine, worker, batch_size - 1, lease=lease, model_id=model_id, first_attempts_only=True)
+        in_hand.hold(job.id for job in batch)
     elif batch and writer is not None:
         writer.wait()  # a retried job may kill the process: no other batch's write may go down with it
-    return embed_batch(engine, model, batch, worker, fetch=fetch, writer=writer)
+    return embed_batch(engine, model, batch, worker, fetch=fetch, writer=writer, stop=stop, in_hand=in_hand)
+
+
+def drain(
+    engine: Engine,
+    model: ShopEncoder,
+    worker: str,
+    batch_size: int,
+    *,
+    until: float,
+    stop: StopSignal,
+    in_hand: jobs.InHand,
+    model_id: int | None = None,
+    lease: timedelta = jobs.DEFAULT_LEASE,
+    fetch: Fetch = default_fetch,
+    on_written: Callable[[int], None] = lambda done: None,
+) -> BatchResult:
+    """Embed batch after batch, each written behind the next, until no work is left, the monotonic clock
+    passes `until` or `stop` is set; the counts are final.
+
+    If anything raises, the error is noted on the jobs still in hand and they are left to their lease
+    (the caller's heartbeat stops renewing them once `in_hand` is no longer its), then it propagates.
+    """
+    batches: list[BatchResult] = []
+    try:
+        with BatchWriter(engine, worker, on_written) as writer:
+            while time.monotonic() < until and not stop.is_set():
+                batch = run_once(
+                    engine,
+                    model,
+                    worker,
+                    batch_size,
+                    model_id=model_id,
+                    lease=lease,
+                    fetch=fetch,
+                    writer=writer,
+                    stop=stop,
+                    in_hand=in_hand,
+                )
+                if not batch.claimed:
+                    break
+                batches.append(batch)
+    except BaseException as error:
+        _abandon(engine, worker, in_hand, error)
+        raise
+    total = BatchResult()
+    for batch in batches:  # counted once the writer has finished every batch's write
+        total.add(batch)
+    return total
+
+
+def _abandon(engine: Engine, worker: str, in_hand: jobs.InHand, error: BaseException) -> None:
+    job_ids = in_hand.ids()
+    in_hand.drop(job_ids)
+    if not job_ids:
+        return
+    log.error("the task died holding jobs %s; their leases will return them: %r", job_ids, error)
+    try:
+        jobs.note_error(engine, worker, job_ids, f"the task died: {type(error).__name__}: {error}")
+    except Exception as note_error:  # the database may be what killed the task: the lease still works
+        log.warning("could not record why jobs %s were abandoned: %r", job_ids, note_error)

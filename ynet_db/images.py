@@ -1,22 +1,19 @@
-"""Fetch and safely decode images: bytes in, an RGB Pillow image or a named `ImageError` out.
+"""Safely decode images: bytes in, an RGB Pillow image or a named `ImageError` out.
 
 Images are untrusted input (design principle 7). Every failure a caller can meet (missing file,
-HTTP error, timeout, too many bytes, decompression bomb, truncated or corrupt data, an image too
-small to embed, a crop box outside the image) becomes an `ImageError` that names the image, so a
-batch records one failed item and carries on. No torch here: the core imports without it.
+too many bytes, decompression bomb, truncated or corrupt data, an image too small to embed, a crop
+box outside the image) becomes an `ImageError` that names the image, so a batch records one failed
+item and carries on. Fetching by path or URL, under the fetch policy, is `fetch.py`'s. No torch here:
+the core imports without it.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urlsplit
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -161,25 +158,10 @@ def crop_to_box(image: Image.Image, box: Box, *, source: str, limits: ImageLimit
     return image.crop((left, top, right, bottom))
 
 
-def fetch_image_bytes(location: str, *, timeout_s: float = 10, limits: ImageLimits = DEFAULT_LIMITS) -> bytes:
-    """The bytes at a plain path, a file:// URL or an http(s):// URL, at most `limits.max_bytes`."""
-    parts = urlsplit(location)
-    scheme = parts.scheme.lower()
-    if scheme in ("http", "https"):
-        return _fetch_http(location, timeout_s, limits)
-    if scheme == "file":
-        if parts.netloc not in ("", "localhost"):
-            raise ImageError(location, f"file URL names a remote host {parts.netloc!r}", "use a local path")
-        return _read_file(Path(urllib.request.url2pathname(parts.path)), location, limits)
-    if scheme == "":
-        return _read_file(Path(location), location, limits)
-    raise ImageError(location, f"has unsupported scheme {scheme!r}", "use a path, file://, http:// or https://")
-
-
 def _read_file(path: Path, source: str, limits: ImageLimits) -> bytes:
     try:
         with path.open("rb") as stream:
-            return _read_capped(stream, source, limits, deadline=None)
+            return _read_capped(stream, source, limits)
     except FileNotFoundError as exc:
         raise ImageError(source, "does not exist", "check the path") from exc
     except IsADirectoryError as exc:
@@ -188,55 +170,14 @@ def _read_file(path: Path, source: str, limits: ImageLimits) -> bytes:
         raise ImageError(source, "cannot be read (permission denied)") from exc
 
 
-def _read_capped(stream: BinaryIO, source: str, limits: ImageLimits, deadline: float | None) -> bytes:
+def _read_capped(stream: BinaryIO, source: str, limits: ImageLimits) -> bytes:
     """Read at most max_bytes; one byte more proves the source too large without reading it all."""
     chunks: list[bytes] = []
     total = 0
     while total <= limits.max_bytes:
-        if deadline is not None and time.monotonic() > deadline:
-            raise ImageError(source, "took too long to download", "the server is slow or the file is large")
         chunk = stream.read(min(_READ_CHUNK, limits.max_bytes + 1 - total))
         if not chunk:
             return b"".join(chunks)
         chunks.append(chunk)
         total += len(chunk)
     raise ImageError(source, f"is larger than the limit of {limits.max_bytes} bytes")
-
-
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """urllib follows redirects to ftp:// too; a fetched URL must not leave http(s)."""
-
-    def redirect_request(  # type: ignore[override]
-        self, req: urllib.request.Request, fp: BinaryIO, code: int, msg: str, headers: object, newurl: str
-    ) -> urllib.request.Request | None:
-        if urlsplit(newurl).scheme.lower() not in ("http", "https"):
-            raise urllib.error.URLError(f"redirect to a non-HTTP URL {newurl!r} refused")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)  # type: ignore[arg-type]
-
-
-def _fetch_http(url: str, timeout_s: float, limits: ImageLimits) -> bytes:
-    opener = urllib.request.build_opener(_HttpOnlyRedirects)
-    request = urllib.request.Request(url, headers={"User-Agent": "ynet-db image fetcher"})
-    # urlopen's timeout bounds each socket operation; the deadline bounds the whole download.
-    deadline = time.monotonic() + timeout_s
-    try:
-        with opener.open(request, timeout=timeout_s) as response:
-            declared = response.headers.get("Content-Length")
-            if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
-                raise ImageError(url, f"declares {declared} bytes, over the limit of {limits.max_bytes}")
-            data = _read_capped(response, url, limits, deadline)
-    except urllib.error.HTTPError as exc:
-        raise ImageError(url, f"answered HTTP {exc.code} {exc.reason}", "check that the URL is public") from exc
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, TimeoutError):
-            raise _timed_out(url, timeout_s) from exc
-        raise ImageError(url, f"could not be fetched ({exc.reason})") from exc
-    except TimeoutError as exc:
-        raise _timed_out(url, timeout_s) from exc
-    except OSError as exc:
-        raise ImageError(url, f"could not be fetched ({exc})") from exc
-    return data
-
-
-def _timed_out(url: str, timeout_s: float) -> ImageError:
-    return ImageError(url, f"timed out after {timeout_s:g} s", "the server is slow or unreachable")

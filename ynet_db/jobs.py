@@ -4,12 +4,17 @@ The truth lives in `ynet.embedding_jobs`; a broker only carries wake-ups. Worker
 `FOR UPDATE SKIP LOCKED` and a lease, so two workers never hold one job and a dead worker's jobs come
 back when the lease expires. Each failure is recorded, retried with exponential backoff, and a job
 that keeps failing ends `dead` instead of blocking the queue.
+
+A live worker renews the leases of the jobs a task of its is working on (`InHand`), and only those: a
+task that died leaves its jobs to their lease and the sweep. A job a stopping worker never got to is
+released, not failed: it goes back to the queue with its attempt given back.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -33,7 +38,6 @@ class ClaimedJob:
     image_uri: str
     image_sha256: str | None
     tags: list[str]
-    category: str
     attempts: int
     max_attempts: int
 
@@ -43,17 +47,14 @@ CLAIM = text(
     UPDATE ynet.embedding_jobs AS j
        SET state = 'running', attempts = j.attempts + 1, claimed_by = :worker,
            lease_expires_at = now() + :lease, updated_at = now()
-      FROM ynet.products AS p
-     WHERE j.product_id = p.id
-       AND j.id IN (SELECT id FROM ynet.embedding_jobs
+     WHERE j.id IN (SELECT id FROM ynet.embedding_jobs
                      WHERE state IN ('pending', 'retry') AND run_after <= now()
                        AND (state = 'pending' OR NOT :first)
                        AND (CAST(:model_id AS integer) IS NULL OR model_id = :model_id)
                      ORDER BY run_after, id
                      LIMIT :limit
                      FOR UPDATE SKIP LOCKED)
-    RETURNING j.id, j.product_id, j.model_id, j.image_uri, j.image_sha256, j.tags, p.category,
-              j.attempts, j.max_attempts
+    RETURNING j.id, j.product_id, j.model_id, j.image_uri, j.image_sha256, j.tags, j.attempts, j.max_attempts
     """
 )
 
@@ -104,7 +105,8 @@ COMPLETE = text(
         RETURNING product_id, model_id
     )
     UPDATE ynet.embedding_jobs j
-       SET state = 'done', finished_at = now(), updated_at = now(), lease_expires_at = NULL, last_error = NULL
+       SET state = 'done', finished_at = now(), updated_at = now(), lease_expires_at = NULL, last_error = NULL,
+           completions = j.completions + 1  -- only here: a job finished twice shows 2 (tests count on it)
       FROM job JOIN written USING (product_id, model_id)
      WHERE j.id = job.id
     RETURNING j.id
@@ -185,22 +187,92 @@ def fail(engine: Engine, job: ClaimedJob, worker: str, error: str, *, permanent:
     return None if row is None else str(row[0])
 
 
+class InHand:
+    """The jobs one task is working on: claimed, and not yet written, failed or released.
+
+    Its worker's heartbeat renews these leases alone, so when a task dies its jobs' leases run out and
+    the sweep returns them, while the process (and its heartbeat) lives on. Thread-safe: the writer
+    thread drops the jobs it wrote while the heartbeat thread reads.
+    """
+
+    def __init__(self) -> None:
+        self._ids: set[int] = set()
+        self._lock = threading.Lock()
+
+    def hold(self, job_ids: Iterable[int]) -> None:
+        with self._lock:
+            self._ids.update(job_ids)
+
+    def drop(self, job_ids: Iterable[int]) -> None:
+        with self._lock:
+            self._ids.difference_update(job_ids)
+
+    def ids(self) -> list[int]:
+        with self._lock:
+            return sorted(self._ids)
+
+
 RENEW = text(
     """
     UPDATE ynet.embedding_jobs SET lease_expires_at = now() + :lease
-     WHERE state = 'running' AND claimed_by = :worker AND lease_expires_at > now()
+     WHERE id = ANY(CAST(:job_ids AS bigint[])) AND state = 'running' AND claimed_by = :worker
+       AND lease_expires_at > now()
     RETURNING id
     """
 )
 
 
-def renew(engine: Engine, worker: str, lease: timedelta = DEFAULT_LEASE) -> int:
-    """Extend the leases a live worker holds, so a batch slower than its lease is not claimed twice.
+def renew(engine: Engine, worker: str, job_ids: Sequence[int], lease: timedelta = DEFAULT_LEASE) -> int:
+    """Extend the leases of the jobs named, while they are still `worker`'s, so a batch slower than its
+    lease is not claimed twice.
 
     Only unexpired leases are extended: a job the sweep may already have handed on stays handed on.
     """
+    if not job_ids:
+        return 0
     with engine.begin() as conn:
-        return len(conn.execute(RENEW, {"worker": worker, "lease": lease}).all())
+        params = {"worker": worker, "lease": lease, "job_ids": list(job_ids)}
+        return len(conn.execute(RENEW, params).all())
+
+
+# The claim counted an attempt that never ran: give it back, so a warm shutdown costs a job nothing.
+RELEASE = text(
+    """
+    UPDATE ynet.embedding_jobs
+       SET state = CASE WHEN attempts <= 1 THEN 'pending' ELSE 'retry' END, attempts = greatest(attempts - 1, 0),
+           run_after = now(), lease_expires_at = NULL, updated_at = now()
+     WHERE id = ANY(CAST(:job_ids AS bigint[])) AND state = 'running' AND claimed_by = :worker
+    RETURNING id
+    """
+)
+
+
+def release(engine: Engine, worker: str, job_ids: Sequence[int]) -> int:
+    """Hand claimed jobs back to the queue unattempted (the worker stops before working on them)."""
+    if not job_ids:
+        return 0
+    with engine.begin() as conn:
+        released = len(conn.execute(RELEASE, {"worker": worker, "job_ids": list(job_ids)}).all())
+        if released:
+            conn.execute(text("SELECT pg_notify('ynet_embedding_jobs', '')"))
+        return released
+
+
+# The lease, not this statement, hands the jobs back: the task that held them died, and whatever killed
+# it (a lost database, a bug) may stop this write too. The sweep appends its own note to this one.
+NOTE_ERROR = text(
+    """
+    UPDATE ynet.embedding_jobs SET last_error = :error, updated_at = now()
+     WHERE id = ANY(CAST(:job_ids AS bigint[])) AND state = 'running' AND claimed_by = :worker
+    """
+)
+
+
+def note_error(engine: Engine, worker: str, job_ids: Sequence[int], error: str) -> None:
+    """Record why running jobs were abandoned; they stay `running` until their lease runs out."""
+    if job_ids:
+        with engine.begin() as conn:
+            conn.execute(NOTE_ERROR, {"worker": worker, "job_ids": list(job_ids), "error": error[:MAX_ERROR_LENGTH]})
 
 
 SWEEP = text(

@@ -1,8 +1,9 @@
 """The model registry: which models exist, which one search uses, and the switch between them.
 
-States: registered -> (activate) -> active at once when none is active, else backfilling -> (coverage
-complete, `promote_if_complete`) -> active, and the old active one -> retired. The trigger records
-work for every 'active' and 'backfilling' model, so new products reach both during a back-fill.
+States: registered -> (activate) -> active at once when none is active, else backfilling -> (every
+product embedded or dead, `promote_if_complete`) -> active, and the old active one -> retired; `cancel`
+takes a back-filling model back to registered. The trigger records work for every 'active' and
+'backfilling' model, so new products reach both during a back-fill.
 No torch here: a model is described by a `ModelIdentity`, which the caller builds from a loaded model.
 """
 
@@ -58,21 +59,28 @@ class ModelRecord:
 
 @dataclass(frozen=True)
 class Coverage:
+    """How much of the catalogue a model has embedded.
+
+    `dead` counts the products it cannot embed: no embedding, no open job, and a dead job. They wait for
+    an operator (`ynet-db jobs list --state dead`, then `jobs retry`), so they do not hold back a switch.
+    """
+
     model: ModelRecord
     embedded: int
     products: int
     open_jobs: int
-    dead_jobs: int
+    dead: int
 
     @property
     def complete(self) -> bool:
-        return self.embedded >= self.products
+        """Every product embedded or dead, and at least one embedded: a model that embedded nothing is no use."""
+        return self.embedded + self.dead >= self.products and (self.embedded > 0 or self.products == 0)
 
     def __str__(self) -> str:
         share = 100.0 * self.embedded / self.products if self.products else 100.0
         return (
             f"{self.model.version:<32} {self.model.state:<11} {self.embedded}/{self.products} embedded "
-            f"({share:.1f}%), {self.open_jobs} queued, {self.dead_jobs} dead"
+            f"({share:.1f}%), {self.open_jobs} queued, {self.dead} dead"
         )
 
 
@@ -193,7 +201,12 @@ COVERAGE = text(
            (SELECT count(*) FROM ynet.products),
            (SELECT count(*) FROM ynet.embedding_jobs j WHERE j.model_id = m.id
                AND j.state IN ('pending', 'retry', 'running')),
-           (SELECT count(*) FROM ynet.embedding_jobs j WHERE j.model_id = m.id AND j.state = 'dead')
+           -- From the dead jobs, which are few, rather than from every product.
+           (SELECT count(DISTINCT d.product_id) FROM ynet.embedding_jobs d
+             WHERE d.model_id = m.id AND d.state = 'dead'
+               AND NOT EXISTS (SELECT 1 FROM ynet.embedding_jobs j WHERE j.product_id = d.product_id
+                                  AND j.model_id = m.id AND j.state IN ('pending', 'retry', 'running'))
+               AND NOT EXISTS (SELECT 1 FROM ynet.embeddings e WHERE e.product_id = d.product_id AND e.model_id = m.id))
       FROM ynet.models m
      WHERE CAST(:state AS text) IS NULL OR m.state = :state
      ORDER BY m.id
@@ -207,7 +220,7 @@ def coverage(conn: Connection, state: str | None = None) -> list[Coverage]:
 
 
 def promote_if_complete(engine: Engine) -> ModelRecord | None:
-    """Switch search to the back-filling model once it covers every product; returns it if switched.
+    """Switch search to the back-filling model once every product is embedded or dead; returns it if switched.
 
     One transaction: the old model is retired and the new one made active together, so a search
     sees one model or the other, never none and never both.
@@ -228,3 +241,25 @@ def promote_if_complete(engine: Engine) -> ModelRecord | None:
                 )
                 return _by_version(conn, candidate.model.version)
     return None
+
+
+@dataclass(frozen=True)
+class Cancellation:
+    model: ModelRecord
+    dropped_jobs: int
+
+
+def cancel(engine: Engine, name_or_version: str) -> Cancellation:
+    """Stop a model's back-fill: it goes back to 'registered' and its queued jobs are superseded.
+
+    Search keeps the active model; embeddings already written stay, so activating it again queues only
+    what it still lacks.
+    """
+    with engine.begin() as conn:
+        conn.execute(text("LOCK TABLE ynet.models IN SHARE ROW EXCLUSIVE MODE"))
+        model = find(conn, name_or_version)
+        if model.state != "backfilling":
+            raise RegistryError(f"{model.version} is {model.state}, not back-filling: there is nothing to cancel")
+        conn.execute(text("UPDATE ynet.models SET state = 'registered' WHERE id = :id"), {"id": model.id})
+        dropped = conn.execute(SUPERSEDE_OPEN_JOBS, {"model_ids": [model.id]}).rowcount
+        return Cancellation(_by_version(conn, model.version), dropped)

@@ -1,7 +1,7 @@
 """ORM helpers: search from a `Product`, and filters and distances usable in ordinary `select()`.
 
     with Session(engine) as session, session.begin():
-        product = session.scalars(select(Product).where(Product.external_id == "sku-1")).one()
+        product = product_by_external_id(session, "sku-1")  # source="public.items" for an attached table's row
         for other, distance in similar_products(session, product, k=10, filters={"in_stock": True}):
             ...
         dresses = session.scalars(select(Product).where(matching({"category": "dress"}))).all()
@@ -23,12 +23,15 @@ from ynet_db.db.models import Embedding, Model, Product
 from ynet_db.filters import DEFAULT_SCHEMA, MAX_K, FilterSchema, bounded, compile_filters
 from ynet_db.prefilter import SearchError, ann_settings, distance_to, model_constant, set_local
 
+MAX_SOURCES_SHOWN = 10
+
 __all__ = [
     "active_model",
     "embedded_count",
     "matching",
     "model_constant",
     "nearest_to",
+    "product_by_external_id",
     "product_embedding",
     "similar_products",
 ]
@@ -44,6 +47,25 @@ def active_model(session: Session) -> Model:
     if model is None:
         raise SearchError("no model is active: run `ynet-db model activate NAME` once its embeddings exist")
     return model
+
+
+def product_by_external_id(session: Session, external_id: str, source: str | None = None) -> Product:
+    """The product with this external id (from `source`: 'import' or an attached table's name, when given).
+
+    Each source keeps its own ids, so an id several sources use needs its source; the error says which.
+    """
+    statement = select(Product).where(Product.external_id == external_id).order_by(Product.source)
+    if source is not None:
+        statement = statement.where(Product.source == source)
+    found = session.scalars(statement.limit(MAX_SOURCES_SHOWN)).all()
+    if not found:
+        raise SearchError(f"no product with external id {external_id!r}" + (f" in {source}" if source else ""))
+    if len(found) > 1:
+        sources = ", ".join(product.source for product in found)
+        raise SearchError(
+            f"external id {external_id!r} is used by several sources ({sources}): pass source=one of them"
+        )
+    return found[0]
 
 
 def product_embedding(session: Session, product: Product, model: Model | None = None) -> np.ndarray | None:

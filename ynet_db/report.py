@@ -16,6 +16,7 @@ from PIL import Image
 from sqlalchemy import Engine
 
 if TYPE_CHECKING:
+    from ynet_db.fetch_policy import FetchPolicy
     from ynet_db.nn.model import RetrievalModel
     from ynet_db.search import SearchResult
 
@@ -38,28 +39,38 @@ def data_uri(image: Image.Image) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
-def product_image(uri: str) -> Image.Image | None:
-    from ynet_db.images import ImageError, decode_image, fetch_image_bytes
+def product_image(uri: str, policy: FetchPolicy) -> Image.Image | str:
+    """The product's shop image fetched under `policy`, or why there is none to show: one bad image must not
+    cost the page, and nothing the policy refuses is inlined."""
+    from ynet_db.fetch import fetch_image_bytes
+    from ynet_db.images import ImageError, decode_image
 
     try:
-        return decode_image(fetch_image_bytes(uri, timeout_s=5), source=uri)
-    except ImageError:
-        return None  # a missing shop image must not cost the page
+        return decode_image(fetch_image_bytes(uri, policy=policy, timeout_s=5), source=uri)
+    except ImageError as error:
+        return error.reason
 
 
-def search_page(engine: Engine, model: RetrievalModel, query: Path, result: SearchResult) -> str:
-    """The query, each result's thumbnail, and where the query model looks given that result."""
+def image_tile(image: Image.Image | str, mark: str = "") -> str:
+    """An image tile, or a placeholder that says why there is no image."""
+    if isinstance(image, str):
+        return f'<div class="missing">no image: {html.escape(image)}</div>'
+    return f'<img{mark} src="{data_uri(image)}">'
+
+
+def search_page(
+    engine: Engine, model: RetrievalModel, picture: Image.Image, result: SearchResult, policy: FetchPolicy
+) -> str:
+    """The query, each result's thumbnail (fetched under `policy`), and where the query model looks given
+    that result."""
     import torch
 
     from ynet_db.attention_map import overlay, query_attention
-    from ynet_db.images import decode_image, fetch_image_bytes
 
-    picture = decode_image(fetch_image_bytes(str(query)), source=str(query))
     vectors = active_vectors(engine, [row.product_id for row in result.rows])
     cells = []
     for row in result.rows:
-        shop = product_image(row.image_uri)
-        thumb = f'<img src="{data_uri(shop)}">' if shop else '<div class="missing">no image</div>'
+        thumb = image_tile(product_image(row.image_uri, policy))
         weights = query_attention(model, picture, torch.from_numpy(vectors[row.product_id]))
         cells.append(
             f'<figure>{thumb}<img src="{data_uri(overlay(picture, weights))}" title="query attention">'
@@ -99,7 +110,7 @@ PAGE = """<!doctype html>
 body {{ font-family: sans-serif; margin: 2em; }}
 figure {{ display: inline-block; margin: 0.5em; vertical-align: top; width: 330px; }}
 figure img {{ width: 160px; height: 160px; object-fit: contain; background: #eee; }}
-.missing {{ display: inline-block; width: 160px; height: 160px; background: #eee; }}
+.missing {{ display: inline-block; width: 160px; height: 160px; background: #eee; overflow: hidden; }}
 figcaption {{ font-size: 0.85em; }}
 </style></head><body>
 <h1>ynet-db search</h1>
@@ -134,7 +145,7 @@ def png_uri(path: Path) -> str:
 
 
 def demo_query_section(
-    engine: Engine, model: RetrievalModel, query: Image.Image, truth: str, result: SearchResult
+    engine: Engine, model: RetrievalModel, query: Image.Image, truth: str, result: SearchResult, policy: FetchPolicy
 ) -> str:
     """One query: its photo, its first results (the right product framed), attention given the first."""
     import torch
@@ -148,9 +159,7 @@ def demo_query_section(
         weights = query_attention(model, query, torch.from_numpy(vectors[shown[0].product_id]))
         cells.append(figure(data_uri(overlay(query, weights)), "attention given #1"))
     for row in shown:
-        shop = product_image(row.image_uri)
-        mark = ' class="hit"' if row.external_id == truth else ""
-        thumb = f'<img{mark} src="{data_uri(shop)}">' if shop else '<div class="missing">no image</div>'
+        thumb = image_tile(product_image(row.image_uri, policy), ' class="hit"' if row.external_id == truth else "")
         cells.append(f"<figure>{thumb}<figcaption>#{row.rank} {html.escape(row.external_id)}</figcaption></figure>")
     return '<div class="query">' + "".join(cells) + "</div>"
 

@@ -27,8 +27,10 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import Engine
 
+from ynet_db.fetch import fetch_image_bytes
+from ynet_db.fetch_policy import FetchPolicy
 from ynet_db.filters import MAX_CANDIDATES, MAX_K, FilterError, bounded, compile_filters
-from ynet_db.images import decode_image, fetch_image_bytes, to_rgb
+from ynet_db.images import decode_image, to_rgb
 from ynet_db.prefilter import ActiveModel, Candidate, Path_, SearchError, active_model, prefilter
 
 if TYPE_CHECKING:
@@ -155,10 +157,11 @@ def image_bytes(image: bytes | Image.Image) -> bytes:
     return out.getvalue()
 
 
-def as_image(image: ImageInput) -> Image.Image:
+def as_image(image: ImageInput, policy: FetchPolicy | None = None) -> Image.Image:
     if isinstance(image, Image.Image):
         return to_rgb(image, "query")
-    data = image if isinstance(image, bytes) else fetch_image_bytes(str(image))
+    data = image_input(image, policy)
+    assert isinstance(data, bytes)
     return decode_image(data, source="query" if isinstance(image, bytes) else str(image))
 
 
@@ -263,20 +266,25 @@ def search(
     model: QueryModel | None = None,
     via: QueryRunner | None = None,
     exact: bool | None = None,
+    policy: FetchPolicy | None = None,
 ) -> SearchResult:
     """Search the active model's catalogue with a photo (bytes, a path or URL, or a PIL image).
 
     `model`: the loaded active model, for the model work in this process (default: the shipped
     default model, loaded now: pass a loaded one to reuse it). `via`: a runner that does the model
     work elsewhere, e.g. `workers.search_tasks.CeleryRunner`; give one or the other, not both.
-    `rerank`: None re-ranks only if the model's re-ranker was measured to help.
+    `rerank`: None re-ranks only if the model's re-ranker was measured to help. `policy`: where a path
+    or URL may lead (default: the environment's settings, see `fetch_policy.py`).
     """
-    query = SearchQuery(image_input(image), k, filters, candidates, rerank, exact)
+    query = SearchQuery(image_input(image, policy), k, filters, candidates, rerank, exact)
     return search_many_queries(engine, [query], model=model, via=via)[0]
 
 
-def image_input(image: ImageInput) -> bytes | Image.Image:
-    return image if isinstance(image, bytes | Image.Image) else fetch_image_bytes(str(image))
+def image_input(image: ImageInput, policy: FetchPolicy | None = None) -> bytes | Image.Image:
+    """The query's bytes or picture; a path or URL is fetched under `policy` (default: from the environment)."""
+    if isinstance(image, bytes | Image.Image):
+        return image
+    return fetch_image_bytes(str(image), policy=policy or FetchPolicy.from_env())
 
 
 def search_many_queries(

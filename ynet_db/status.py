@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from ynet_db.db.models import JOB_STATES, Embedding, EmbeddingJob, Model, Product, Worker
+from ynet_db.db.models import JOB_STATES, EmbeddingJob, Model, Product, Worker
+from ynet_db.model_registry import coverage
 
 RECENT_ERRORS = 5
 HEARTBEAT_INTERVAL = timedelta(seconds=5)
@@ -29,6 +30,8 @@ class ModelCoverage:
     version: str
     state: str
     embedded: int
+    dead: int
+    """Products without an embedding under the model whose job is dead (`ynet-db jobs list --state dead`)."""
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,10 @@ class CatalogueStatus:
             lines.append("models: none registered")
         for model in self.models:
             share = model.embedded / self.products if self.products else 0.0
+            dead = f", {model.dead} dead" if model.dead else ""
             lines.append(
                 f"model {model.name} ({model.version}, {model.state}): "
-                f"{model.embedded}/{self.products} embedded ({share:.0%})"
+                f"{model.embedded}/{self.products} embedded ({share:.0%}){dead}"
             )
         for error in self.recent_errors:
             lines.append(f"error: {error.external_id} ({error.state}, attempt {error.attempts}): {error.error}")
@@ -135,13 +139,11 @@ def live_workers(session: Session) -> list[LiveWorker]:
 
 
 def _coverage(session: Session) -> list[ModelCoverage]:
-    rows = session.execute(
-        select(Model.name, Model.version, Model.state, func.count(Embedding.product_id))
-        .outerjoin(Embedding, Embedding.model_id == Model.id)
-        .group_by(Model.id)
-        .order_by(Model.id)
-    )
-    return [ModelCoverage(*row) for row in rows]
+    """The registry's own count (`model_registry.coverage`), so status and promotion agree on what is dead."""
+    return [
+        ModelCoverage(row.model.name, row.model.version, row.model.state, row.embedded, row.dead)
+        for row in coverage(session.connection())
+    ]
 
 
 def _recent_errors(session: Session) -> list[JobError]:

@@ -90,6 +90,7 @@ def start_worker(
             "YNET_DATA_DIR": str(settings.data_dir),
             "YNET_DEVICE": "cpu",
             "OMP_NUM_THREADS": "1",
+            "YNET_IMAGE_ROOTS": str(tmp_path),  # the products' images (`insert_products`)
         }
         env.pop("YNET_BROKER_URL", None)
         if broker:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from click.testing import CliRunner
+from PIL import Image
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from ynet_db.attach import AttachError, Columns, attach, detach
+from ynet_db.catalog import import_catalog
 from ynet_db.cli import main
 from ynet_db.config import Settings
 from ynet_db.db.models import Embedding, Model
@@ -53,6 +57,12 @@ def job_count(engine: Engine) -> int:
 def shop_sql(engine: Engine, statement: str) -> None:
     with engine.begin() as conn:
         conn.execute(text(statement))
+
+
+def by_source(engine: Engine) -> dict[tuple[str, str], tuple[object, ...]]:
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT source, external_id, title, image_uri, image_sha256 FROM ynet.products"))
+        return {(row[0], row[1]): tuple(row[2:]) for row in rows}
 
 
 def test_attach_backfills_existing_rows_and_records_the_attachment(shop: Engine) -> None:
@@ -184,3 +194,48 @@ def test_the_command_attaches_and_detaches(shop: Engine, settings: Settings, mon
     assert result.exit_code == 2 and "attaching needs --id, --category" in result.output
     result = runner.invoke(main, ["attach", "--detach", table])
     assert (result.exit_code, result.output) == (0, f"{table}: detached\n")
+
+
+def test_an_attached_table_never_changes_or_deletes_an_imported_product(shop: Engine, tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "g1.jpg")
+    catalogue = tmp_path / "catalog.csv"
+    catalogue.write_text("id,title,category,image\ng1,Imported,dress,g1.jpg\n")
+    import_catalog(shop, catalogue)
+    imported = by_source(shop)[("import", "g1")]
+    shop_sql(shop, "CREATE TABLE items (id text PRIMARY KEY, img text, cat text)")
+    shop_sql(shop, "INSERT INTO items VALUES ('g1', 'http://169.254.169.254/latest/meta-data', 'coat')")
+    attach(shop, "items", Columns(id="id", image="img", category="cat"))
+    assert by_source(shop) == {
+        ("import", "g1"): imported,
+        ("public.items", "g1"): ("", "http://169.254.169.254/latest/meta-data", None),
+    }
+    # The import's upsert keeps to its own rows too.
+    assert import_catalog(shop, catalogue).unchanged == 1
+    shop_sql(shop, "UPDATE items SET id = 'g2' WHERE id = 'g1'")
+    assert sorted(by_source(shop)) == [("import", "g1"), ("public.items", "g2")]
+    shop_sql(shop, "DELETE FROM items")
+    assert by_source(shop) == {("import", "g1"): imported}
+
+
+def test_two_attached_tables_keep_their_ids_apart(shop: Engine) -> None:
+    attach(shop, '"Shop"."Stock Items"', SHOP)
+    shop_sql(shop, "CREATE TABLE items (id bigint PRIMARY KEY, img text, cat text)")
+    shop_sql(shop, "INSERT INTO items VALUES (1, '/other/1.jpg', 'coat')")
+    attach(shop, "items", Columns(id="id", image="img", category="cat"))
+    shop_sql(shop, """DELETE FROM "Shop"."Stock Items" WHERE "Item No" = 1""")
+    assert sorted(by_source(shop)) == [('"Shop"."Stock Items"', "2"), ("public.items", "1")]
+
+
+def test_an_image_change_from_the_attached_table_drops_the_old_images_hash(shop: Engine) -> None:
+    """A worker refuses an image whose content does not match the job's hash: the old hash would kill the job."""
+    attach(shop, '"Shop"."Stock Items"', SHOP)
+    shop_sql(shop, "UPDATE ynet.products SET image_sha256 = repeat('a', 64) WHERE external_id = '1'")
+    shop_sql(shop, """UPDATE "Shop"."Stock Items" SET name = 'Dress' WHERE "Item No" = 1""")
+    assert by_source(shop)[('"Shop"."Stock Items"', "1")] == ("Dress", "/img/1.jpg", "a" * 64)
+    shop_sql(shop, """UPDATE "Shop"."Stock Items" SET picture = '/img/1b.jpg' WHERE "Item No" = 1""")
+    assert by_source(shop)[('"Shop"."Stock Items"', "1")] == ("Dress", "/img/1b.jpg", None)
+    with shop.connect() as conn:
+        pending = conn.execute(
+            text("SELECT image_uri, image_sha256 FROM ynet.embedding_jobs WHERE state = 'pending' ORDER BY id DESC")
+        ).first()
+    assert tuple(pending or ()) == ("/img/1b.jpg", None)

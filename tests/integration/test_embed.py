@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import http.client
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +18,12 @@ from PIL import Image
 from sqlalchemy import Engine, func, select, update
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import Session
+from ynet_db.workers.heartbeat import Heartbeat, WorkerIdentity
 
 from ynet_db import jobs
 from ynet_db.db.models import Embedding, EmbeddingJob, Model, Product
-from ynet_db.embed import BatchWriter, embed_batch, run_once
+from ynet_db.embed import BatchWriter, StopSignal, default_fetch, drain, embed_batch, run_once
+from ynet_db.images import ImageError
 from ynet_db.model_registry import ModelIdentity, activate, promote_if_complete, register
 
 DIM = 4
@@ -43,6 +49,12 @@ class ColourEncoder:
         if self.refuse_red and bool((pixels[:, 0] > 0.9).any()):
             raise RuntimeError("the network rejects red")
         return Encoding(torch.cat([pixels, torch.ones(len(pixels), 1)], dim=1))
+
+
+@pytest.fixture(autouse=True)
+def images_under_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`run_once`'s default fetch reads local images only under YNET_IMAGE_ROOTS; these tests write them here."""
+    monkeypatch.setenv("YNET_IMAGE_ROOTS", str(tmp_path))
 
 
 def write_png(path: Path, colour: tuple[int, int, int]) -> Path:
@@ -200,3 +212,189 @@ def test_a_failed_write_surfaces_and_leaves_its_jobs_to_the_lease(
     with pytest.raises(ProgrammingError, match="ynet.embedding_jobs"):
         writer.close()
     assert job_states(engine) == {"p0": "running"} and embedding_count(engine) == 0
+
+
+def read_file(location: str, stop: StopSignal) -> bytes:
+    return Path(location).read_bytes()
+
+
+def errors_by_product(engine: Engine) -> dict[str, str | None]:
+    return {sku: error for sku, (_, _, error) in job_rows(engine).items()}
+
+
+def test_any_exception_while_preparing_an_item_is_that_items_failure(engine: Engine, tmp_path: Path) -> None:
+    add_model(engine)
+    good = write_png(tmp_path / "good.png", (0, 200, 0))
+    # Two URLs the HTTP client cannot parse (ValueError, http.client.InvalidURL), then a fetcher that
+    # raises what the review saw escape (InvalidURL for a space in the host, UnicodeError for a long label).
+    uris = [
+        "http://[::1/x.jpg",
+        "http://127.0.0.1:8o/x.jpg",
+        "hook://space",
+        "hook://label",
+        str(good),
+    ]
+    add_products(engine, uris)
+    raised: dict[str, Exception] = {
+        "hook://space": http.client.InvalidURL("URL can't contain control characters. 'bad host'"),
+        "hook://label": UnicodeError("encoding with 'idna' codec failed (label too long)"),
+    }
+
+    def fetch(location: str, stop: StopSignal) -> bytes:
+        if location in raised:
+            raise raised[location]
+        return default_fetch(location, stop)
+
+    result = run_once(engine, ColourEncoder(), "w1", batch_size=10, fetch=fetch)
+
+    assert (result.claimed, result.done, result.retry) == (5, 1, 4)
+    states, errors = job_states(engine), errors_by_product(engine)
+    assert states["p4"] == "done" and embedding_count(engine) == 1
+    for product, uri in [("p0", uris[0]), ("p1", uris[1]), ("p2", uris[2]), ("p3", uris[3])]:
+        assert states[product] == "retry", (product, errors[product])
+        assert errors[product] is not None and uri in errors[product]
+    assert errors["p2"].startswith("fetch: image hook://space: unexpected InvalidURL: URL can't contain")
+    label_error = "unexpected UnicodeError: encoding with 'idna' codec failed (label too long)"
+    assert errors["p3"] == f"fetch: image hook://label: {label_error}"
+
+
+class FailingPreprocess(ColourEncoder):
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        raise IndexError("tuple index out of range")
+
+
+def test_a_preprocessing_failure_is_the_items_and_retryable(engine: Engine, tmp_path: Path) -> None:
+    add_model(engine)
+    add_products(engine, [str(write_png(tmp_path / "a.png", (1, 2, 3)))])
+    result = run_once(engine, FailingPreprocess(), "w1", batch_size=1, fetch=read_file)
+    assert result.retry == 1 and job_states(engine) == {"p0": "retry"}
+    assert result.errors == [
+        f"job 1: prepare: image {tmp_path / 'a.png'}: unexpected IndexError: tuple index out of range"
+    ]
+
+
+def job_rows(engine: Engine) -> dict[str, tuple[str, int, str | None]]:
+    with Session(engine) as session:
+        rows = session.execute(
+            select(Product.external_id, EmbeddingJob.state, EmbeddingJob.attempts, EmbeddingJob.last_error).join(
+                EmbeddingJob.product
+            )
+        )
+        return {sku: (state, attempts, error) for sku, state, attempts, error in rows}
+
+
+def test_a_stop_during_a_fetch_cuts_it_and_releases_the_rest_of_the_batch_unattempted(
+    engine: Engine, tmp_path: Path
+) -> None:
+    add_model(engine)
+    add_products(engine, [str(write_png(tmp_path / f"{i}.png", (0, 0, 50 * i))) for i in range(4)])
+    stop = threading.Event()
+    fetched: list[str] = []
+
+    def fetch(location: str, cancel: StopSignal) -> bytes:
+        assert cancel is stop, "the fetch is handed the worker's stop event"
+        if location.endswith("1.png"):
+            stop.set()  # SIGTERM arrives while this download is in flight
+            raise ImageError(location, "download cancelled: the worker is stopping")
+        fetched.append(location)
+        return Path(location).read_bytes()
+
+    result = run_once(engine, ColourEncoder(), "w1", batch_size=4, fetch=fetch, stop=stop)
+
+    assert fetched == [str(tmp_path / "0.png")], "no fetch starts once the worker stops"
+    assert (result.claimed, result.done, result.released, result.retry, result.errors) == (4, 1, 3, 0, [])
+    assert job_rows(engine) == {
+        "p0": ("done", 1, None),
+        "p1": ("pending", 0, None),
+        "p2": ("pending", 0, None),
+        "p3": ("pending", 0, None),
+    }
+    assert {job.product_id for job in jobs.claim(engine, "w2", 10)} == {2, 3, 4}
+
+
+class Crash(BaseException):
+    """What no item catches (a bug outside the item, an interrupt): it ends the task."""
+
+
+def test_a_task_that_dies_mid_batch_leaves_its_jobs_to_the_lease_while_its_process_beats_on(
+    engine: Engine, tmp_path: Path
+) -> None:
+    model_id = add_model(engine)
+    add_products(engine, [str(write_png(tmp_path / f"{i}.png", (60 * i, 0, 0))) for i in range(4)])
+    lease = timedelta(seconds=1)
+    heartbeat = Heartbeat(engine, WorkerIdentity("host/1", "host", 1, model_id, "cpu"), lease=lease)
+
+    def fetch(location: str, stop: StopSignal) -> bytes:
+        if location.endswith("2.png"):
+            raise Crash("the task is gone")
+        return read_file(location, stop)
+
+    with pytest.raises(Crash), heartbeat.holding() as in_hand:
+        drain(
+            engine,
+            ColourEncoder(),
+            "host/1",
+            2,
+            until=float("inf"),
+            stop=threading.Event(),
+            in_hand=in_hand,
+            lease=lease,
+            fetch=fetch,
+        )
+    # The first batch was written; the second (p2, p3) was claimed by the task that died.
+    assert {sku: row[0] for sku, row in job_rows(engine).items()} == {
+        "p0": "done",
+        "p1": "done",
+        "p2": "running",
+        "p3": "running",
+    }
+
+    def swept() -> bool:
+        heartbeat.beat()  # the process lives on and beats, but renews no lease of the dead task's
+        jobs.sweep(engine)
+        return job_rows(engine)["p3"][0] != "running"
+
+    wait_until(swept, 30, "the dead task's leases to run out")
+    rows = job_rows(engine)
+    for sku in ("p2", "p3"):
+        state, attempts, error = rows[sku]
+        assert (state, attempts) == ("retry", 1)
+        assert error == "the task died: Crash: the task is gone / lease expired on host/1"
+    with Session(engine) as session:  # the backoff is over: another task finishes them
+        session.execute(update(EmbeddingJob).values(run_after=func.now()))
+        session.commit()
+    assert run_once(engine, ColourEncoder(), "host/1", 2, fetch=read_file).done == 1  # retried: alone
+    assert run_once(engine, ColourEncoder(), "host/1", 2, fetch=read_file).done == 1
+    assert {sku: row[:2] for sku, row in job_rows(engine).items()} == {
+        "p0": ("done", 1),
+        "p1": ("done", 1),
+        "p2": ("done", 2),
+        "p3": ("done", 2),
+    }
+
+
+def test_a_live_tasks_jobs_are_renewed_by_the_heartbeat(engine: Engine, tmp_path: Path) -> None:
+    model_id = add_model(engine)
+    add_products(engine, [str(write_png(tmp_path / f"{i}.png", (0, 9 * i, 0))) for i in range(2)])
+    heartbeat = Heartbeat(engine, WorkerIdentity("host/1", "host", 1, model_id, "cpu"), lease=timedelta(hours=1))
+    held, loose = jobs.claim(engine, "host/1", 2, lease=timedelta(seconds=30))
+    with heartbeat.holding() as in_hand:
+        in_hand.hold([held.id])
+        heartbeat.beat()
+    heartbeat.beat()  # the task has left: nothing more is renewed
+    with Session(engine) as session:
+        renewed = dict(
+            session.execute(
+                select(EmbeddingJob.id, EmbeddingJob.lease_expires_at > func.now() + timedelta(minutes=30))
+            ).all()
+        )
+    assert renewed == {held.id: True, loose.id: False}
+    assert heartbeat.interval_s <= 1200, "at least three beats per lease"
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.1)

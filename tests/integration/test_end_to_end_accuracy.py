@@ -21,7 +21,10 @@ def model() -> RetrievalModel:
     return RetrievalModel.load_default()
 
 
-def test_database_path_matches_offline_evaluation(engine: Engine, model: RetrievalModel, tmp_path: Path) -> None:
+def test_database_path_matches_offline_evaluation(
+    engine: Engine, model: RetrievalModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("YNET_IMAGE_ROOTS", str(tmp_path))  # run_once's default fetch reads the demo's images
     config = demo.DemoConfig(products=24, street_per_product=1, seed=5)
     dataset = demo.demo_dataset(tmp_path, config, workers=1)
     offline = evaluate_model(model, dataset.split("test"), progress=False)

@@ -41,7 +41,7 @@ def test_claims_take_each_job_once(catalogue: Engine) -> None:
     second = jobs.claim(catalogue, "w2", 100)
     assert len(first) == 4 and len(second) == 6
     assert not {j.id for j in first} & {j.id for j in second}
-    assert first[0].category == "dress" and first[0].tags == ["color:red"] and first[0].attempts == 1
+    assert first[0].tags == ["color:red"] and first[0].attempts == 1
     assert jobs.claim(catalogue, "w3", 10) == []
 
 
@@ -165,17 +165,57 @@ def test_backoff_grows_and_is_capped() -> None:
     assert delays[3] <= jobs.BACKOFF_CAP
 
 
-def test_renew_extends_only_the_live_leases_of_that_worker(catalogue: Engine) -> None:
-    mine = jobs.claim(catalogue, "w1", 2, lease=timedelta(seconds=30))
-    jobs.claim(catalogue, "w2", 2, lease=timedelta(seconds=30))
-    expired = jobs.claim(catalogue, "w1", 1, lease=timedelta(seconds=-1))
-    assert jobs.renew(catalogue, "w1", timedelta(hours=1)) == len(mine)
-    with Session(catalogue) as session:
-        leases = dict(
+def _extended(engine: Engine) -> dict[int, bool]:
+    """Job id -> whether its lease runs more than 30 minutes from now (a renewal by an hour)."""
+    with Session(engine) as session:
+        return dict(
             session.execute(
                 select(EmbeddingJob.id, EmbeddingJob.lease_expires_at > func.now() + timedelta(minutes=30))
             ).all()
         )
-    assert all(leases[job.id] for job in mine)
+
+
+def test_renew_extends_only_the_named_live_leases_of_that_worker(catalogue: Engine) -> None:
+    in_hand = jobs.claim(catalogue, "w1", 2, lease=timedelta(seconds=30))
+    abandoned = jobs.claim(catalogue, "w1", 1, lease=timedelta(seconds=30))  # a task that died held it
+    others = jobs.claim(catalogue, "w2", 2, lease=timedelta(seconds=30))
+    expired = jobs.claim(catalogue, "w1", 1, lease=timedelta(seconds=-1))
+    named = [job.id for job in in_hand + others + expired]
+    assert jobs.renew(catalogue, "w1", named, timedelta(hours=1)) == len(in_hand)
+    leases = _extended(catalogue)
+    assert all(leases[job.id] for job in in_hand)
+    assert not leases[abandoned[0].id], "a job no live task holds is left to its lease"
     assert not leases[expired[0].id], "an expired lease may already be swept: it stays expired"
-    assert sum(bool(extended) for extended in leases.values()) == len(mine), "other leases are untouched"
+    assert sum(bool(extended) for extended in leases.values()) == len(in_hand), "other leases are untouched"
+
+
+def test_a_released_job_goes_back_to_the_queue_with_its_attempt_given_back(catalogue: Engine) -> None:
+    first, retried = jobs.claim(catalogue, "w1", 2)
+    jobs.fail(catalogue, retried, "w1", "fetch: timed out")
+    with Session(catalogue) as session:
+        past = func.now() - timedelta(hours=1)  # its backoff over, and ahead of the pending jobs
+        session.execute(update(EmbeddingJob).where(EmbeddingJob.id == retried.id).values(run_after=past))
+        session.commit()
+    (again,) = jobs.claim(catalogue, "w1", 1)
+    assert (again.id, again.attempts) == (retried.id, 2)
+    assert jobs.release(catalogue, "w2", [first.id]) == 0, "only the worker holding a job may release it"
+    assert jobs.release(catalogue, "w1", [first.id, again.id]) == 2
+    with Session(catalogue) as session:
+        rows = session.execute(
+            select(EmbeddingJob.id, EmbeddingJob.state, EmbeddingJob.attempts, EmbeddingJob.last_error).where(
+                EmbeddingJob.id.in_([first.id, again.id])
+            )
+        ).all()
+    assert sorted(rows) == [(first.id, "pending", 0, None), (again.id, "retry", 1, "fetch: timed out")]
+    assert {job.id for job in jobs.claim(catalogue, "w3", 10)} >= {first.id, again.id}
+
+
+def test_each_completion_is_counted_and_a_late_one_is_not(catalogue: Engine) -> None:
+    batch = jobs.claim(catalogue, "w1", 2)
+    finished = [jobs.Finished(job, [1.0, 0.0, 0.0], "a" * 64) for job in batch]
+    assert jobs.complete_batch(catalogue, "w1", finished) == {job.id for job in batch}
+    assert jobs.complete_batch(catalogue, "w1", finished) == set()  # a second delivery of the same write
+    with Session(catalogue) as session:
+        counts = dict(session.execute(select(EmbeddingJob.id, EmbeddingJob.completions)).all())
+    assert [counts.pop(job.id) for job in batch] == [1, 1]
+    assert set(counts.values()) == {0}

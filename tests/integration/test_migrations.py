@@ -148,3 +148,47 @@ def test_build_model_index_refuses_what_pgvector_would(engine: Engine, arguments
         model = _add_model(conn, 8)
     with pytest.raises(DBAPIError, match=message), engine.begin() as conn:
         conn.execute(text(f"SELECT ynet.build_model_index({arguments})"), {"id": model})
+
+
+def _products_by_source(conn: Connection) -> list[tuple[str, str]]:
+    return [tuple(row) for row in conn.execute(text("SELECT source, external_id FROM ynet.products ORDER BY 1, 2"))]
+
+
+def test_0008_gives_rows_attached_before_it_their_tables_source(empty_engine: Engine) -> None:
+    """Triggers installed at 0007 pass five arguments; after 0008 their rows are the table's, not the import's."""
+    migrate.upgrade(empty_engine, "0007")
+    arguments = "'id', 'img', 'cat', '', ''"
+    with empty_engine.begin() as conn:
+        conn.execute(text("CREATE TABLE items (id text PRIMARY KEY, img text, cat text)"))
+        for operation in ("INSERT", "DELETE"):
+            conn.execute(
+                text(
+                    f"CREATE TRIGGER ynet_{operation.lower()} AFTER {operation} ON items FOR EACH ROW "
+                    f"EXECUTE FUNCTION ynet.attached_row_changed({arguments})"
+                )
+            )
+        conn.execute(text("INSERT INTO items VALUES ('a', '/a.jpg', 'dress'), ('b', '/b.jpg', 'coat')"))
+        conn.execute(
+            text(
+                "INSERT INTO ynet.attachments (source_table, id_column, image_column, category_column) "
+                "VALUES ('items', 'id', 'img', 'cat')"
+            )
+        )
+        conn.execute(text("INSERT INTO ynet.products (external_id, category, image_uri) VALUES ('c', 'x', '/c.jpg')"))
+    migrate.upgrade(empty_engine)
+    with empty_engine.begin() as conn:
+        assert _products_by_source(conn) == [("import", "c"), ("public.items", "a"), ("public.items", "b")]
+        assert conn.execute(text("SELECT source_table FROM ynet.attachments")).scalar_one() == "public.items"
+        conn.execute(text("INSERT INTO ynet.products (external_id, category, image_uri) VALUES ('a', 'x', '/a.jpg')"))
+        conn.execute(text("DELETE FROM items WHERE id = 'a'"))  # the old trigger, falling back to the table's name
+        assert _products_by_source(conn) == [("import", "a"), ("import", "c"), ("public.items", "b")]
+    with pytest.raises(DBAPIError, match="1 external ids are used by more than one source"):
+        with empty_engine.begin() as conn:
+            conn.execute(text("INSERT INTO items VALUES ('c', '/c2.jpg', 'dress')"))
+        migrate.downgrade(empty_engine, "0007")
+    with empty_engine.begin() as conn:
+        conn.execute(text("DELETE FROM items"))
+    migrate.downgrade(empty_engine, "0007")
+    with empty_engine.connect() as conn:
+        names = conn.execute(text("SELECT external_id FROM ynet.products ORDER BY 1")).scalars().all()
+    assert names == ["a", "c"]

@@ -241,8 +241,9 @@ def test_a_query_vector_of_another_dimension_is_refused(tagged_engine: Engine, t
 
 
 def test_a_product_inserted_and_embedded_is_found_by_its_own_shop_image(
-    engine: Engine, model: RetrievalModel, tmp_path: Path
+    engine: Engine, model: RetrievalModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("YNET_IMAGE_ROOTS", str(tmp_path))  # the worker's fetch and the search read the photo
     record = register(engine, ModelIdentity.of(model))
     decoys = add_products(engine, 40)
     add_embeddings(engine, record.id, decoys, unit_vectors(40, model.embedding_dim, seed=9))

@@ -12,8 +12,15 @@ from sqlalchemy.orm import Session
 from ynet_db.db.models import Embedding, Product
 from ynet_db.db.vectors import vector_text
 from ynet_db.orm import active_model as active_orm_model
-from ynet_db.orm import matching, model_constant, nearest_to, product_embedding, similar_products
-from ynet_db.prefilter import prefilter
+from ynet_db.orm import (
+    matching,
+    model_constant,
+    nearest_to,
+    product_by_external_id,
+    product_embedding,
+    similar_products,
+)
+from ynet_db.prefilter import SearchError, prefilter
 
 DIM = 16
 
@@ -98,6 +105,11 @@ def test_the_functions_leave_no_settings_behind_even_inside_a_transaction(engine
         ("SELECT * FROM ynet.more_like_this('nope''; DROP TABLE ynet.products; --', 5)", "no product with external id"),
         ("SELECT * FROM ynet.nearest_products(CAST(:q AS vector), 5000)", "k must be between 1 and 1000, got 5000"),
         ("SELECT * FROM ynet.nearest_products('[1,2,3]'::vector, 5)", "the query has 3 dimensions"),
+        ("SELECT * FROM ynet.nearest_products(NULL::vector, 5)", "the query vector is NULL"),
+        (
+            f"SELECT * FROM ynet.nearest_products(CAST(array_fill(0, ARRAY[{DIM}]) AS vector), 5)",
+            "the query vector is all zeros: its cosine distance to every product is undefined",
+        ),
     ],
 )
 def test_the_functions_refuse_bad_arguments(engine: Engine, vectors: np.ndarray, sql: str, message: str) -> None:
@@ -138,3 +150,36 @@ def test_filters_and_distances_compose_in_ordinary_selects(engine: Engine, vecto
         names = session.scalars(statement).all()
     rare = np.arange(50, 400, 50)
     assert names == [f"p{rare[i]}" for i in np.argsort(1.0 - vectors[rare] @ vectors[0])[:3]]
+
+
+def test_more_like_this_asks_for_a_source_when_several_use_the_external_id(engine: Engine, vectors: np.ndarray) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO ynet.products (source, external_id, category, image_uri) "
+                "VALUES ('shop.items', 'p7', 'coat', '/shop/7.jpg')"
+            )
+        )
+    with pytest.raises(DBAPIError) as raised, engine.begin() as conn:
+        conn.execute(text("SELECT * FROM ynet.more_like_this('p7', 5)")).all()
+    assert "external id 'p7' is used by several sources (import, shop.items): pass source => one of them" in str(
+        raised.value.orig
+    )
+    found = nearest(engine, "SELECT * FROM ynet.more_like_this('p7', 5, source => 'import')")
+    distances = 1.0 - vectors @ vectors[7]
+    distances[7] = np.inf
+    assert [name for name, _ in found] == [f"p{i}" for i in np.argsort(distances)[:5]]
+    with pytest.raises(DBAPIError, match="product 'p7' has no embedding"), engine.begin() as conn:
+        conn.execute(text("SELECT * FROM ynet.more_like_this('p7', 5, source => 'shop.items')")).all()
+
+
+def test_orm_finds_a_product_by_external_id_and_source(engine: Engine, vectors: np.ndarray) -> None:
+    with Session(engine) as session:
+        session.add(Product(source="shop.items", external_id="p7", category="coat", image_uri="/shop/7.jpg"))
+        session.commit()
+        with pytest.raises(SearchError, match=r"external id 'p7' is used by several sources \(import, shop.items\)"):
+            product_by_external_id(session, "p7")
+        assert product_by_external_id(session, "p7", "shop.items").category == "coat"
+        assert product_by_external_id(session, "p8").source == "import"
+        with pytest.raises(SearchError, match="no product with external id 'p8' in shop.items"):
+            product_by_external_id(session, "p8", "shop.items")

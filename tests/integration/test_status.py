@@ -23,13 +23,21 @@ def test_status_counts_products_jobs_coverage_and_errors(engine: Engine) -> None
             .where(EmbeddingJob.product_id == 2)
             .values(state="retry", attempts=1, last_error="cannot decode /img/1.jpg")
         )
+        session.execute(
+            update(EmbeddingJob)
+            .where(EmbeddingJob.product_id == 3)
+            .values(state="dead", attempts=5, last_error="HTTP 404", updated_at=func.now() - timedelta(seconds=1))
+        )
         session.commit()
     status = catalogue_status(engine)
     assert status.products == 3
-    assert (status.jobs["pending"], status.jobs["retry"], status.jobs["done"]) == (2, 1, 0)
-    assert [(m.name, m.embedded) for m in status.models] == [("m", 1)]
-    assert [(e.external_id, e.error) for e in status.recent_errors] == [("p1", "cannot decode /img/1.jpg")]
-    assert "model m (m@1, active): 1/3 embedded (33%)" in str(status)
+    assert (status.jobs["pending"], status.jobs["retry"], status.jobs["dead"], status.jobs["done"]) == (1, 1, 1, 0)
+    assert [(m.name, m.embedded, m.dead) for m in status.models] == [("m", 1, 1)]
+    assert [(e.external_id, e.error) for e in status.recent_errors] == [
+        ("p1", "cannot decode /img/1.jpg"),
+        ("p2", "HTTP 404"),
+    ]
+    assert "model m (m@1, active): 1/3 embedded (33%), 1 dead" in str(status)
 
 
 def test_status_shows_throughput_by_window_and_only_live_workers(engine: Engine) -> None:

@@ -55,7 +55,7 @@ def test_insert_creates_exactly_one_job(session: Session) -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"image_uri": "/img/2.jpg"}, {"image_sha256": "f" * 64}, {"tags": ["color:blue"]}, {"category": "skirt"}],
+    [{"image_uri": "/img/2.jpg"}, {"image_sha256": "f" * 64}, {"tags": ["color:blue"]}],
     ids=lambda change: next(iter(change)),
 )
 def test_image_or_tag_change_creates_one_job(session: Session, change: dict[str, object]) -> None:
@@ -69,9 +69,12 @@ def test_image_or_tag_change_creates_one_job(session: Session, change: dict[str,
 
 
 @pytest.mark.parametrize(
-    "change", [{"price": 12}, {"title": "Dress, red"}, {"stock": 3}, {"extra": {"brand": "x"}}], ids=str
+    "change",
+    # No encoder reads the category column (a model attends to a category through a 'category:...' tag).
+    [{"price": 12}, {"title": "Dress, red"}, {"stock": 3}, {"extra": {"brand": "x"}}, {"category": "skirt"}],
+    ids=str,
 )
-def test_price_title_or_stock_change_creates_no_job(session: Session, change: dict[str, object]) -> None:
+def test_price_title_stock_or_category_change_creates_no_job(session: Session, change: dict[str, object]) -> None:
     session.add(_product())
     session.commit()
     session.execute(update(Product).values(**change))

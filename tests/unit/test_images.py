@@ -13,8 +13,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ynet_db.config import Settings
 from ynet_db.data.records import Box, ImageRef
-from ynet_db.images import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image, fetch_image_bytes, read_image
+from ynet_db.fetch import fetch_image_bytes
+from ynet_db.fetch_policy import FetchPolicy
+from ynet_db.images import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image, read_image
+
+# The test servers listen on loopback, which the fetch policy refuses unless the settings allow it.
+LOOPBACK = FetchPolicy.from_settings(Settings(allowed_hosts=("127.0.0.1",)))
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **params: object) -> bytes:
@@ -180,26 +186,27 @@ def test_read_image_missing_file(tmp_path: Path) -> None:
 def test_fetch_plain_path_and_file_url(tmp_path: Path) -> None:
     path = tmp_path / "a b.png"
     path.write_bytes(b"abc")
-    assert fetch_image_bytes(str(path)) == b"abc"
-    assert fetch_image_bytes(path.as_uri()) == b"abc"
+    policy = FetchPolicy(roots=(tmp_path,))
+    assert fetch_image_bytes(str(path), policy=policy) == b"abc"
+    assert fetch_image_bytes(path.as_uri(), policy=policy) == b"abc"
 
 
 def test_fetch_refuses_other_schemes_and_remote_file_urls() -> None:
     with pytest.raises(ImageError) as caught:
-        fetch_image_bytes("ftp://example.com/a.jpg")
+        fetch_image_bytes("ftp://example.com/a.jpg", policy=FetchPolicy())
     assert (
         str(caught.value)
         == "image ftp://example.com/a.jpg: has unsupported scheme 'ftp'; use a path, file://, http:// or https://"
     )
     with pytest.raises(ImageError, match="file URL names a remote host 'server'"):
-        fetch_image_bytes("file://server/share/a.jpg")
+        fetch_image_bytes("file://server/share/a.jpg", policy=FetchPolicy())
 
 
 def test_fetch_a_local_file_over_the_byte_limit(tmp_path: Path) -> None:
     path = tmp_path / "big.jpg"
     path.write_bytes(b"x" * 100)
     with pytest.raises(ImageError, match="big.jpg: is larger than the limit of 99 bytes"):
-        fetch_image_bytes(str(path), limits=ImageLimits(max_bytes=99))
+        fetch_image_bytes(str(path), policy=FetchPolicy(roots=(tmp_path,)), limits=ImageLimits(max_bytes=99))
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -240,13 +247,13 @@ def server() -> Iterator[str]:
 
 def fetch_error(url: str, **options: object) -> str:
     with pytest.raises(ImageError) as caught:
-        fetch_image_bytes(url, **options)  # type: ignore[arg-type]
+        fetch_image_bytes(url, policy=LOOPBACK, **options)  # type: ignore[arg-type]
     assert caught.value.source == url
     return str(caught.value)
 
 
 def test_fetch_http(server: str) -> None:
-    assert fetch_image_bytes(f"{server}/ok.png") == b"png-bytes"
+    assert fetch_image_bytes(f"{server}/ok.png", policy=LOOPBACK) == b"png-bytes"
 
 
 def test_fetch_http_error_status(server: str) -> None:

@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("ynet_db.cli.status:status", "Products, embedding work and model coverage."),
     "worker": ("ynet_db.cli.worker:worker", "Embed catalogue images: a Celery worker and its dispatcher."),
     "model": ("ynet_db.cli.model:model", "Register and activate embedding models; coverage."),
-    "jobs": ("ynet_db.cli.jobs:jobs", "Re-drive dead embedding jobs."),
+    "jobs": ("ynet_db.cli.jobs:jobs", "List embedding jobs with their errors; re-drive dead ones."),
     "attach": ("ynet_db.cli.attach:attach", "Keep the catalogue in step with an existing shop table."),
     "search": ("ynet_db.cli.search:search", "Find the products nearest to a photo (table or HTML)."),
 }

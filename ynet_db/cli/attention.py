@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ynet_db.cli.checkpoints import load_model
 from ynet_db.cli.options import device_option, model_option
 
 
@@ -39,9 +40,8 @@ def attention(
     from ynet_db.attention_map import query_attention, save_overlay, shop_attention
     from ynet_db.data.records import ImageRef
     from ynet_db.images import read_image
-    from ynet_db.nn.model import RetrievalModel
 
-    model = RetrievalModel.load(model_path, device=device) if model_path else RetrievalModel.load_default(device=device)
+    model = load_model(model_path, device)
     picture = read_image(ImageRef(image))
     if candidate is None:
         weights = shop_attention(model, picture, tags)

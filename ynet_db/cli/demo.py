@@ -45,7 +45,7 @@ def demo(app: App, products: int, queries: int | None) -> None:
     click.echo(f"model: {model.version} ({model.embedding_dim}-d)")
     click.echo(str(import_demo_catalogue(engine, dataset)))
     log = app.settings.data_dir / "demo" / "worker.log"
-    with steps.running_workers(log, settings.model_path) as worker:
+    with steps.running_workers(log, settings.model_path, dataset.root) as worker:
         steps.wait_for_embeddings(engine, model.version, worker, log)
     promote_if_complete(engine)
     click.echo(str(catalogue_status(engine)))

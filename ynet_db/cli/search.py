@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
 
+from ynet_db.cli.checkpoints import load_model
 from ynet_db.cli.context import App, pass_app
+from ynet_db.cli.terminal import safe
 
 if TYPE_CHECKING:
     from ynet_db.nn.model import RetrievalModel
@@ -38,8 +41,9 @@ def search(
     html_out: Path | None,
 ) -> None:
     """Find the catalogue products nearest to the photo IMAGE under the active model."""
+    from ynet_db.fetch_policy import FetchPolicy
     from ynet_db.filters import FilterError, compile_filters
-    from ynet_db.images import ImageError
+    from ynet_db.images import ImageError, decode_image
     from ynet_db.search import SearchError
     from ynet_db.search import search as run_search
 
@@ -54,29 +58,43 @@ def search(
     try:
         compile_filters(filters)  # refuse a bad filter before loading a model
     except FilterError as error:
-        raise click.ClickException(str(error)) from error
+        raise click.ClickException(safe(error)) from error
+    query = _read_query(image)
     engine = app.migrated_engine
     model = None if via_worker else _load_model(app)
     via = _worker_runner(app) if via_worker else None
     try:
         result = run_search(
-            engine, image, k=k, filters=filters, candidates=max(candidates, k), rerank=rerank, model=model, via=via
+            engine, query, k=k, filters=filters, candidates=max(candidates, k), rerank=rerank, model=model, via=via
         )
+        picture = decode_image(query, source=str(image)) if html_out is not None else None
     except (FilterError, SearchError, ImageError) as error:
-        raise click.ClickException(str(error)) from error
+        raise click.ClickException(safe(error)) from error
     click.echo(table(result))
-    if html_out is not None:
+    if html_out is not None and picture is not None:
         model = model or _load_model(app)
         from ynet_db.report import search_page
 
-        html_out.write_text(search_page(engine, model, image, result), encoding="utf-8")
+        page = search_page(engine, model, picture, result, FetchPolicy.from_settings(app.settings))
+        html_out.write_text(page, encoding="utf-8")
         click.echo(f"wrote {html_out}")
 
 
-def _load_model(app: App) -> RetrievalModel:
-    from ynet_db.workers.process import load_model
+def _read_query(image: Path) -> bytes:
+    """The operator's own photo: read from its folder whatever YNET_IMAGE_ROOTS says, but only a regular file."""
+    from ynet_db.fetch import read_local_file
+    from ynet_db.fetch_policy import FetchPolicy
+    from ynet_db.images import ImageError
 
-    return load_model(app.settings)
+    real = Path(os.path.realpath(image))
+    try:
+        return read_local_file(real, str(image), FetchPolicy(roots=(real.parent,)))
+    except ImageError as error:
+        raise click.ClickException(safe(error)) from error
+
+
+def _load_model(app: App) -> RetrievalModel:
+    return load_model(app.settings.model_path, app.settings.device)
 
 
 def _worker_runner(app: App) -> object:
@@ -92,13 +110,13 @@ def table(result: SearchResult) -> str:
     from ynet_db.report import summary_line
 
     lines = [
-        summary_line(result),
+        safe(summary_line(result)),
         f"{'rank':>4}  {'external id':<20} {'category':<14} {'distance':>8} {'re-rank':>8}  title",
     ]
     for row in result.rows:
         score = "" if row.rerank_score is None else f"{row.rerank_score:8.4f}"
         lines.append(
-            f"{row.rank:>4}  {row.external_id[:20]:<20} {row.category[:14]:<14} {row.distance:8.4f} {score:>8}  "
-            f"{row.title}"
+            f"{row.rank:>4}  {safe(row.external_id)[:20]:<20} {safe(row.category)[:14]:<14} {row.distance:8.4f} "
+            f"{score:>8}  {safe(row.title)}"
         )
     return "\n".join(lines)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from datetime import timedelta
 
 import click
 
 from ynet_db.cli.context import App, pass_app
+from ynet_db.config import Settings
 
 POOLS = ("auto", "prefork", "solo")
 
@@ -73,12 +75,13 @@ def worker(
     queues: tuple[str, ...],
     loglevel: str,
 ) -> None:
-    """Embed catalogue images as jobs arrive (Ctrl-C once: finish the batch and stop)."""
+    """Embed catalogue images as jobs arrive (Ctrl-C once: write what was fetched, hand the rest back, stop)."""
     from ynet_db.workers.app import QUEUES, UnsafeSettings, WorkerOptions, check_settings, make_app
     from ynet_db.workers.dispatcher import DispatchOptions, run_process
 
     settings = app.settings
     _ = app.migrated_engine  # fail early, with advice, on an old schema
+    _check_model(settings)
     pool, processes = choose_pool(pool, settings.device, concurrency)
     threads = max(1, (os.cpu_count() or 1) // processes) if pool == "prefork" else None
     options = WorkerOptions(batch_size=batch_size, lease=timedelta(seconds=lease), torch_threads=threads)
@@ -112,7 +115,25 @@ def worker(
                 ",".join(QUEUES[name] for name in (queues or QUEUES)),
             ]
         )
+    except SystemExit:
+        if celery_app.ynet_startup_failure.message() is None:
+            raise
     finally:
         if helper is not None:
             helper.terminate()
             helper.join(5)
+    failure = celery_app.ynet_startup_failure.message()
+    if failure is not None:
+        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # Celery sent them to its logger
+        raise click.ClickException(failure)
+
+
+def _check_model(settings: Settings) -> None:
+    """A checkpoint that cannot be served stops the command before Celery starts (and says "ready")."""
+    from ynet_db.nn.checkpoint import CheckpointError
+    from ynet_db.workers.process import check_model
+
+    try:
+        check_model(settings)
+    except (CheckpointError, OSError) as error:
+        raise click.ClickException(f"cannot serve YNET_MODEL: {error}") from error

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -54,7 +55,12 @@ class Product(Base):
     __tablename__ = "products"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    external_id: Mapped[str] = mapped_column(Text, unique=True, comment="The shop's stable id (SKU).")
+    external_id: Mapped[str] = mapped_column(Text, comment="The shop's stable id (SKU).")
+    source: Mapped[str] = mapped_column(
+        Text,
+        server_default="import",
+        comment="Where the row comes from: 'import', or the schema-qualified name of the attached table.",
+    )
     title: Mapped[str] = mapped_column(Text, server_default="")
     category: Mapped[str] = mapped_column(Text)
     tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
@@ -73,6 +79,8 @@ class Product(Base):
     )
 
     __table_args__ = (
+        # Each source keeps its own ids: an attached table's row never changes an imported product.
+        UniqueConstraint("external_id", "source"),
         Index("ix_products_tags", "tags", postgresql_using="gin"),
         Index("ix_products_category", "category"),
     )
@@ -149,6 +157,9 @@ class EmbeddingJob(Base):
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    completions: Mapped[int] = mapped_column(
+        server_default="0", comment="times this job was written and marked done; more than 1 is a duplicate"
+    )
 
     product: Mapped[Product] = relationship()
     model: Mapped[Model] = relationship()

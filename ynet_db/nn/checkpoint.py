@@ -7,18 +7,19 @@ branches' weights, the projections and the attention heads; the shared trunk com
 pretrained file, whose sha256 the config pins.
 
 Loading fails closed. Nothing is ever unpickled: a pickle or `torch.save` file, a directory with
-one in it, a file that safetensors cannot parse, a hash that does not match its content, or tensors
-that do not fit the network are all refused with a `CheckpointError` naming the file.
+one in it, a file that safetensors cannot parse, a hash that does not match its content, a config out
+of bounds, and tensors that do not fit the network or that it lacks are all refused with a
+`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from safetensors import safe_open
@@ -33,6 +34,7 @@ METADATA_KEY = "ynet-db"
 # Keys copied verbatim from the pretrained backbone; stored only when training changed them.
 BACKBONE_PREFIXES = ("trunk.", "street.", "shop.")
 PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2; torch.save's zip container
+SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
 
 
 class CheckpointError(RuntimeError):
@@ -113,12 +115,15 @@ def weights_file(path: Path, *, creating: bool = False) -> Path:
 
 def load_checkpoint(path: Path) -> Checkpoint:
     """Read and verify a checkpoint; raises CheckpointError for anything but a genuine one."""
-    if path.is_dir():
-        refuse_foreign_files(path)
     target = weights_file(path)
-    if not target.is_file():
-        raise CheckpointError(f"checkpoint {target}: no such file")
-    refuse_pickle(target)
+    try:
+        if path.is_dir():
+            refuse_foreign_files(path)
+        if not target.is_file():
+            raise CheckpointError(f"checkpoint {target}: no such file")
+        refuse_pickle(target)
+    except OSError as error:  # unreadable, or a name too long for the file system
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({error.strerror or error})") from error
     try:
         with safe_open(str(target), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
@@ -133,27 +138,58 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 
 def refuse_pickle(path: Path) -> None:
-    with path.open("rb") as handle:
-        head = handle.read(4)
-    if any(head.startswith(magic) for magic in PICKLE_MAGIC):
+    if _is_pickle(path):
         raise CheckpointError(
             f"refusing to load {path}: it is a pickle (torch.save) file, which can run code when "
             "loaded; ynet-db loads only safetensors checkpoints"
         )
 
 
+def _is_pickle(path: Path) -> bool:
+    """True for a pickle or torch.save file; never for a safetensors file, whatever its first byte.
+
+    A safetensors file starts with its header's length, little-endian: a header of 0x1380 bytes starts
+    with 0x80, pickle's protocol byte. So the header is parsed first and the magic is looked at only
+    when that fails. Anything else that is not safetensors is refused later by the parser itself.
+    """
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) == 8 and _has_safetensors_header(handle, int.from_bytes(head, "little")):
+            return False
+    return any(head.startswith(magic) for magic in PICKLE_MAGIC)
+
+
+def _has_safetensors_header(handle: BinaryIO, length: int) -> bool:
+    """Whether the `length` bytes after the 8 already read are a JSON object, as a safetensors header is."""
+    if not 2 <= length <= SAFETENSORS_MAX_HEADER:
+        return False
+    header = handle.read(length)
+    if len(header) < length or not header.startswith(b"{"):
+        return False
+    try:
+        return isinstance(json.loads(header), dict)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError both
+        return False
+
+
 def refuse_foreign_files(directory: Path) -> None:
     """A checkpoint directory must not carry pickles beside its weights: someone may load them."""
     for entry in sorted(directory.iterdir()):
-        if entry.is_file() and entry.suffix != ".safetensors" and entry.suffix not in (".json", ".png", ".txt"):
-            with entry.open("rb") as handle:
-                head = handle.read(4)
-            if any(head.startswith(magic) for magic in PICKLE_MAGIC):
-                raise CheckpointError(
-                    f"refusing to load checkpoint {directory}: it contains a pickle file {entry.name}"
-                )
-        elif entry.is_file() and entry.suffix == ".safetensors":
+        if not entry.is_file() or entry.suffix in (".json", ".png", ".txt"):
+            continue
+        if entry.suffix == ".safetensors":
             refuse_pickle(entry)
+        elif _is_pickle(entry):
+            raise CheckpointError(f"refusing to load checkpoint {directory}: it contains a pickle file {entry.name}")
+
+
+def refuse_incomplete(source: str, needed: Iterable[str], tensors: Mapping[str, torch.Tensor]) -> None:
+    """A checkpoint must carry every tensor that is not a copy of the backbone; a missing one would load as
+    the network's initial value and embed with weights nobody trained, under the checkpoint's name."""
+    missing = sorted(name for name in needed if not name.startswith(BACKBONE_PREFIXES) and name not in tensors)
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CheckpointError(f"checkpoint {source}: lacks tensors the config needs: {shown}")
 
 
 def parse_description(path: Path, metadata: Mapping[str, str]) -> tuple[CheckpointInfo, str]:

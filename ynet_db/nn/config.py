@@ -7,6 +7,8 @@ drift apart: input size, mean and standard deviation live here and nowhere else.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,6 +20,24 @@ ContextForm = Literal["linear", "dot", "mlp"]
 CONTEXT_FORMS: tuple[str, ...] = ("linear", "dot", "mlp")
 
 LITE0_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+BACKBONES = ("efficientnet-lite0",)
+PROJECTIONS = ("identity", "linear")
+STRIDE = 32
+"""The backbone's total downsampling: an input of side S gives a map of side S / 32 (224 -> 7)."""
+# A config arrives from a checkpoint's metadata, so its numbers are untrusted: `input_size: 60000` would
+# make every image a 43 GB tensor. Bounds (inclusive) keep a loaded model within what the backbone and
+# pgvector's HNSW index (2,000 dimensions) can serve.
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "input_size": (STRIDE, 1024),
+    "trunk_blocks": (0, 16),  # EfficientNet-Lite0 has 16 MBConv blocks
+    "map_channels": (1280, 1280),  # its head conv's output channels
+    "embedding_dim": (1, 2000),
+    "context_hidden": (1, 4096),
+    "map_size": (1, 1024 // STRIDE),
+}
+MAX_NAME_LENGTH = 100
+_NAME = re.compile(rf"[^\x00-\x1f\x7f-\x9f]{{1,{MAX_NAME_LENGTH}}}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +81,7 @@ class ModelConfig:
     """Free-form notes recorded with a checkpoint (never read back into behaviour)."""
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         if self.context_form not in CONTEXT_FORMS:
             raise ValueError(f"context_form {self.context_form!r}: expected one of {', '.join(CONTEXT_FORMS)}")
         if self.projection == "identity" and self.embedding_dim != self.map_channels:
@@ -96,3 +117,36 @@ class ModelConfig:
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (pixels - mean) / std
+
+
+def _check_fields(config: ModelConfig) -> None:
+    """Raise ValueError naming the first field of `config` that is of the wrong type or out of bounds."""
+    if not isinstance(config.name, str) or not _NAME.fullmatch(config.name):
+        raise ValueError(f"name {str(config.name)[:40]!r}: 1 to {MAX_NAME_LENGTH} characters, no control characters")
+    if config.backbone not in BACKBONES:
+        raise ValueError(f"backbone {config.backbone!r}: expected one of {', '.join(BACKBONES)}")
+    if not isinstance(config.weights_sha256, str) or not _SHA256.fullmatch(config.weights_sha256):
+        raise ValueError(f"weights_sha256 {config.weights_sha256!r}: expected 64 lowercase hex digits")
+    if config.projection not in PROJECTIONS:
+        raise ValueError(f"projection {config.projection!r}: expected one of {', '.join(PROJECTIONS)}")
+    for key, (low, high) in INT_BOUNDS.items():
+        value = getattr(config, key)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise ValueError(f"{key} {value!r}: expected a whole number from {low} to {high}")
+    if config.input_size % STRIDE or config.map_size != config.input_size // STRIDE:
+        raise ValueError(
+            f"input_size {config.input_size} and map_size {config.map_size}: input_size must be a multiple of "
+            f"{STRIDE} and map_size input_size / {STRIDE}"
+        )
+    for key in ("mean", "std"):
+        _check_channels(key, getattr(config, key))
+    if not isinstance(config.extra, dict):
+        raise ValueError(f"extra: expected an object, got {type(config.extra).__name__}")
+
+
+def _check_channels(key: str, values: Any) -> None:
+    numbers = isinstance(values, tuple) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if not numbers or len(values) != 3 or not all(math.isfinite(v) and abs(v) <= 255 for v in values):
+        raise ValueError(f"{key} {values!r}: expected three finite numbers")
+    if key == "std" and not all(v > 0 for v in values):
+        raise ValueError(f"std {values!r}: each channel's must be positive")

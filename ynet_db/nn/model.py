@@ -27,6 +27,7 @@ from ynet_db.nn.checkpoint import (
     CheckpointInfo,
     content_hash,
     load_checkpoint,
+    refuse_incomplete,
 )
 from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.tags import TagVocabulary
@@ -70,6 +71,7 @@ def build_network(config: ModelConfig, num_tags: int) -> YNet:
 
 def load_tensors(network: YNet, tensors: Mapping[str, torch.Tensor], source: str) -> None:
     state = network.state_dict()
+    refuse_incomplete(source, state, tensors)
     for name, tensor in tensors.items():
         if name not in state:
             raise CheckpointError(f"checkpoint {source}: tensor {name!r} is not part of the network")

@@ -1,0 +1,199 @@
+"""Switching models: promotion with dead jobs, products inserted while a back-fill starts, cancelling a back-fill."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from threading import Thread
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import Engine, text
+
+from ynet_db import jobs
+from ynet_db.cli import main
+from ynet_db.config import Settings
+from ynet_db.db.server import libpq_dsn
+from ynet_db.model_registry import (
+    Activation,
+    ModelIdentity,
+    RegistryError,
+    activate,
+    cancel,
+    coverage,
+    promote_if_complete,
+    register,
+)
+
+
+def identity(version: str) -> ModelIdentity:
+    return ModelIdentity("m", version, 2, "0" * 64, {})
+
+
+def add_product(engine: Engine, name: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            text("INSERT INTO ynet.products (external_id, category, image_uri) VALUES (:n, 'dress', '/img/' || :n)"),
+            {"n": name},
+        )
+
+
+def embed(engine: Engine, model_id: int, limit: int = 100) -> int:
+    """Claim and complete up to `limit` of the model's jobs, as a worker would; returns how many."""
+    claimed = jobs.claim(engine, "w", limit, model_id=model_id)
+    return sum(jobs.complete(engine, job, "w", [1.0, 0.0], "a" * 64) for job in claimed)
+
+
+def kill(engine: Engine, model_id: int) -> None:
+    """The model's next job fails for good (an image that cannot be decoded)."""
+    (job,) = jobs.claim(engine, "w", 1, model_id=model_id)
+    assert jobs.fail(engine, job, "w", "cannot decode\n/img/x", permanent=True) == "dead"
+
+
+@pytest.fixture
+def switching(engine: Engine) -> tuple[int, int]:
+    """Model m@1 active with three products embedded; m@2 activated, so back-filling with three jobs."""
+    for name in ("a", "b", "c"):
+        add_product(engine, name)
+    first = activate(engine, register(engine, identity("m@1")).version).model
+    assert embed(engine, first.id) == 3
+    second = activate(engine, register(engine, identity("m@2")).version)
+    assert (second.model.state, second.backfill_jobs) == ("backfilling", 3)
+    return first.id, second.model.id
+
+
+def states(engine: Engine) -> dict[str, str]:
+    with engine.connect() as conn:
+        return dict(conn.execute(text("SELECT version, state FROM ynet.models")).all())
+
+
+def test_a_dead_job_does_not_block_the_switch_and_is_reported(
+    engine: Engine, switching: tuple[int, int], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, second = switching
+    assert embed(engine, second, limit=2) == 2
+    assert promote_if_complete(engine) is None, "one product still queued"
+    kill(engine, second)
+    monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
+    monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    result = CliRunner().invoke(main, ["model", "list"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == (
+        "m@2 finished its back-fill and is now active; 1 products have no embedding under it, their jobs dead: "
+        "`ynet-db jobs list --state dead --model m@2` shows why, `ynet-db jobs retry` re-drives"
+    )
+    assert "m@2                              active      2/3 embedded (66.7%), 0 queued, 1 dead" in result.output
+    assert states(engine) == {"m@1": "retired", "m@2": "active"}
+
+
+def test_a_model_that_embedded_nothing_is_not_switched_to(engine: Engine, switching: tuple[int, int]) -> None:
+    _, second = switching
+    for _ in range(3):
+        kill(engine, second)
+    with engine.connect() as conn:
+        (row,) = coverage(conn, "backfilling")
+    assert (row.embedded, row.dead, row.complete) == (0, 3, False)
+    assert promote_if_complete(engine) is None
+
+
+def test_a_re_driven_dead_job_holds_the_switch_again(engine: Engine, switching: tuple[int, int]) -> None:
+    _, second = switching
+    embed(engine, second, limit=2)
+    kill(engine, second)
+    assert jobs.redrive(engine) == 1
+    assert promote_if_complete(engine) is None, "the product is queued again, not given up on"
+    assert embed(engine, second) == 1
+    promoted = promote_if_complete(engine)
+    assert promoted is not None and promoted.version == "m@2"
+
+
+def waiting_on_a_lock(engine: Engine, query: str) -> Callable[[], bool]:
+    def check() -> bool:
+        with engine.connect() as conn:
+            sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE :q"
+            return bool(conn.execute(text(sql), {"q": query}).scalar_one())
+
+    return check
+
+
+def wait_for(condition: Callable[[], bool], deadline_s: float = 30.0) -> None:
+    """Poll until `condition` holds (a lock wait shows only in pg_stat_activity): not a timed assertion."""
+    end = time.monotonic() + deadline_s
+    while not condition():
+        assert time.monotonic() < end, "the condition never held"
+        time.sleep(0.01)
+
+
+def open_jobs(engine: Engine, product: str) -> list[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT m.version FROM ynet.embedding_jobs j JOIN ynet.models m ON m.id = j.model_id "
+                "JOIN ynet.products p ON p.id = j.product_id "
+                "WHERE p.external_id = :p AND j.state IN ('pending', 'retry', 'running') ORDER BY 1"
+            ),
+            {"p": product},
+        )
+        return list(rows.scalars())
+
+
+def activate_in_thread(engine: Engine, version: str) -> tuple[Thread, list[Activation]]:
+    done: list[Activation] = []
+    thread = Thread(target=lambda: done.append(activate(engine, version)))
+    thread.start()
+    return thread, done
+
+
+@pytest.fixture
+def one_active(engine: Engine) -> None:
+    for name in ("a", "b"):
+        add_product(engine, name)
+    first = activate(engine, register(engine, identity("m@1")).version).model
+    assert embed(engine, first.id) == 2
+    register(engine, identity("m@2"))
+
+
+def test_a_product_committed_while_activate_waits_is_back_filled(engine: Engine, one_active: None) -> None:
+    with psycopg.connect(libpq_dsn(engine.url)) as shop:
+        shop.execute("INSERT INTO ynet.products (external_id, category, image_uri) VALUES ('new', 'dress', '/n')")
+        thread, done = activate_in_thread(engine, "m@2")
+        wait_for(waiting_on_a_lock(engine, "LOCK TABLE ynet.products%"))
+        shop.commit()
+    thread.join()
+    assert done[0].backfill_jobs == 3
+    assert open_jobs(engine, "new") == ["m@1", "m@2"]
+
+
+def test_a_product_inserted_while_activate_runs_gets_its_job_from_the_trigger(engine: Engine, one_active: None) -> None:
+    with psycopg.connect(libpq_dsn(engine.url)) as holder:
+        holder.execute("LOCK TABLE ynet.models IN SHARE ROW EXCLUSIVE MODE")  # activate stops between its two locks
+        thread, done = activate_in_thread(engine, "m@2")
+        wait_for(waiting_on_a_lock(engine, "LOCK TABLE ynet.models%"))
+        insert = Thread(target=add_product, args=(engine, "new"))
+        insert.start()
+        wait_for(waiting_on_a_lock(engine, "INSERT INTO ynet.products%"))
+        holder.rollback()
+    thread.join()
+    insert.join()
+    assert done[0].backfill_jobs == 2, "the insert was not committed when the back-fill ran"
+    assert open_jobs(engine, "new") == ["m@1", "m@2"]
+
+
+def test_cancelling_a_back_fill_drops_its_work_and_keeps_search_on_the_active_model(
+    engine: Engine, switching: tuple[int, int], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, second = switching
+    assert embed(engine, second, limit=1) == 1
+    monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
+    monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    result = CliRunner().invoke(main, ["model", "cancel", "m@2"])
+    assert (result.exit_code, result.output) == (0, "m@2: back-fill cancelled, 2 queued jobs dropped\n")
+    assert states(engine) == {"m@1": "active", "m@2": "registered"}
+    add_product(engine, "d")
+    assert open_jobs(engine, "d") == ["m@1"]
+    assert promote_if_complete(engine) is None
+    with pytest.raises(RegistryError, match="m@2 is registered, not back-filling: there is nothing to cancel"):
+        cancel(engine, "m@2")
+    again = activate(engine, "m@2")
+    assert (again.model.state, again.backfill_jobs) == ("backfilling", 3), "b, c and d: a was embedded before"
