@@ -1,8 +1,8 @@
-"""Fixtures shared by every suite: a real PostgreSQL with pgvector, and a fresh database per test.
+"""Fixtures shared by every suite: a real PostgreSQL with pgvector, a fresh database per test, and brokers.
 
 The server is the embedded one (started once per test session in a temporary directory) or the one
 in YNET_TEST_DATABASE_URL. A template database is migrated once; each test gets its own copy of it,
-which PostgreSQL makes in a few milliseconds.
+which PostgreSQL makes in a few milliseconds. Brokers: see brokers.py.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from brokers import RedisServer, configured_rabbitmq_url, free_port, why_rabbitmq_is_unusable
 from databases import create_database, drop_database
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL, make_url
@@ -89,3 +90,22 @@ def empty_engine(database_factory: Callable[..., URL]) -> Iterator[Engine]:
 def settings(database_url: URL, tmp_path: Path) -> Settings:
     """Settings that point ynet-db at this test's database and a private data directory."""
     return Settings(database_url=database_url.render_as_string(hide_password=False), data_dir=tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis of this test session's own (see brokers.py)."""
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis") / "redis.log")
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """The RabbitMQ in YNET_TEST_RABBITMQ_URL (default 127.0.0.1:5672); tests that need it skip if none answers."""
+    url = configured_rabbitmq_url()
+    problem = why_rabbitmq_is_unusable(url)
+    if problem:
+        pytest.skip(problem)
+    return url

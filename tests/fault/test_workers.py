@@ -13,8 +13,6 @@ import pytest
 from PIL import Image
 from sqlalchemy import Engine, text
 from worker_processes import (
-    RABBITMQ_URL,
-    REDIS_URL,
     WorkerProcess,
     attempts_by_sku,
     embeddings_per_product,
@@ -36,7 +34,7 @@ ONCE = "SELECT completions, attempts, count(*) FROM ynet.embedding_jobs GROUP BY
 
 
 @pytest.mark.parametrize(
-    "broker", [None, REDIS_URL, RABBITMQ_URL], ids=["database-broker", "redis-broker", "rabbitmq-broker"]
+    "broker", [None, "redis", "rabbitmq"], ids=["database-broker", "redis-broker", "rabbitmq-broker"]
 )
 def test_inserted_products_are_embedded_once_each(
     engine: Engine, start_worker: Callable[..., WorkerProcess], tmp_path: Path, broker: str | None

@@ -3,30 +3,33 @@ against a real database, and for reading the outcome.
 
 Every process is started in its own session and its whole process group is killed at teardown, so
 no Celery child, dispatcher or Redis outlives its test. Leases and ticks are short so recovery takes
-seconds. The shared Redis on 6379 is never stopped: outage tests start their own on a free port.
+seconds. The session's Redis (tests/brokers.py) is never stopped: outage tests start their own.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from brokers import RedisServer, free_port
 from PIL import Image
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL, make_url
 
 from ynet_db.config import Settings
+from ynet_db.db import migrate
+from ynet_db.db.engine import make_engine
 from ynet_db.model_registry import activate
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 HOOKS = Path(__file__).parent / "hooks"
 DEFAULT_MODEL = "ynet-lite0-default"
 
@@ -53,18 +56,37 @@ class WorkerProcess:
         """Signal the Celery parent only, as `kill PID` or a process supervisor would."""
         os.kill(self.process.pid, number)
 
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
+    def output(self, since: int = 0) -> str:
+        """The log so far, from byte `since` on (a `log_size()` taken earlier)."""
+        with self.log.open("rb") as log:
+            log.seek(since)
+            return log.read().decode(errors="replace")
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size
+
+
+BROKER_FIXTURES = {"redis": "redis_url", "rabbitmq": "rabbitmq_url"}
+"""Brokers a test names rather than addresses: the session's Redis, and RabbitMQ (skipped if none answers)."""
 
 
 @pytest.fixture
-def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+def start_worker(
+    settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """start(*options, broker=None | "redis" | "rabbitmq" | URL, hooks=False, database=None): a worker on
+    this test's database (or `database`), with the database as broker unless one is named."""
     started: list[WorkerProcess] = []
 
-    def start(*options: str, broker: str | None = None, hooks: bool = False) -> WorkerProcess:
+    def start(
+        *options: str, broker: str | None = None, hooks: bool = False, database: URL | None = None
+    ) -> WorkerProcess:
+        if broker in BROKER_FIXTURES:
+            broker = str(request.getfixturevalue(BROKER_FIXTURES[broker]))
+        url = database.render_as_string(hide_password=False) if database else str(settings.database_url)
         env = {
             **os.environ,
-            "YNET_DATABASE_URL": str(settings.database_url),
+            "YNET_DATABASE_URL": url,
             "YNET_DATA_DIR": str(settings.data_dir),
             "YNET_DEVICE": "cpu",
             "OMP_NUM_THREADS": "1",
@@ -103,50 +125,51 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., W
         worker.kill()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class RedisServer:
-    """A private, memory-only Redis that a test may stop and start again on the same port."""
-
-    port: int
-    log: Path
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        with self.log.open("ab") as sink:
-            self.process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self._answers, 10, f"redis-server on port {self.port}")
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(free_port(), tmp_path / "redis.log")
     server.start()
     yield server
     server.stop()
+
+
+@dataclass
+class PostgresServer:
+    """A private embedded PostgreSQL with one migrated database, stopped and started again the way an
+    operator would (`ynet-db db stop` and `start`), so the server is never a child of the test process."""
+
+    data_dir: Path
+
+    def db(self, command: str) -> str:
+        env = {**os.environ, "YNET_DATA_DIR": str(self.data_dir)}
+        env.pop("YNET_DATABASE_URL", None)
+        argv = [sys.executable, "-m", "ynet_db", "db", command]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"ynet-db db {command} failed:\n{done.stdout}{done.stderr}"
+        return done.stdout
+
+    def start(self) -> URL:
+        # The socket lives in the data directory, so the restarted server has the same URL.
+        return make_url(self.db("start").splitlines()[-1]).set(drivername="postgresql+psycopg")
+
+    def stop(self) -> None:
+        assert self.db("stop").strip() == "embedded PostgreSQL stopped"
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[tuple[PostgresServer, URL, Engine]]:
+    """The server, its database's URL and an engine on it (which reconnects after a restart)."""
+    # Not under pytest's temporary root, for the reason given in tests/conftest.py's server_url.
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="ynet-private-")))
+    url = server.start()
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+        yield server, url, engine
+    finally:
+        engine.dispose()
+        server.db("stop")  # a test that failed may have left it stopped
+        shutil.rmtree(server.data_dir, ignore_errors=True)
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, worker: WorkerProcess | None = None) -> object:

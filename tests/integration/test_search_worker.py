@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import redis
 from catalogue_vectors import catalogue, photo, unit_vectors
 from sqlalchemy import Engine
 from ynet_db.workers.app import make_app
@@ -22,8 +21,6 @@ from ynet_db.search import SearchResult, search
 # The fault suite's helpers start and kill real worker processes; reuse them rather than copy them.
 sys.path.insert(0, str(Path(__file__).parents[1] / "fault"))
 from worker_processes import start_worker  # noqa: E402
-
-BROKER = "redis://127.0.0.1:6379/14"
 
 __all__ = ["start_worker"]
 
@@ -40,13 +37,13 @@ def ranking(result: SearchResult) -> list[str]:
 def test_worker_and_in_process_searches_give_the_same_results(
     engine: Engine,
     settings: Settings,
-    start_worker,
-    model: RetrievalModel,  # type: ignore[no-untyped-def]
+    start_worker,  # type: ignore[no-untyped-def]
+    model: RetrievalModel,
+    redis_url: str,
 ) -> None:
-    redis.Redis.from_url(BROKER).flushdb()  # no stale query from an earlier run
     catalogue(engine, model.version, unit_vectors(200, model.embedding_dim, seed=5))
-    start_worker("--no-dispatcher", "--queues", "search", broker=BROKER)  # a worker kept for queries
-    runner = CeleryRunner(make_app(replace(settings, broker_url=BROKER)), timeout_s=120)
+    start_worker("--no-dispatcher", "--queues", "search", broker=redis_url)  # a worker kept for queries
+    runner = CeleryRunner(make_app(replace(settings, broker_url=redis_url)), timeout_s=120)
     queries = [photo(seed) for seed in range(6)]
     options = {"k": 10, "candidates": 60, "rerank": True, "filters": {"category": {"in": ["dress", "skirt"]}}}
     local = [search(engine, image, model=model, **options) for image in queries]

@@ -6,14 +6,15 @@ By image file name:
 - `kill-*`: the process dies on fetch (`os._exit`), as it would from a decoder crash or the OOM killer;
 - `slow-*`: the fetch takes YNET_TEST_SLOW_S seconds (default 0.5), so a test can act mid-batch;
 - `hang-*`: the fetch hangs (YNET_TEST_HANG_S, default 600 s) until the `cancelled` hook the worker
-  passes turns true (its warm shutdown), then gives up as the real fetcher does between reads.
+  passes turns true (its warm shutdown), then gives up as the real fetcher does between reads;
+- `gate-*`: the fetch waits until the file YNET_TEST_GATE exists, so a test holds a batch as long as it needs.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 import ynet_db.fetch as fetch
@@ -30,6 +31,10 @@ def _faulty_fetch(location: str, **options: object) -> bytes:
         time.sleep(float(os.environ.get("YNET_TEST_SLOW_S", "0.5")))
     if name.startswith("hang-"):
         _hang_until_cancelled(location, options.get("cancelled"))
+    if name.startswith("gate-"):
+        gate = Path(os.environ["YNET_TEST_GATE"])
+        while not gate.exists():
+            time.sleep(0.05)
     return _real_fetch(location, **options)  # type: ignore[arg-type]
 
 
