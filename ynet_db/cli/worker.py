@@ -11,6 +11,7 @@ import click
 
 from ynet_db.cli.context import App, pass_app
 from ynet_db.config import Settings
+from ynet_db.nn.runtime_threads import threads_per_process, usable_cores
 
 POOLS = ("auto", "prefork", "solo")
 
@@ -28,7 +29,7 @@ def choose_pool(pool: str, device: str, concurrency: int | None) -> tuple[str, i
         pool = "solo" if on_gpu else "prefork"
     if pool == "solo":
         return "solo", 1
-    return "prefork", concurrency or max(1, os.cpu_count() or 1)
+    return "prefork", concurrency or usable_cores()
 
 
 @click.command()
@@ -83,7 +84,7 @@ def worker(
     _ = app.migrated_engine  # fail early, with advice, on an old schema
     _check_model(settings)
     pool, processes = choose_pool(pool, settings.device, concurrency)
-    threads = max(1, (os.cpu_count() or 1) // processes) if pool == "prefork" else None
+    threads = threads_per_process(processes)
     options = WorkerOptions(batch_size=batch_size, lease=timedelta(seconds=lease), torch_threads=threads)
     celery_app = make_app(settings, options)
     try:

@@ -90,7 +90,8 @@ def export_graph(network: YNet, kind: GraphKind, path: Path) -> None:
     size = network.config.input_size
     pixels = torch.zeros(2, 3, size, size)
     wrapper: nn.Module = ShopGraph(network) if kind == "shop" else StreetGraph(network)
-    args: tuple[torch.Tensor, ...] = (pixels, torch.zeros(2, network.config.map_channels)) if kind == "shop" else (pixels,)
+    query = torch.zeros(2, network.config.map_channels)
+    args: tuple[torch.Tensor, ...] = (pixels, query) if kind == "shop" else (pixels,)
     names = INPUTS[kind] + OUTPUTS[kind]
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
