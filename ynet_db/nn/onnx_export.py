@@ -17,6 +17,7 @@ it into place, and the others wait for the lock and load the finished file.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -30,6 +31,8 @@ from torch import nn
 
 from ynet_db.nn.attention import attend
 from ynet_db.nn.ynet import YNet
+
+log = logging.getLogger(__name__)
 
 GraphKind = Literal["shop", "street"]
 GRAPHS: tuple[GraphKind, ...] = ("shop", "street")
@@ -121,4 +124,5 @@ def cached_graph(network: YNet, kind: GraphKind, path: Path, *, fresh: bool = Fa
     with fasteners.InterProcessLock(str(path.with_name(path.name + ".lock"))):
         if fresh or not path.is_file():
             export_graph(network, kind, path)
+            log.info("exported the %s graph to %s", kind, path)
     return path

@@ -222,3 +222,29 @@ def test_ynet_runtime_torch_never_imports_onnxruntime(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["torch", "False"]
     assert not (tmp_path / "onnx").exists()
+
+
+def test_processes_that_start_together_share_one_export(tmp_path: Path) -> None:
+    # Two processes find the cache empty at once: the lock lets one export, and both load a whole graph.
+    script = (
+        "import logging, sys\n"
+        "from pathlib import Path\n"
+        "from ynet_db.nn.config import ModelConfig\n"
+        "from ynet_db.nn.model import RetrievalModel\n"
+        "from ynet_db.nn.runtime import accelerate\n"
+        "logging.basicConfig(level=logging.INFO, stream=sys.stdout, format='%(message)s')\n"
+        "config = ModelConfig(name='test-small', projection='linear', embedding_dim=32, map_size=2, input_size=64)\n"
+        "model = accelerate(RetrievalModel.load_default(config=config), 'onnxruntime', Path(sys.argv[1]), 1)\n"
+        "print(model.runtime)\n"
+    )
+    runs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=240)[0].splitlines() for run in runs]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert [lines[-1] for lines in outputs] == ["onnxruntime", "onnxruntime"]
+    exports = sorted(line.split()[2] for lines in outputs for line in lines if line.startswith("exported the"))
+    assert exports == ["shop", "street"]  # once each, whichever process got there first
+    assert sorted(p.name.split("-")[-2] for p in tmp_path.glob("*.onnx")) == ["shop", "street"]
+    assert not list(tmp_path.glob("*.partial"))
