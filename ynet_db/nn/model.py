@@ -8,7 +8,8 @@
 
 Load once per worker process and keep it: loading re-reads and re-hashes the backbone weights.
 Serving code loads through `ynet_db.nn.runtime.load_serving`, which may set `engine` so that the two
-encoders run on ONNX Runtime; the network stays the reference and runs whatever the engine does not.
+encoders run on ONNX Runtime (or in fp16 on a GPU); the network stays the reference and runs whatever
+the engine does not.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from ynet_db.nn.tags import TagVocabulary
 from ynet_db.nn.ynet import YNet
 
 if TYPE_CHECKING:
-    from ynet_db.nn.onnx_engine import OnnxEngine
+    from ynet_db.nn.onnx_engine import Engine
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,8 @@ class RetrievalModel:
         self.network = network.to(self.device).eval()
         self.info = info
         self.version = version
-        self.engine: OnnxEngine | None = None
-        """Runs the encoders on ONNX Runtime when set (see nn/runtime.py); the network is the reference."""
+        self.engine: Engine | None = None
+        """Runs the encoders when set (ONNX Runtime, or fp16 on a GPU: nn/runtime.py); the network is the reference."""
 
     @classmethod
     def load_default(cls, device: str | torch.device = "cpu", config: ModelConfig | None = None) -> RetrievalModel:
@@ -148,7 +149,7 @@ class RetrievalModel:
 
     @property
     def runtime(self) -> str:
-        """What runs `encode_shop` and `encode_street`: 'onnxruntime' or 'torch'."""
+        """What runs `encode_shop` and `encode_street`: 'onnxruntime', 'torch-fp16' (a GPU) or 'torch'."""
         return "torch" if self.engine is None else self.engine.name
 
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -83,13 +83,27 @@ def verified_engine(network: YNet, shop: Path, street: Path, threads: int) -> On
     return engine
 
 
+class Engine(Protocol):
+    """What `RetrievalModel` hands its encoders to (the ONNX engine here, the GPU one in runtime_gpu.py)."""
+
+    network: YNet
+    name: str
+
+    def handles(self, pixels: torch.Tensor) -> bool: ...
+
+    def shop_vectors(self, pixels: torch.Tensor, multi_hot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def street_maps(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+
 @torch.inference_mode()
-def check(engine: OnnxEngine) -> None:
-    """Raise `GraphMismatch` unless shop vectors, tag attention and street maps match the network's."""
+def check(engine: Engine, min_cosine: float = MIN_COSINE) -> None:
+    """Raise `GraphMismatch` unless shop vectors, tag attention and street maps match the fp32 network's."""
     network = engine.network
     pixels, multi_hot = check_input(network)
-    trunk = network.trunk(pixels)
-    vectors, weights = network.shop_vectors(trunk, multi_hot)
+    device = next(network.parameters()).device
+    trunk = network.trunk(pixels.to(device))
+    vectors, weights = network.shop_vectors(trunk, multi_hot.to(device))
     maps = network.street_maps(trunk)
     got_vectors, got_weights = engine.shop_vectors(pixels, multi_hot)
     pairs = {
@@ -100,9 +114,9 @@ def check(engine: OnnxEngine) -> None:
     for what, (got, expected) in pairs.items():
         if got.shape != expected.shape:
             raise GraphMismatch(f"{what}: shape {tuple(got.shape)}, PyTorch gives {tuple(expected.shape)}")
-        cosine = float(F.cosine_similarity(got.float(), expected.float(), dim=-1).min())
-        if not cosine >= MIN_COSINE:  # also refuses NaN
-            raise GraphMismatch(f"{what}: cosine {cosine:.6f} to PyTorch's, below {MIN_COSINE}")
+        cosine = float(F.cosine_similarity(got.float().cpu(), expected.float().cpu(), dim=-1).min())
+        if not cosine >= min_cosine:  # also refuses NaN
+            raise GraphMismatch(f"{what}: cosine {cosine:.6f} to PyTorch's, below {min_cosine}")
 
 
 def check_input(network: YNet) -> tuple[torch.Tensor, torch.Tensor]:

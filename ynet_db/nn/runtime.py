@@ -3,8 +3,9 @@
     model = load_serving(settings, checkpoint=None, threads=2)   # what workers, search and the demo load
     model.runtime                                                # 'onnxruntime' or 'torch'
 
-YNET_RUNTIME=auto (the default) takes ONNX Runtime for a CPU model when the package is installed;
-`onnxruntime` insists on it (an error when the package is missing); `torch` never imports it.
+YNET_RUNTIME=auto (the default) takes ONNX Runtime for a CPU model when the package is installed, and
+PyTorch under fp16 autocast for a GPU model (runtime_gpu.py); `onnxruntime` insists on ONNX Runtime (an
+error when the package is missing); `torch` is the fp32 reference and never imports ONNX Runtime.
 Training, checkpoints and the registry never go through this module: it only changes where an already
 loaded model's `encode_shop` and `encode_street` run.
 
@@ -24,8 +25,9 @@ import torch
 
 from ynet_db.config import Settings
 from ynet_db.nn.model import RetrievalModel
-from ynet_db.nn.onnx_engine import OnnxEngine, verified_engine
+from ynet_db.nn.onnx_engine import GraphMismatch, OnnxEngine, verified_engine
 from ynet_db.nn.onnx_export import GRAPHS, cached_graph, graph_path, network_digest
+from ynet_db.nn.runtime_gpu import HalfPrecisionEngine, half_precision_engine
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +41,11 @@ def onnxruntime_installed() -> bool:
 
 
 def resolve_runtime(setting: str, device: torch.device) -> str:
-    """'onnxruntime' or 'torch' for YNET_RUNTIME's value on this device (the GPU path is PyTorch's)."""
+    """'onnxruntime', 'torch-fp16' or 'torch' for YNET_RUNTIME's value on this device."""
     if setting == "torch":
         return "torch"
+    if setting == "auto" and device.type == "cuda":
+        return "torch-fp16"
     if setting == "auto":
         return "onnxruntime" if device.type == "cpu" and onnxruntime_installed() else "torch"
     if not onnxruntime_installed():
@@ -56,13 +60,21 @@ def graph_cache(settings: Settings) -> Path:
 
 
 def accelerate(model: RetrievalModel, setting: str, cache_dir: Path, threads: int | None = None) -> RetrievalModel:
-    """Put `model`'s encoders on the runtime YNET_RUNTIME chooses; PyTorch stays where the graph fails."""
-    if resolve_runtime(setting, model.device) == "torch":
-        return model
-    engine = onnx_engine(model, cache_dir, threads or torch.get_num_threads())
-    if engine is not None:
-        model.engine = engine
+    """Put `model`'s encoders on the runtime YNET_RUNTIME chooses; fp32 PyTorch stays where that one fails."""
+    runtime = resolve_runtime(setting, model.device)
+    if runtime == "onnxruntime":
+        model.engine = onnx_engine(model, cache_dir, threads or torch.get_num_threads())
+    elif runtime == "torch-fp16":
+        model.engine = fp16_engine(model)
     return model
+
+
+def fp16_engine(model: RetrievalModel) -> HalfPrecisionEngine | None:
+    try:
+        return half_precision_engine(model.network, model.device)
+    except GraphMismatch as error:
+        log.warning("model %s stays in fp32: fp16 %s", model.version, error)
+        return None
 
 
 def onnx_engine(model: RetrievalModel, cache_dir: Path, threads: int) -> OnnxEngine | None:

@@ -39,11 +39,6 @@ def default_on_onnx(onnx_cache: Path) -> RetrievalModel:
 
 
 @pytest.fixture(scope="session")
-def demo_model() -> RetrievalModel:
-    return RetrievalModel.load(demo_checkpoint())
-
-
-@pytest.fixture(scope="session")
 def demo_on_onnx(onnx_cache: Path) -> RetrievalModel:
     return accelerate(RetrievalModel.load(demo_checkpoint()), "onnxruntime", onnx_cache)
 
@@ -190,7 +185,7 @@ def test_runtime_settings(tmp_path: Path) -> None:
         Settings.from_env({"YNET_RUNTIME": "tensorrt"})
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [resolve_runtime(s, cpu) for s in ("auto", "onnxruntime", "torch")] == ["onnxruntime"] * 2 + ["torch"]
-    assert resolve_runtime("auto", cuda) == "torch"
+    assert resolve_runtime("auto", cuda) == "torch-fp16"
     with pytest.raises(RuntimeUnavailable, match="YNET_RUNTIME=onnxruntime runs on the CPU; this model is on cuda"):
         resolve_runtime("onnxruntime", cuda)
 
