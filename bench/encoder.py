@@ -9,10 +9,16 @@ change of the machine's speed during the run hits all of them alike; the median 
 and the ratio to eager PyTorch. The int8 variant is ONNX Runtime's dynamic quantization of the same
 graphs; its embeddings are compared with the fp32 ones (cosine) beside its speed. The machine's load
 average is recorded at the start and the end: on a shared machine, compare ratios, not absolutes.
+
+Then a worker's other per-image cost: decoding a JPEG shop photo (the generated benchmark's, drawn at
+224 and at 800 pixels) and preprocessing it, against ONNX Runtime's shop encoder per image at batch 16;
+and what Pillow's JPEG draft mode (decoding at a reduced DCT scale) would save, with the cosine of its
+embeddings to the full decode's. Measured only: the worker's decode path is not changed.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import statistics
@@ -23,9 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from ynet_db.data.garments import sample_garment
+from ynet_db.data.scenes import shop_photo
+from ynet_db.data.synth import SynthConfig, product_garment
+from ynet_db.images import decode_image
 from ynet_db.nn.model import RetrievalModel
 from ynet_db.nn.onnx_engine import OnnxEngine, session
 from ynet_db.nn.runtime import accelerate
@@ -103,6 +115,61 @@ def int8_agreement(fp32: RetrievalModel, int8: RetrievalModel) -> dict[str, floa
     return result
 
 
+def jpeg_photos(count: int, size: int) -> list[bytes]:
+    """The generated benchmark's shop photos (product beside a second garment) as JPEG bytes."""
+    config, photos = SynthConfig(seed=7), []
+    for index in range(count):
+        rng = np.random.default_rng([7, index, 1])
+        photo = shop_photo(product_garment(config, index), [sample_garment(rng)], size, rng)
+        buffer = io.BytesIO()
+        photo.image.save(buffer, "JPEG", quality=92)
+        photos.append(buffer.getvalue())
+    return photos
+
+
+def draft_decode(data: bytes, size: int) -> Image.Image:
+    """Pillow's JPEG draft mode: the decoder scales by 1/2, 1/4 or 1/8 while staying >= size on each side."""
+    image = Image.open(io.BytesIO(data))
+    image.draft("RGB", (size, size))
+    return image.convert("RGB")
+
+
+def best_of_three(call: Callable[[], object]) -> float:
+    return min(timed(call) for _ in range(3))
+
+
+def decode_costs(model: RetrievalModel, photos: list[bytes]) -> dict[str, float]:
+    """Seconds for all `photos`: decode + preprocess (full, draft), the shop encoder; draft's worst cosine."""
+    size, tags = model.config.input_size, [["category:dress"]] * len(photos)
+    full = torch.stack([model.preprocess(decode_image(p, source="bench")) for p in photos])
+    draft = torch.stack([model.preprocess(draft_decode(p, size)) for p in photos])
+    cosine = F.cosine_similarity(model.encode_shop(draft, tags).vectors, model.encode_shop(full, tags).vectors)
+    return {
+        "full": best_of_three(lambda: [model.preprocess(decode_image(p, source="bench")) for p in photos]),
+        "draft": best_of_three(lambda: [model.preprocess(draft_decode(p, size)) for p in photos]),
+        "encode": best_of_three(lambda: model.encode_shop(full, tags)),
+        "cosine": float(cosine.min()),
+    }
+
+
+def decode_share(model: RetrievalModel, count: int = 16) -> dict[str, float]:
+    """ms per image of decode + preprocess (full and draft) and of the shop encoder, at two photo sizes."""
+    result: dict[str, float] = {}
+    for side in (224, 800):
+        cost = decode_costs(model, jpeg_photos(count, side))
+        result[f"decode_preprocess_ms_{side}px"] = 1000 * cost["full"] / count
+        result[f"decode_preprocess_draft_ms_{side}px"] = 1000 * cost["draft"] / count
+        result[f"encode_shop_ms_{side}px"] = 1000 * cost["encode"] / count
+        result[f"decode_share_{side}px"] = cost["full"] / (cost["full"] + cost["encode"])
+        result[f"draft_cosine_min_{side}px"] = cost["cosine"]
+        click.echo(
+            f"{side}px JPEG: decode + preprocess {1000 * cost['full'] / count:.1f} ms/image "
+            f"(draft {1000 * cost['draft'] / count:.1f}, cosine {cost['cosine']:.5f}), "
+            f"shop encoder {1000 * cost['encode'] / count:.1f} ms/image ({model.runtime})"
+        )
+    return result
+
+
 def ratios(speeds: dict[str, Any], runtime: str) -> dict[str, float]:
     """`<encoder>_batch<B>_ratio` (ONNX Runtime over eager PyTorch), suffixed with any other runtime's name."""
     suffix = "" if runtime == "onnxruntime" else f"_{runtime}"
@@ -119,8 +186,9 @@ def ratios(speeds: dict[str, Any], runtime: str) -> dict[str, float]:
 @click.option("--repeats", type=click.IntRange(min=1), default=7, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="Intra-op threads, both.")
 @click.option("--int8/--no-int8", default=True, show_default=True, help="Also measure the int8 variant.")
+@click.option("--decode/--no-decode", default=True, show_default=True, help="Also measure decode + preprocess.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench/results/encoder.json"))
-def main(repeats: int, threads: int, int8: bool, out: Path) -> None:
+def main(repeats: int, threads: int, int8: bool, decode: bool, out: Path) -> None:
     load_start = os.getloadavg()
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="ynet-bench-onnx-") as folder:
@@ -141,10 +209,12 @@ def main(repeats: int, threads: int, int8: bool, out: Path) -> None:
             results.update(ratios(speeds, "onnxruntime-int8"))
             results.update(int8_agreement(onnx, models["onnxruntime-int8"]))
         results["images_per_s"] = speeds
+        if decode:
+            results["decode"] = decode_share(onnx)
     results["load_average_end"] = os.getloadavg()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    click.echo(json.dumps({k: v for k, v in results.items() if k != "images_per_s"}, indent=2))
+    click.echo(json.dumps({k: v for k, v in results.items() if k not in ("images_per_s", "decode")}, indent=2))
     click.echo(f"written to {out}")
 
 
