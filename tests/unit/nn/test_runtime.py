@@ -133,13 +133,14 @@ def test_graphs_are_exported_once_and_reused(tmp_path: Path, small_config: Model
 def test_a_corrupt_cached_graph_is_refused_and_exported_again(
     tmp_path: Path, small_config: ModelConfig, small_model: RetrievalModel, caplog: pytest.LogCaptureFixture
 ) -> None:
-    small_on_onnx(small_config, tmp_path)
-    shop = next(tmp_path.glob("*-shop-*.onnx"))
-    shop.write_bytes(b"not an onnx graph")
+    digest = network_digest(small_model.network)
+    paths = [graph_path(tmp_path, small_model.version, kind, digest) for kind in GRAPHS]
+    for path in paths:  # where the graphs would be cached: a half-written file, a disk error, an edit
+        path.write_bytes(b"not an onnx graph")
     with caplog.at_level(logging.WARNING):
         model = small_on_onnx(small_config, tmp_path)
     assert model.runtime == "onnxruntime"
-    assert shop.read_bytes() != b"not an onnx graph"
+    assert all(path.read_bytes() != b"not an onnx graph" for path in paths)
     assert_same_encodings(model, small_model, 3)
     assert not [r for r in caplog.records if "stays on PyTorch" in r.getMessage()]
 
