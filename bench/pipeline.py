@@ -52,6 +52,7 @@ from ynet_db.db.server import libpq_dsn, start_embedded, stop_embedded
 from ynet_db.images import decode_image
 from ynet_db.model_registry import ModelIdentity, activate, register
 from ynet_db.nn.model import RetrievalModel
+from ynet_db.nn.runtime import load_serving
 
 POLL_S = 0.01
 """Polling for one product's embedding (light load): cheap, and the latency's resolution."""
@@ -222,13 +223,14 @@ def main(
     items = draw_images(folder, products)
     threads = os.cpu_count() or 1  # what one prefork worker process gets (ynet-db worker: cores / processes)
     torch.set_num_threads(threads)
-    model = RetrievalModel.load_default()
+    model = load_serving(Settings.from_env())  # on the runtime YNET_RUNTIME picks, as the workers' will be
     encoder_alone(model, items[:batch_size], batch_size)  # warm-up
     alone = encoder_alone(model, items, batch_size)
-    click.echo(f"encoder alone ({threads} threads): {alone:.1f} embeddings/s")
+    click.echo(f"encoder alone ({threads} threads, {model.runtime}): {alone:.1f} embeddings/s")
     broker = broker or Settings.from_env().broker_url
     results: dict[str, Any] = {"products": products, "batch_size": batch_size, "broker": broker or "database"}
     results["encoder_alone_per_s"] = alone
+    results["runtime"] = model.runtime
     results["runs"] = []
     timeout = max(600.0, 20 * products / alone)
     with fresh_database() as url:

@@ -30,6 +30,7 @@ import signal
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +43,7 @@ from ynet_db.db.engine import engine_from_settings
 from ynet_db.model_registry import ModelIdentity, ModelRecord, register
 from ynet_db.nn.checkpoint import load_checkpoint
 from ynet_db.nn.model import RetrievalModel
+from ynet_db.nn.runtime import load_serving
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class WorkerResources:
     """The process that built the engine and the model."""
     heartbeat: Heartbeat
     device: str = "cpu"
+    settings: Settings = field(default_factory=Settings)
+    """What the models are loaded with (device, runtime, the data directory that caches their graphs)."""
     others: dict[int, RetrievalModel] = field(default_factory=dict)
     """Other registered models this process has loaded on demand (a back-fill, a newly active model)."""
 
@@ -70,11 +74,11 @@ class WorkerResources:
             return self.model
         if model_id not in self.others:
             self.others.clear()  # at most one model beside the process's own: the one being filled or served
-            self.others[model_id] = load_registered(self.engine, model_id, self.device)
+            self.others[model_id] = load_registered(self.engine, model_id, self.settings)
         return self.others[model_id]
 
 
-def load_registered(engine: Engine, model_id: int, device: str) -> RetrievalModel:
+def load_registered(engine: Engine, model_id: int, settings: Settings) -> RetrievalModel:
     with engine.connect() as conn:
         row = conn.execute(
             text("SELECT version, config ->> 'checkpoint' FROM ynet.models WHERE id = :id"), {"id": model_id}
@@ -82,13 +86,19 @@ def load_registered(engine: Engine, model_id: int, device: str) -> RetrievalMode
     if row is None:
         raise LookupError(f"model {model_id} is not registered")
     version, checkpoint = row
-    model = RetrievalModel.load(checkpoint, device=device) if checkpoint else RetrievalModel.load_default(device=device)
+    model = load_serving(settings, Path(checkpoint) if checkpoint else None)
     if model.version != version:
         raise LookupError(
             f"model {model_id} is registered as {version}, but {checkpoint or 'the default model'} here is "
             f"{model.version}: make the same checkpoint available to this worker"
         )
-    log.info("worker process %s loaded model %s (id %s) on demand", os.getpid(), version, model_id)
+    log.info(
+        "worker process %s loaded model %s (id %s) on demand, encoders on %s",
+        os.getpid(),
+        version,
+        model_id,
+        model.runtime,
+    )
     return model
 
 
@@ -102,9 +112,8 @@ def current() -> WorkerResources:
 
 
 def load_model(settings: Settings) -> RetrievalModel:
-    if settings.model_path is not None:
-        return RetrievalModel.load(settings.model_path, device=settings.device)
-    return RetrievalModel.load_default(device=settings.device)
+    """YNET_MODEL (or the default model), its encoders on the runtime YNET_RUNTIME chooses."""
+    return load_serving(settings, settings.model_path)
 
 
 def check_model(settings: Settings) -> None:
@@ -120,7 +129,7 @@ def start(settings: Settings, torch_threads: int | None = None, lease: timedelta
     global _current
     _drop_inherited_broker_engines()
     if torch_threads:
-        torch.set_num_threads(torch_threads)
+        torch.set_num_threads(torch_threads)  # ONNX Runtime's sessions take the same number
     engine = engine_from_settings(settings)
     event.listen(engine, "do_connect", _name_connection)
     model = load_model(settings)
@@ -136,8 +145,15 @@ def start(settings: Settings, torch_threads: int | None = None, lease: timedelta
     identity = WorkerIdentity(f"{host}/{pid}", host, pid, record.id, str(model.device))
     heartbeat = Heartbeat(engine, identity, lease=lease)
     heartbeat.start()
-    _current = WorkerResources(engine, model, record, identity.id, pid, heartbeat, str(settings.device))
-    log.info("worker process %s serves model %s (id %s)", pid, record.version, record.id)
+    _current = WorkerResources(engine, model, record, identity.id, pid, heartbeat, str(settings.device), settings)
+    log.info(
+        "worker process %s serves model %s (id %s), encoders on %s with %s threads",
+        pid,
+        record.version,
+        record.id,
+        model.runtime,
+        torch.get_num_threads(),
+    )
     return _current
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import platformdirs
 
 DEVICES = ("auto", "cpu", "cuda")
+RUNTIMES = ("auto", "onnxruntime", "torch")
 
 # A DNS name as a URL carries it: ASCII labels (IDNA-encoded) of letters, digits and hyphens.
 HOST_NAME = re.compile(
@@ -36,6 +37,8 @@ class Settings:
     data_dir: Path = field(default_factory=lambda: platformdirs.user_data_path("ynet-db"))
     device: str = "auto"
     """Where the models run: auto (CUDA when there is one), cpu or cuda."""
+    runtime: str = "auto"
+    """What runs the encoders: auto (ONNX Runtime on a CPU where installed), onnxruntime or torch."""
     model_path: Path | None = None
     """A checkpoint to serve instead of the shipped default model."""
     test_database_url: str | None = None
@@ -48,6 +51,8 @@ class Settings:
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
             raise SettingsError(f"YNET_DEVICE={self.device!r}: expected one of {', '.join(DEVICES)}")
+        if self.runtime not in RUNTIMES:
+            raise SettingsError(f"YNET_RUNTIME={self.runtime!r}: expected one of {', '.join(RUNTIMES)}")
         for root in self.image_roots:
             if not root.is_absolute():
                 raise SettingsError(f"YNET_IMAGE_ROOTS: {str(root)!r} is not an absolute path")
@@ -63,6 +68,7 @@ class Settings:
             broker_url=env.get("YNET_BROKER_URL") or None,
             data_dir=Path(env["YNET_DATA_DIR"]).expanduser() if env.get("YNET_DATA_DIR") else defaults.data_dir,
             device=env.get("YNET_DEVICE", "auto").lower(),
+            runtime=env.get("YNET_RUNTIME", "auto").strip().lower() or "auto",
             model_path=Path(env["YNET_MODEL"]).expanduser() if env.get("YNET_MODEL") else None,
             test_database_url=env.get("YNET_TEST_DATABASE_URL") or None,
             image_roots=_image_roots(env.get("YNET_IMAGE_ROOTS", "")),

@@ -90,6 +90,9 @@ def start_worker(
             "YNET_DATA_DIR": str(settings.data_dir),
             "YNET_DEVICE": "cpu",
             "OMP_NUM_THREADS": "1",
+            # These tests are about the queue: exporting ONNX graphs into each test's fresh data directory
+            # would add seconds per worker; the runtime has its own tests (tests/unit/nn/test_runtime.py).
+            "YNET_RUNTIME": "torch",
             "YNET_IMAGE_ROOTS": str(tmp_path),  # the products' images (`insert_products`)
         }
         env.pop("YNET_BROKER_URL", None)

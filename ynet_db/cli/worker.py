@@ -5,12 +5,14 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+from dataclasses import replace
 from datetime import timedelta
 
 import click
 
 from ynet_db.cli.context import App, pass_app
-from ynet_db.config import Settings
+from ynet_db.config import DEVICES, Settings
+from ynet_db.nn.runtime_threads import threads_per_process, usable_cores
 
 POOLS = ("auto", "prefork", "solo")
 
@@ -28,7 +30,7 @@ def choose_pool(pool: str, device: str, concurrency: int | None) -> tuple[str, i
         pool = "solo" if on_gpu else "prefork"
     if pool == "solo":
         return "solo", 1
-    return "prefork", concurrency or max(1, os.cpu_count() or 1)
+    return "prefork", concurrency or usable_cores()
 
 
 @click.command()
@@ -62,6 +64,11 @@ def choose_pool(pool: str, device: str, concurrency: int | None) -> tuple[str, i
     multiple=True,
     help="What this worker takes (repeatable; default both): `--queues search` keeps one for queries.",
 )
+@click.option(
+    "--device",
+    type=click.Choice(DEVICES),
+    help="Where the encoders run (default: YNET_DEVICE); cuda: one process owns the GPU, fp16 (YNET_RUNTIME=auto).",
+)
 @click.option("--loglevel", default="info", show_default=True)
 @pass_app
 def worker(
@@ -73,17 +80,18 @@ def worker(
     tick: float,
     dispatcher: bool,
     queues: tuple[str, ...],
+    device: str | None,
     loglevel: str,
 ) -> None:
     """Embed catalogue images as jobs arrive (Ctrl-C once: write what was fetched, hand the rest back, stop)."""
     from ynet_db.workers.app import QUEUES, UnsafeSettings, WorkerOptions, check_settings, make_app
     from ynet_db.workers.dispatcher import DispatchOptions, run_process
 
-    settings = app.settings
+    settings = app.settings if device is None else replace(app.settings, device=device)
     _ = app.migrated_engine  # fail early, with advice, on an old schema
     _check_model(settings)
     pool, processes = choose_pool(pool, settings.device, concurrency)
-    threads = max(1, (os.cpu_count() or 1) // processes) if pool == "prefork" else None
+    threads = threads_per_process(processes)
     options = WorkerOptions(batch_size=batch_size, lease=timedelta(seconds=lease), torch_threads=threads)
     celery_app = make_app(settings, options)
     try:

@@ -113,10 +113,11 @@ class ModelConfig:
         """An RGB PIL image -> normalised Tensor[3, input_size, input_size] (whole-image resize)."""
         rgb = image if image.mode == "RGB" else image.convert("RGB")
         resized = rgb.resize((self.input_size, self.input_size), Image.Resampling.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(resized, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (pixels - mean) / std
+        # NumPy, not torch: a few elementwise passes over 150,000 values are slower through torch's thread
+        # pool when the cores are busy (77 ms against 4 ms an image, 2 threads on a loaded 2-core machine).
+        pixels = np.asarray(resized, dtype=np.float32) / np.float32(255.0)
+        normalised = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
 
 
 def _check_fields(config: ModelConfig) -> None:

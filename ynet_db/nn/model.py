@@ -7,6 +7,9 @@
     scores = model.rerank(street.maps[0], candidates)     # [N], higher is better
 
 Load once per worker process and keep it: loading re-reads and re-hashes the backbone weights.
+Serving code loads through `ynet_db.nn.runtime.load_serving`, which may set `engine` so that the two
+encoders run on ONNX Runtime (or in fp16 on a GPU); the network stays the reference and runs whatever
+the engine does not.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +36,9 @@ from ynet_db.nn.checkpoint import (
 from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.tags import TagVocabulary
 from ynet_db.nn.ynet import YNet
+
+if TYPE_CHECKING:
+    from ynet_db.nn.onnx_engine import Engine
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,8 @@ class RetrievalModel:
         self.network = network.to(self.device).eval()
         self.info = info
         self.version = version
+        self.engine: Engine | None = None
+        """Runs the encoders when set (ONNX Runtime, or fp16 on a GPU: nn/runtime.py); the network is the reference."""
 
     @classmethod
     def load_default(cls, device: str | torch.device = "cpu", config: ModelConfig | None = None) -> RetrievalModel:
@@ -139,6 +148,11 @@ class RetrievalModel:
         return self.info.vocabulary
 
     @property
+    def runtime(self) -> str:
+        """What runs `encode_shop` and `encode_street`: 'onnxruntime', 'torch-fp16' (a GPU) or 'torch'."""
+        return "torch" if self.engine is None else self.engine.name
+
+    @property
     def rerank_measured_to_help(self) -> bool:
         """Search re-ranks by default only when this is True (measured on held-out data)."""
         return self.info.rerank_measured_to_help
@@ -151,8 +165,11 @@ class RetrievalModel:
         if len(tags) != pixels.shape[0]:
             raise ValueError(f"{pixels.shape[0]} images but {len(tags)} tag lists")
         batch = self.vocabulary.encode(tags)
-        trunk = self.network.trunk(pixels.to(self.device))
-        vectors, weights = self.network.shop_vectors(trunk, batch.multi_hot.to(self.device))
+        if self.engine is not None and self.engine.handles(pixels):
+            vectors, weights = self.engine.shop_vectors(pixels, batch.multi_hot)
+        else:
+            trunk = self.network.trunk(pixels.to(self.device))
+            vectors, weights = self.network.shop_vectors(trunk, batch.multi_hot.to(self.device))
         return ShopEncoding(
             vectors=F.normalize(vectors.float(), dim=-1).cpu(),
             attention=weights.float().cpu(),
@@ -162,7 +179,10 @@ class RetrievalModel:
 
     @torch.inference_mode()
     def encode_street(self, pixels: torch.Tensor) -> StreetEncoding:
-        maps = self.network.street_maps(self.network.trunk(pixels.to(self.device))).float()
+        if self.engine is not None and self.engine.handles(pixels):
+            maps = self.engine.street_maps(pixels)
+        else:
+            maps = self.network.street_maps(self.network.trunk(pixels.to(self.device))).float()
         return StreetEncoding(vectors=F.normalize(maps.mean(dim=1), dim=-1).cpu(), maps=maps.cpu())
 
     @torch.inference_mode()

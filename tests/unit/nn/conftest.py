@@ -17,6 +17,13 @@ def default_model() -> RetrievalModel:
 
 
 @pytest.fixture(scope="session")
+def demo_model() -> RetrievalModel:
+    from ynet_db.demo import demo_checkpoint
+
+    return RetrievalModel.load(demo_checkpoint())
+
+
+@pytest.fixture(scope="session")
 def small_config() -> ModelConfig:
     """A trained-model config sized for 64x64 test images (2x2 maps) and a 32-d embedding."""
     return ModelConfig(name="test-small", projection="linear", embedding_dim=32, map_size=2, input_size=64)
