@@ -8,6 +8,7 @@ feature is exactly the average-pooled one: adding attention can never make the s
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ynet_db.nn.config import ContextForm
@@ -28,16 +29,21 @@ def attend(maps: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torc
 class TagAttention(nn.Module):
     """s_l = x_l . (W t): a bias-free linear embedding of the multi-hot tags scores each location."""
 
-    def __init__(self, num_tags: int, channels: int):
+    def __init__(self, num_tags: int, channels: int, power: float = 1.0):
         super().__init__()
         # Zero start: every location scores 0, so the weights start uniform (average pooling).
         self.weight = nn.Parameter(torch.zeros(channels, num_tags))
+        self.power = power
+        """Of the weighted power mean that pools the map (1: the weighted sum; 3: GeM)."""
 
     def forward(self, maps: torch.Tensor, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """maps [B, L, C], multi-hot tags [B, T] -> (pooled [B, C], weights [B, L])."""
         embedding = tags.to(maps.dtype) @ self.weight.t()
         scores = torch.einsum("blc,bc->bl", maps, embedding)
-        return attend(maps, scores)
+        if self.power == 1.0:
+            return attend(maps, scores)
+        weights = torch.softmax(scores, dim=-1)
+        return power_mean(maps, weights[:, None], self.power)[:, 0], weights
 
 
 class ContextAttention(nn.Module):
@@ -73,3 +79,29 @@ class ContextAttention(nn.Module):
     def forward(self, maps: torch.Tensor, contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """maps [B, L, D], contexts [B, N, D] -> (query features [B, N, D], weights [B, N, L])."""
         return attend(maps, self.scores(maps, contexts))
+
+
+def power_mean(maps: torch.Tensor, weights: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+    """Weighted power mean of `maps`' locations: (sum_l w_l x_l^p)^(1/p), the weighted sum when p = 1.
+
+    maps [B, L, D] (non-negative when p != 1) with weights [B, N, L] -> [B, N, D].
+    """
+    if power == 1.0:
+        return torch.bmm(weights, maps)
+    # The floor keeps the root's gradient and value finite where a channel is zero at every location.
+    return torch.bmm(weights, maps.clamp(min=1e-6).pow(power)).pow(1.0 / power)
+
+
+def free_context(
+    maps: torch.Tensor, candidates: torch.Tensor, beta: float, power: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CtxYNet without trained parameters: each candidate c weights the query's locations by
+    softmax_l(beta * cos(m_l, c)), and the weighted (power) mean is the query's feature for c.
+
+    maps [B, L, D], candidates [B, N, D] -> (query features [B, N, D], weights [B, N, L]). At beta 0
+    the weights are uniform and every candidate sees the first stage's pooled query vector, so a
+    re-rank can only depart from the first stage's order as far as beta lets it.
+    """
+    cosines = F.normalize(candidates, dim=-1) @ F.normalize(maps, dim=-1).transpose(1, 2)
+    weights = torch.softmax(beta * cosines, dim=-1)
+    return power_mean(maps, weights, power), weights

@@ -59,19 +59,32 @@ class ModelConfig:
     """Side of the branches' feature map at input_size (L = map_size ** 2 locations)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes recorded with a checkpoint (never read back into behaviour)."""
+    pooling_power: float = 1.0
+    """p of the generalised-mean (GeM) pooling of both branches' maps: (sum_l a_l x_l^p)^(1/p) with the
+    attention weights a. 1 is the weighted average (the paper's); 3 is GeM as in image retrieval. Only
+    with the identity projection, whose map is non-negative (ReLU6). Changing it changes the version."""
 
     def __post_init__(self) -> None:
         if self.context_form not in CONTEXT_FORMS:
             raise ValueError(f"context_form {self.context_form!r}: expected one of {', '.join(CONTEXT_FORMS)}")
         if self.projection == "identity" and self.embedding_dim != self.map_channels:
             raise ValueError("an identity projection needs embedding_dim == map_channels")
+        if self.pooling_power != 1.0 and (self.projection != "identity" or not 1.0 <= self.pooling_power <= 16.0):
+            raise ValueError(
+                f"pooling_power {self.pooling_power}: GeM pooling needs a power in [1, 16] and the identity "
+                "projection (a projected map has negative values, which a power mean cannot pool)"
+            )
 
     @property
     def locations(self) -> int:
         return self.map_size * self.map_size
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        described = dataclasses.asdict(self)
+        # Average pooling is left unwritten, so configs and versions from before the option stay the same.
+        if self.pooling_power == 1.0:
+            del described["pooling_power"]
+        return described
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
