@@ -7,7 +7,15 @@ from pathlib import Path
 import click
 
 from ynet_db.cli.context import App, pass_app
-from ynet_db.model_registry import ModelIdentity, RegistryError, activate, coverage, promote_if_complete, register
+from ynet_db.model_registry import (
+    ModelIdentity,
+    RegistryError,
+    activate,
+    coverage,
+    find,
+    promote_if_complete,
+    register,
+)
 
 
 @click.group()
@@ -56,3 +64,32 @@ def list_(app: App) -> None:
         click.echo("no models registered; run `ynet-db model register`")
     for row in rows:
         click.echo(str(row))
+
+
+@model.command("calibrate")
+@click.argument("name_or_version")
+@click.option("--queries", default=300, show_default=True, help="Catalogue photos to make street views of.")
+@click.option("--seed", default=0, show_default=True)
+@pass_app
+def calibrate_(app: App, name_or_version: str, queries: int, seed: int) -> None:
+    """Choose the training-free context re-rank's beta for NAME_OR_VERSION on the catalogue's own photos.
+
+    Needs no street photos: augmented views of embedded products' photos are searched as a shopper's
+    photo is, and the beta that ranks their products best is stored with the model version. Search
+    re-ranks by default only if that beat the first stage by more than a standard error at top-1.
+    """
+    from ynet_db.calibrate import CalibrationRefused, calibrate, load_registered_model, store
+
+    engine = app.migrated_engine
+    try:
+        with engine.connect() as conn:
+            record = find(conn, name_or_version)
+        result = calibrate(engine, load_registered_model(engine, record), record, queries=queries, seed=seed)
+    except (RegistryError, CalibrationRefused) as error:
+        raise click.ClickException(str(error)) from error
+    store(engine, record, result)
+    click.echo(
+        f"{record.version}: beta {result.beta:g} on {result.judged_on}: top-1 {result.top1_plain:.3f} -> "
+        f"{result.top1_reranked:.3f} ({result.gain:+.3f} ± {result.gain_standard_error:.3f}), top-20 "
+        f"{result.top20_plain:.3f} -> {result.top20_reranked:.3f}; search re-ranks: {'yes' if result.helps else 'no'}"
+    )
