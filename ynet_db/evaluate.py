@@ -250,6 +250,25 @@ def catalogue_queries(products: Any, seed: int = 0) -> tuple[list[QueryImage], l
     return queries, gallery
 
 
+def catalogue_file(path: Path) -> tuple[Any, list[str]]:
+    """A catalogue import file (CSV or JSON Lines) as a dataset of products without pairs, for the
+    catalogue mode; rows it cannot use are returned as 'file:line: reason'."""
+    from ynet_db.catalog import Rejection, validate
+    from ynet_db.data.records import Product, RetrievalDataset
+
+    products, problems = {}, []
+    for line, row in validate(path):
+        if isinstance(row, Rejection):
+            problems.append(f"{path}:{line}: {row.reason}")
+        elif row.image_uri.lower().startswith(("http://", "https://")):
+            problems.append(f"{path}:{line}: {row.image_uri} is remote; evaluation reads local images only")
+        else:
+            products[row.external_id] = Product(
+                row.external_id, row.category, row.tags, (ImageRef(Path(row.image_uri)),)
+            )
+    return RetrievalDataset(path.name, path.parent, products), problems
+
+
 def view_seed(item: str, seed: int) -> int:
     import hashlib
 
