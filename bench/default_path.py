@@ -108,22 +108,22 @@ def read(image: Any) -> Any:
     return image.read() if isinstance(image, QueryImage) else read_image(image.ref)
 
 
-def pooled(maps: torch.Tensor, power: float, weights: torch.Tensor | None = None, chunk: int = 256) -> torch.Tensor:
-    """L2-normalised power-mean pooling of maps [N, L, C] (uniform weights unless given [N, L])."""
+def pooled(
+    maps: torch.Tensor, power: float, weights: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> torch.Tensor:
+    """L2-normalised power-mean pooling of maps [N, L, C] (uniform weights, or `weights(block)` [n, L])."""
     out = []
-    for start in range(0, len(maps), chunk):
-        block = maps[start : start + chunk].float()
-        w = weights[start : start + chunk] if weights is not None else torch.full(block.shape[:2], 1 / block.shape[1])
+    for start in range(0, len(maps), 256):
+        block = maps[start : start + 256].float()
+        w = weights(block) if weights is not None else torch.full(block.shape[:2], 1 / block.shape[1])
         out.append(F.normalize(power_mean(block, w[:, None], power)[:, 0], dim=-1))
     return torch.cat(out)
 
 
-def activation_mask(maps: torch.Tensor) -> torch.Tensor:
-    """Weights [N, L]: uniform over the locations whose summed activation reaches the map's mean, the
-    garment as the backbone sees it (a crop to it, at the map's resolution)."""
-    strength = maps.float().sum(-1)
-    keep = (strength >= strength.mean(dim=1, keepdim=True)).float()
-    return keep / keep.sum(dim=1, keepdim=True)
+def first_stage(model: RetrievalModel, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's query and catalogue vectors, pooled from the cached maps as the model pools them."""
+    power = model.config.pooling_power
+    return pooled(split.query_maps, power, model.query_pooling), pooled(split.gallery_maps, power)
 
 
 def whitening(catalogue: torch.Tensor, shrinkage: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -180,8 +180,7 @@ def choose_on_validation(models: dict[str, RetrievalModel], val: Split) -> Choic
     results: dict[str, Any] = {}
     betas: dict[str, ContextCalibration] = {}
     for name, model in models.items():
-        power = model.config.pooling_power
-        queries, gallery = pooled(val.query_maps, power), pooled(val.gallery_maps, power)
+        queries, gallery = first_stage(model, val)
         plain = ranks_of(val, queries, gallery)
         by_beta = {b: ranks_of(val, queries, gallery, free_reranker(model, val.query_maps, gallery, b)) for b in BETAS}
         betas[name] = choose_beta(plain, by_beta, f"{val.name} (validation products of the training split)")
@@ -208,18 +207,13 @@ def test_rows(models: dict[str, RetrievalModel], test: Split, choices: Choices) 
     rows: dict[str, dict[str, Any]] = {}
     first: dict[str, np.ndarray] = {}
     for name, model in models.items():
-        power = model.config.pooling_power
-        queries, gallery = pooled(test.query_maps, power), pooled(test.gallery_maps, power)
+        queries, gallery = first_stage(model, test)
         first[name] = ranks_of(test, queries, gallery)
         beta = choices.betas[name].beta
         reranked = ranks_of(test, queries, gallery, free_reranker(model, test.query_maps, gallery, beta))
         rows[name] = row_result(first[name], first["average"] if name != "average" else None)
         rows[f"{name} + context re-rank (beta {beta:g})"] = row_result(reranked, first[name])
     queries, gallery = pooled(test.query_maps, 1.0), pooled(test.gallery_maps, 1.0)
-    masked = pooled(test.query_maps, 1.0, activation_mask(test.query_maps))
-    rows["average, query masked to its strongest locations"] = row_result(
-        ranks_of(test, masked, gallery), first["average"]
-    )
     white = whitening(gallery, choices.shrinkage)
     rows[f"average + PCA-whitening (catalogue-fitted, shrinkage {choices.shrinkage:g})"] = row_result(
         ranks_of(test, white(queries), white(gallery)), first["average"]
@@ -248,9 +242,8 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
         diff = r.get("minus_control")
         d1 = f"{diff['1']['difference']:+.3f} ± {diff['1']['paired_standard_error']:.3f}" if diff else "(control)"
         d20 = f"{diff['20']['difference']:+.3f} ± {diff['20']['paired_standard_error']:.3f}" if diff else ""
-        lines.append(
-            f"| {name} | {top['1']:.3f} ± {se['1']:.3f} | {top['5']:.3f} | {top['20']:.3f} ± {se['20']:.3f} | {d1} | {d20} |"
-        )
+        cells = [f"{top['1']:.3f} ± {se['1']:.3f}", f"{top['5']:.3f}", f"{top['20']:.3f} ± {se['20']:.3f}", d1, d20]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -280,10 +273,15 @@ def default_path(
     train, test = data.split("train"), data.split("test")
     val = validation_products(train, val_products, seed)
     models = {
-        "average": RetrievalModel.load_default(),
-        f"GeM p={GEM_POWER:g}": RetrievalModel.load_default(config=ModelConfig(pooling_power=GEM_POWER)),
+        name: RetrievalModel.load_default(config=config)
+        for name, config in (
+            ("average", ModelConfig()),
+            (f"GeM p={GEM_POWER:g}", ModelConfig(pooling_power=GEM_POWER)),
+            ("average, query masked", ModelConfig(query_mask=True)),
+            (f"GeM p={GEM_POWER:g}, query masked", ModelConfig(pooling_power=GEM_POWER, query_mask=True)),
+        )
     }
-    encoder = models["average"]  # GeM changes the pooling only: both read the same maps
+    encoder = models["average"]  # the variants differ in pooling only: all read the same maps
     splits = {}
     for name, part in (("validation", val), ("test", test)):
         queries, gallery = query_images(part), gallery_images(part)
@@ -298,8 +296,14 @@ def default_path(
     choices = choose_on_validation(models, splits["validation"])
     rows = test_rows(models, splits["test"], choices)
     click.echo(table(rows))
+    # The default path is the variant whose re-ranked top-1 is best on validation (ties: the simpler).
+    best = max(models, key=lambda n: (choices.betas[n].top1_reranked, -list(models).index(n)))
+    targets = {name: target_checks(rows, name, choices.betas[name].beta) for name in models}
+    click.echo(f"best on validation: {best}\n" + json.dumps(targets[best], indent=2))
     result = {
         "dataset": str(dataset),
+        "best_on_validation": best,
+        "targets": targets,
         "test": rows,
         "validation": choices.validation,
         "chosen_on_validation": {
@@ -314,6 +318,19 @@ def default_path(
     click.echo(f"wrote {out}")
     if write_calibration:
         record_calibrations({models[n].version: c for n, c in choices.betas.items()})
+
+
+def target_checks(rows: dict[str, dict[str, Any]], variant: str, beta: float) -> dict[str, Any]:
+    """The issue's targets for one variant as the default path, each number beside its control (test split)."""
+    control, default = rows["average"], rows[variant]
+    path = rows[f"{variant} + context re-rank (beta {beta:g})"]
+    return {
+        "default_path": f"{variant} + context re-rank (beta {beta:g})",
+        "default_path_over_average_top1": path["top_k"]["1"] / max(control["top_k"]["1"], 1e-9),
+        "default_path_minus_average_top20": path["top_k"]["20"] - control["top_k"]["20"],
+        "rerank_minus_its_first_stage": path["minus_control"],
+        "first_stage_top1": default["top_k"]["1"],
+    }
 
 
 def record_calibrations(calibrations: dict[str, ContextCalibration]) -> None:

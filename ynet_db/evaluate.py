@@ -352,7 +352,7 @@ def evaluate_model(
     *,
     crop: bool = False,
     distractors: Path | None = None,
-    rerank: bool = False,
+    rerank: bool | None = None,
     catalogue: bool = False,
     batch_size: int = 32,
     progress: bool = True,
@@ -360,8 +360,11 @@ def evaluate_model(
     """Encode a split's street photos (each once) and shop images with a RetrievalModel; report top-k.
 
     `dataset` is one split (`RetrievalDataset.split(...)`). With `catalogue`, no street photos are
-    used: the queries are the split's own catalogue images (`catalogue_queries`).
+    used: the queries are the split's own catalogue images (`catalogue_queries`). `rerank`: None
+    re-ranks as search does, only where the model's re-ranker was measured to help.
     """
+    if rerank is None:
+        rerank = bool(model.rerank_measured_to_help)
     encoded = encode_evaluation(
         model, *evaluation_sets(dataset, crop, distractors, catalogue), batch_size=batch_size, progress=progress
     )

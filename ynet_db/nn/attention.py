@@ -52,9 +52,11 @@ class ContextAttention(nn.Module):
     linear: s_l = u . x_l + (V^T f)_l;  dot: s_l = tau * x_l . f;  mlp: s_l = h . tanh(U x_l + W f).
     """
 
-    def __init__(self, form: ContextForm, channels: int, locations: int, hidden: int = 128):
+    def __init__(self, form: ContextForm, channels: int, locations: int, hidden: int = 128, power: float = 1.0):
         super().__init__()
         self.form = form
+        self.power = power
+        """Of the weighted power mean that pools the map, as the first stage pools it (1: the weighted sum)."""
         if form == "linear":
             self.u = nn.Parameter(torch.zeros(channels))
             self.v = nn.Parameter(torch.zeros(channels, locations))
@@ -78,7 +80,10 @@ class ContextAttention(nn.Module):
 
     def forward(self, maps: torch.Tensor, contexts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """maps [B, L, D], contexts [B, N, D] -> (query features [B, N, D], weights [B, N, L])."""
-        return attend(maps, self.scores(maps, contexts))
+        if self.power == 1.0:
+            return attend(maps, self.scores(maps, contexts))
+        weights = torch.softmax(self.scores(maps, contexts), dim=-1)
+        return power_mean(maps, weights, self.power), weights
 
 
 def power_mean(maps: torch.Tensor, weights: torch.Tensor, power: float = 1.0) -> torch.Tensor:
@@ -92,16 +97,32 @@ def power_mean(maps: torch.Tensor, weights: torch.Tensor, power: float = 1.0) ->
     return torch.bmm(weights, maps.clamp(min=1e-6).pow(power)).pow(1.0 / power)
 
 
+def activation_mask(maps: torch.Tensor) -> torch.Tensor:
+    """Pooling weights [B, L] that crop a query to what the backbone itself finds: uniform over the
+    locations whose summed activation reaches the map's mean, zero elsewhere (non-negative maps)."""
+    strength = maps.sum(dim=-1)
+    keep = (strength >= strength.mean(dim=1, keepdim=True)).to(maps.dtype)
+    return keep / keep.sum(dim=1, keepdim=True)
+
+
 def free_context(
-    maps: torch.Tensor, candidates: torch.Tensor, beta: float, power: float = 1.0
+    maps: torch.Tensor,
+    candidates: torch.Tensor,
+    beta: float,
+    power: float = 1.0,
+    prior: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CtxYNet without trained parameters: each candidate c weights the query's locations by
     softmax_l(beta * cos(m_l, c)), and the weighted (power) mean is the query's feature for c.
 
     maps [B, L, D], candidates [B, N, D] -> (query features [B, N, D], weights [B, N, L]). At beta 0
-    the weights are uniform and every candidate sees the first stage's pooled query vector, so a
-    re-rank can only depart from the first stage's order as far as beta lets it.
+    the weights are the first stage's pooling weights (uniform, or `prior` [B, L], e.g. the
+    activation mask), so every candidate sees the first stage's query vector and a re-rank can only
+    depart from the first stage's order as far as beta lets it.
     """
     cosines = F.normalize(candidates, dim=-1) @ F.normalize(maps, dim=-1).transpose(1, 2)
-    weights = torch.softmax(beta * cosines, dim=-1)
+    logits = beta * cosines
+    if prior is not None:
+        logits = logits + prior.log()[:, None, :]  # log 0 = -inf: a masked-out location gets no weight
+    weights = torch.softmax(logits, dim=-1)
     return power_mean(maps, weights, power), weights

@@ -63,6 +63,9 @@ class ModelConfig:
     """p of the generalised-mean (GeM) pooling of both branches' maps: (sum_l a_l x_l^p)^(1/p) with the
     attention weights a. 1 is the weighted average (the paper's); 3 is GeM as in image retrieval. Only
     with the identity projection, whose map is non-negative (ReLU6). Changing it changes the version."""
+    query_mask: bool = False
+    """Pool the query (street) map only over the locations whose summed activation reaches the map's
+    mean: a crop to the garment as the backbone sees it. Identity projection only; changes the version."""
 
     def __post_init__(self) -> None:
         if self.context_form not in CONTEXT_FORMS:
@@ -74,6 +77,8 @@ class ModelConfig:
                 f"pooling_power {self.pooling_power}: GeM pooling needs a power in [1, 16] and the identity "
                 "projection (a projected map has negative values, which a power mean cannot pool)"
             )
+        if self.query_mask and self.projection != "identity":
+            raise ValueError("query_mask needs the identity projection (it reads the map's activations)")
 
     @property
     def locations(self) -> int:
@@ -81,9 +86,11 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         described = dataclasses.asdict(self)
-        # Average pooling is left unwritten, so configs and versions from before the option stay the same.
+        # Options at their old behaviour are left unwritten, so configs and versions from before them stay the same.
         if self.pooling_power == 1.0:
             del described["pooling_power"]
+        if not self.query_mask:
+            del described["query_mask"]
         return described
 
     @classmethod

@@ -1,6 +1,6 @@
 """The serving facade: what workers and search call to embed shop images and re-rank street queries.
 
-    model = RetrievalModel.load_default(device="cpu")     # pretrained network, attention = average pooling
+    model = RetrievalModel.load_default(device="cpu")     # pretrained network, GeM pooling, no trained heads
     model = RetrievalModel.load(path, device="cpu")       # a checkpoint; fails closed
     shop = model.encode_shop(pixels, tags)                # .vectors [B, D], L2-normalised, CPU float32
     street = model.encode_street(pixels)                  # .vectors [B, D], .maps [B, L, D]
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ynet_db.nn.attention import free_context, power_mean
+from ynet_db.nn.attention import activation_mask, free_context, power_mean
 from ynet_db.nn.backbone import pretrained_lite0
 from ynet_db.nn.calibration import ContextCalibration
 from ynet_db.nn.checkpoint import (
@@ -38,6 +38,9 @@ from ynet_db.nn.ynet import YNet
 
 CALIBRATIONS = Path(__file__).resolve().parent.parent / "checkpoints" / "calibrations.json"
 """Shipped models' context calibrations by version (bench/default_path.py writes the default's)."""
+DEFAULT_CONFIG = ModelConfig(pooling_power=3.0)
+"""The shipped default: GeM pooling (p = 3) won over average pooling on the generated benchmark's
+validation split (bench/default_path.py); with average pooling (`ModelConfig()`) it is another version."""
 METRICS_KEY = "context_rerank"
 """Where a checkpoint's metrics hold its context calibration (metrics are not part of its version)."""
 
@@ -110,7 +113,7 @@ class RetrievalModel:
     @classmethod
     def load_default(cls, device: str | torch.device = "cpu", config: ModelConfig | None = None) -> RetrievalModel:
         """The pretrained network itself: identity projection, every attention head = average pooling."""
-        config = config or ModelConfig()
+        config = config or DEFAULT_CONFIG
         vocabulary = TagVocabulary(())
         network = build_network(config, len(vocabulary))
         digest = content_hash(config, vocabulary, head_tensors(network))
@@ -174,9 +177,14 @@ class RetrievalModel:
     @torch.inference_mode()
     def encode_street(self, pixels: torch.Tensor) -> StreetEncoding:
         maps = self.network.street_maps(self.network.trunk(pixels.to(self.device))).float()
-        uniform = torch.full(maps.shape[:2], 1.0 / maps.shape[1], device=maps.device)[:, None]
-        pooled = power_mean(maps, uniform, self.config.pooling_power)[:, 0]
+        pooled = power_mean(maps, self.query_pooling(maps)[:, None], self.config.pooling_power)[:, 0]
         return StreetEncoding(vectors=F.normalize(pooled, dim=-1).cpu(), maps=maps.cpu())
+
+    def query_pooling(self, maps: torch.Tensor) -> torch.Tensor:
+        """The first stage's pooling weights [B, L] over query maps [B, L, D]."""
+        if self.config.query_mask:
+            return activation_mask(maps)
+        return torch.full(maps.shape[:2], 1.0 / maps.shape[1], device=maps.device, dtype=maps.dtype)
 
     @torch.inference_mode()
     def rerank(
@@ -207,7 +215,7 @@ class RetrievalModel:
         """
         maps = street_map.to(self.device, torch.float32)[None]
         stored = F.normalize(candidates.to(self.device, torch.float32), dim=-1)[None]
-        queries, _ = free_context(maps, stored, beta, self.config.pooling_power)
+        queries, _ = free_context(maps, stored, beta, self.config.pooling_power, self.query_pooling(maps))
         return -(F.normalize(queries, dim=-1) - stored).pow(2).sum(-1)[0].cpu()
 
     @torch.inference_mode()

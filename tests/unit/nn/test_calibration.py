@@ -67,10 +67,12 @@ def test_a_checkpoints_calibration_gates_and_drives_its_rerank(default_model: Re
     )
 
 
-def test_gem_pooling_is_a_new_version_and_average_pooling_keeps_the_old_one(default_model: RetrievalModel) -> None:
-    assert "pooling_power" not in ModelConfig().to_dict()  # configs from before the option hash as they did
+def test_gem_pooling_is_a_new_version_and_average_pooling_keeps_the_old_one() -> None:
+    average = RetrievalModel.load_default(config=ModelConfig())
+    assert average.version == "ynet-lite0-default@ba7e12f9"  # the default's version before the pooling options
+    assert "pooling_power" not in ModelConfig().to_dict() and "query_mask" not in ModelConfig().to_dict()
     gem = RetrievalModel.load_default(config=ModelConfig(pooling_power=3.0))
-    assert gem.version != default_model.version and gem.config.to_dict()["pooling_power"] == 3.0
+    assert gem.version != average.version and gem.config.to_dict()["pooling_power"] == 3.0
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     street = gem.encode_street(pixels)
     expected = F.normalize(street.maps.clamp(min=1e-6).pow(3).mean(dim=1).pow(1 / 3), dim=-1)
@@ -78,6 +80,20 @@ def test_gem_pooling_is_a_new_version_and_average_pooling_keeps_the_old_one(defa
     torch.testing.assert_close(gem.encode_shop(pixels, [[], []]).vectors, street.vectors, atol=1e-5, rtol=1e-5)
 
 
-def test_gem_pooling_is_refused_where_the_map_can_be_negative() -> None:
+def test_gem_pooling_and_the_query_mask_are_refused_where_the_map_can_be_negative() -> None:
     with pytest.raises(ValueError, match="GeM pooling needs a power in \\[1, 16\\] and the identity projection"):
         ModelConfig(name="x", projection="linear", embedding_dim=256, pooling_power=3.0)
+    with pytest.raises(ValueError, match="query_mask needs the identity projection"):
+        ModelConfig(name="x", projection="linear", embedding_dim=256, query_mask=True)
+
+
+def test_the_query_mask_pools_the_strongest_locations_and_the_rerank_starts_there() -> None:
+    masked = RetrievalModel.load_default(config=ModelConfig(query_mask=True))
+    street = masked.encode_street(torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(5)))
+    strength = street.maps[0].sum(-1)
+    keep = strength >= strength.mean()
+    assert 0 < int(keep.sum()) < 49
+    torch.testing.assert_close(street.vectors[0], F.normalize(street.maps[0][keep].mean(dim=0), dim=0))
+    candidates = F.normalize(torch.randn(20, 1280, generator=torch.Generator().manual_seed(6)), dim=-1)
+    at_zero = masked.free_rerank(street.maps[0], candidates, 0.0)  # beta 0: the first stage's own order
+    torch.testing.assert_close(at_zero, -(street.vectors[0] - candidates).pow(2).sum(-1), atol=1e-5, rtol=1e-5)
