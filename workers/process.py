@@ -33,6 +33,7 @@ from ynet_db.workers.heartbeat import Heartbeat, WorkerIdentity
 from ynet_db.config import Settings
 from ynet_db.db.engine import engine_from_settings
 from ynet_db.model_registry import ModelIdentity, ModelRecord, register
+from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.model import RetrievalModel
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,17 @@ class WorkerResources:
 def load_registered(engine: Engine, model_id: int, device: str) -> RetrievalModel:
     with engine.connect() as conn:
         row = conn.execute(
-            text("SELECT version, config ->> 'checkpoint' FROM ynet.models WHERE id = :id"), {"id": model_id}
+            text("SELECT version, config ->> 'checkpoint', config -> 'model' FROM ynet.models WHERE id = :id"),
+            {"id": model_id},
         ).first()
     if row is None:
         raise LookupError(f"model {model_id} is not registered")
-    version, checkpoint = row
-    model = RetrievalModel.load(checkpoint, device=device) if checkpoint else RetrievalModel.load_default(device=device)
+    version, checkpoint, described = row
+    model = (
+        RetrievalModel.load(checkpoint, device=device)
+        if checkpoint
+        else RetrievalModel.load_default(device=device, config=registered_default_config(described))
+    )
     if model.version != version:
         raise LookupError(
             f"model {model_id} is registered as {version}, but {checkpoint or 'the default model'} here is "
@@ -82,6 +88,11 @@ def load_registered(engine: Engine, model_id: int, device: str) -> RetrievalMode
         )
     log.info("worker process %s loaded model %s (id %s) on demand", os.getpid(), version, model_id)
     return model
+
+
+def registered_default_config(described: dict[str, Any] | None) -> ModelConfig | None:
+    """A default model as it was registered (e.g. the average-pooled default of an earlier release)."""
+    return None if described is None else ModelConfig.from_dict(described)
 
 
 _current: WorkerResources | None = None

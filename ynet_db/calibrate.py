@@ -127,13 +127,17 @@ def store(engine: Engine, record: ModelRecord, calibration: ContextCalibration) 
 
 def load_registered_model(engine: Engine, record: ModelRecord) -> RetrievalModel:
     """The registered model from its recorded checkpoint (the default model when it has none)."""
+    from ynet_db.nn.config import ModelConfig
     from ynet_db.nn.model import RetrievalModel
 
     with engine.connect() as conn:
-        checkpoint = conn.execute(
-            text("SELECT config ->> 'checkpoint' FROM ynet.models WHERE id = :id"), {"id": record.id}
-        ).scalar_one()
-    model = RetrievalModel.load(checkpoint) if checkpoint else RetrievalModel.load_default()
+        checkpoint, described = conn.execute(
+            text("SELECT config ->> 'checkpoint', config -> 'model' FROM ynet.models WHERE id = :id"),
+            {"id": record.id},
+        ).one()
+    # A default model as it was registered: an earlier release's default pooled by averaging.
+    config = ModelConfig.from_dict(described) if described else None
+    model = RetrievalModel.load(checkpoint) if checkpoint else RetrievalModel.load_default(config=config)
     if model.version != record.version:
         raise CalibrationRefused(
             f"model {record.version} is registered, but {checkpoint or 'the default model'} here is {model.version}"

@@ -122,3 +122,18 @@ def test_calibrate_refuses_a_catalogue_too_small_to_measure(
         record = find(conn, model.version)
     with pytest.raises(CalibrationRefused, match="3 readable embedded products, at least 20 needed"):
         calibrate(engine, model, record, queries=10)
+
+
+def test_the_default_of_an_earlier_release_still_loads_from_its_registration(engine: Engine) -> None:
+    """The default's pooling changed its version: workers must still serve the old one while the new back-fills."""
+    from ynet_db.workers.process import load_registered
+
+    from ynet_db.calibrate import load_registered_model
+    from ynet_db.model_registry import ModelIdentity, register
+    from ynet_db.nn.config import ModelConfig
+
+    earlier = RetrievalModel.load_default(config=ModelConfig())  # average pooling, as main shipped it
+    record = register(engine, ModelIdentity.of(earlier))
+    assert record.version == earlier.version != RetrievalModel.load_default().version
+    assert load_registered(engine, record.id, "cpu").version == earlier.version
+    assert load_registered_model(engine, record).version == earlier.version
