@@ -112,7 +112,8 @@ class RetrievalModel:
 
     @classmethod
     def load_default(cls, device: str | torch.device = "cpu", config: ModelConfig | None = None) -> RetrievalModel:
-        """The pretrained network itself: identity projection, every attention head = average pooling."""
+        """The pretrained network itself (`DEFAULT_CONFIG` unless given): identity projection, GeM pooling,
+        every attention head at its uniform start."""
         config = config or DEFAULT_CONFIG
         vocabulary = TagVocabulary(())
         network = build_network(config, len(vocabulary))
