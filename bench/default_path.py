@@ -2,14 +2,18 @@
 
     python bench/default_path.py DATASET [--val-products 500] [--out bench/results/default-path.json]
 
-Every row is the pretrained default model (EfficientNet-Lite0, 1280-d identity projection) with one
-training-free change, beside its control (plain average pooling, the shipped default before):
-  pooling      average (control), GeM p = 3, a query-side mask to the locations the backbone's own
-               activations pick out, PCA-whitening fitted on the catalogue's own vectors
-  re-rank      the training-free context re-rank of the first stage's top 256, beta chosen on validation
-Choices (beta, the whitening's shrinkage) are made on a validation split of the TRAINING products and
-only then applied once to the test split. The test split is never used to choose anything. Queries
-are counted once each. Feature maps are computed once and cached: every variant reuses them.
+Every row is the pretrained default network (EfficientNet-Lite0, 1280-d identity projection) with
+training-free changes only, beside its control:
+  first stage  average pooling (the control), GeM p = 3, and each with the query pooled over the
+               locations its own activations pick out (the query mask); PCA-whitening fitted on the
+               catalogue's own vectors
+  re-rank      the training-free context re-rank of each first stage's top 256 (its control: that
+               first stage), at the beta chosen on validation
+Every choice (beta, the whitening's shrinkage, which variant is the default path: the best re-ranked
+top-1 on validation) is made on a validation split of the TRAINING products; the test split is then
+scored once and never used to choose anything. Queries are counted once each. Feature maps are
+computed once and cached: every variant reuses them. With --write-calibration, each variant's beta
+and its validation evidence are recorded by model version in ynet_db/checkpoints/calibrations.json.
 """
 
 from __future__ import annotations
