@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 from catalogue_vectors import add_embeddings, add_model, add_products, catalogue, photo, set_state, unit_vectors
+from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
 from ynet_db.calibrate import CalibrationRefused, calibrate, store
+from ynet_db.cli import main
+from ynet_db.config import Settings
 from ynet_db.model_registry import find
 from ynet_db.nn.calibration import ContextCalibration
 from ynet_db.nn.model import RetrievalModel
@@ -137,3 +140,18 @@ def test_the_default_of_an_earlier_release_still_loads_from_its_registration(eng
     assert record.version == earlier.version != RetrievalModel.load_default().version
     assert load_registered(engine, record.id, "cpu").version == earlier.version
     assert load_registered_model(engine, record).version == earlier.version
+
+
+def test_model_calibrate_command_stores_the_result(
+    engine: Engine, model: RetrievalModel, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    garment_catalogue(engine, model, tmp_path, 20)
+    monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
+    monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    result = CliRunner().invoke(main, ["model", "calibrate", model.version, "--queries", "20"])
+    assert result.exit_code == 0, result.output
+    assert "catalogue: 20 augmented views of its own photos" in result.output and "search re-ranks:" in result.output
+    with engine.connect() as conn:
+        assert ContextCalibration.from_dict(active_model(conn).context_rerank or {}).queries == 20
+    unknown = CliRunner().invoke(main, ["model", "calibrate", "nobody@0"])
+    assert unknown.exit_code == 1 and "no model named or versioned 'nobody@0'" in unknown.output
