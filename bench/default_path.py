@@ -179,11 +179,12 @@ class Choices:
     validation: dict[str, Any]
 
 
-def choose_on_validation(models: dict[str, RetrievalModel], val: Split) -> Choices:
-    """Every choice the test rows use, made here on the validation split only."""
+def choose_on_validation(models: dict[str, RetrievalModel], splits: dict[str, Split]) -> Choices:
+    """Every choice the test rows use, made here on the validation split only (`splits`: per variant)."""
     results: dict[str, Any] = {}
     betas: dict[str, ContextCalibration] = {}
     for name, model in models.items():
+        val = splits[name]
         queries, gallery = first_stage(model, val)
         plain = ranks_of(val, queries, gallery)
         by_beta = {b: ranks_of(val, queries, gallery, free_reranker(model, val.query_maps, gallery, b)) for b in BETAS}
@@ -196,6 +197,7 @@ def choose_on_validation(models: dict[str, RetrievalModel], val: Split) -> Choic
             f"validation {name}: plain top-1 {np.mean(plain < 1):.3f}; "
             + ", ".join(f"beta {b:g} {np.mean(r < 1):.3f}" for b, r in by_beta.items())
         )
+    val = splits["average"]
     queries, gallery = pooled(val.query_maps, 1.0), pooled(val.gallery_maps, 1.0)
     by_shrinkage = {}
     for shrinkage in SHRINKAGES:
@@ -206,17 +208,21 @@ def choose_on_validation(models: dict[str, RetrievalModel], val: Split) -> Choic
     return Choices(betas, shrinkage, results)
 
 
-def test_rows(models: dict[str, RetrievalModel], test: Split, choices: Choices) -> dict[str, dict[str, Any]]:
+def test_rows(
+    models: dict[str, RetrievalModel], splits: dict[str, Split], choices: Choices
+) -> dict[str, dict[str, Any]]:
     """The test split's rows, each with its control, at the choices made on validation."""
     rows: dict[str, dict[str, Any]] = {}
     first: dict[str, np.ndarray] = {}
     for name, model in models.items():
+        test = splits[name]
         queries, gallery = first_stage(model, test)
         first[name] = ranks_of(test, queries, gallery)
         beta = choices.betas[name].beta
         reranked = ranks_of(test, queries, gallery, free_reranker(model, test.query_maps, gallery, beta))
         rows[name] = row_result(first[name], first["average"] if name != "average" else None)
         rows[f"{name} + context re-rank (beta {beta:g})"] = row_result(reranked, first[name])
+    test = splits["average"]
     queries, gallery = pooled(test.query_maps, 1.0), pooled(test.gallery_maps, 1.0)
     white = whitening(gallery, choices.shrinkage)
     rows[f"average + PCA-whitening (catalogue-fitted, shrinkage {choices.shrinkage:g})"] = row_result(
@@ -261,12 +267,22 @@ def table(rows: dict[str, dict[str, Any]]) -> str:
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench/results/default-path.json"))
 @click.option("--threads", default=2, show_default=True)
 @click.option(
+    "--second-scale", default=320, show_default=True, help="Second input size for the two-scale rows (0: none)."
+)
+@click.option(
     "--write-calibration/--no-write-calibration",
     default=False,
     help="Record the default's beta and its validation evidence in ynet_db/checkpoints/calibrations.json.",
 )
 def default_path(
-    dataset: Path, val_products: int, seed: int, cache: Path, out: Path, threads: int, write_calibration: bool
+    dataset: Path,
+    val_products: int,
+    seed: int,
+    cache: Path,
+    out: Path,
+    threads: int,
+    second_scale: int,
+    write_calibration: bool,
 ) -> None:
     """Measure the default path's training-free options on DATASET's test split, chosen on validation."""
     from ynet_db.data import load_dataset
@@ -286,22 +302,38 @@ def default_path(
         )
     }
     encoder = models["average"]  # the variants differ in pooling only: all read the same maps
-    splits = {}
+    second = RetrievalModel.load_default(config=ModelConfig(input_size=second_scale, map_size=second_scale // 32))
+    splits: dict[str, dict[str, Split]] = {}
     for name, part in (("validation", val), ("test", test)):
         queries, gallery = query_images(part), gallery_images(part)
-        splits[name] = Split(
+        one = Split(
             f"{data.name}:{name}",
             queries,
             branch_maps(encoder, queries, "street", cache),
             gallery,
             branch_maps(encoder, gallery, "shop", cache),
         )
+        splits[name] = dict.fromkeys(models, one)
         click.echo(f"{name}: {len(queries)} query images ({len(part.pairs)} pairs), gallery {len(gallery)}")
+        if second_scale:
+            # Two input scales: each image's locations at both sizes, pooled together as one map.
+            both = Split(
+                one.name,
+                queries,
+                torch.cat([one.query_maps, branch_maps(second, queries, "street", cache)], dim=1),
+                gallery,
+                torch.cat([one.gallery_maps, branch_maps(second, gallery, "shop", cache)], dim=1),
+            )
+            for base in ("average", f"GeM p={GEM_POWER:g}"):
+                splits[name][f"{base}, two scales (224 + {second_scale})"] = both
+    for variant in splits["test"]:
+        models.setdefault(variant, models[variant.split(", two scales")[0]])
     choices = choose_on_validation(models, splits["validation"])
     rows = test_rows(models, splits["test"], choices)
     click.echo(table(rows))
     # The default path is the variant whose re-ranked top-1 is best on validation (ties: the simpler).
-    best = max(models, key=lambda n: (choices.betas[n].top1_reranked, -list(models).index(n)))
+    shippable = [n for n in models if "two scales" not in n]  # the model config has no two-scale option
+    best = max(shippable, key=lambda n: (choices.betas[n].top1_reranked, -shippable.index(n)))
     targets = {name: target_checks(rows, name, choices.betas[name].beta) for name in models}
     click.echo(f"best on validation: {best}\n" + json.dumps(targets[best], indent=2))
     result = {
@@ -315,13 +347,19 @@ def default_path(
             "whitening_shrinkage": choices.shrinkage,
         },
         "model_versions": {name: m.version for name, m in models.items()},
-        "settings": {"val_products": val_products, "seed": seed, "threads": threads, "betas": list(BETAS)},
+        "settings": {
+            "val_products": val_products,
+            "seed": seed,
+            "threads": threads,
+            "betas": list(BETAS),
+            "second_scale": second_scale,
+        },
         "seconds": time.perf_counter() - began,
     }
     write_json(result, out)
     click.echo(f"wrote {out}")
     if write_calibration:
-        record_calibrations({models[n].version: c for n, c in choices.betas.items()})
+        record_calibrations({models[n].version: choices.betas[n] for n in shippable})
 
 
 def target_checks(rows: dict[str, dict[str, Any]], variant: str, beta: float) -> dict[str, Any]:

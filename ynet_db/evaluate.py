@@ -10,8 +10,10 @@ whose rank is below k.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Collection, Sequence
+import random
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ynet_db.data.records import ImageRef
+from ynet_db.data.records import ImageRef, Product, RetrievalDataset
 
 KS = (1, 5, 10, 20, 50)
 RERANK_DEPTH = 256
@@ -192,8 +194,6 @@ class QueryImage:
         image = read_image(self.ref)
         if self.view_seed is None:
             return image
-        import random
-
         from ynet_db.nn.augment import augmented_view
 
         return augmented_view(image, random.Random(self.view_seed))
@@ -209,11 +209,11 @@ class GalleryImage:
     tags: tuple[str, ...]
 
 
-def query_images(dataset: Any, *, crop: bool = False) -> list[QueryImage]:
+def query_images(dataset: RetrievalDataset, *, crop: bool = False) -> list[QueryImage]:
     """Each street photo of the split once, in the order the pairs first list it, with every product it
     is paired with (uncropped, the same photo under two boxes is one query)."""
     fix = _ref_fixer(crop)
-    seen: dict[Any, list[str]] = {}
+    seen: dict[ImageRef, list[str]] = {}
     for pair in dataset.pairs:
         items = seen.setdefault(fix(pair.street), [])
         if pair.item_id not in items:
@@ -221,14 +221,14 @@ def query_images(dataset: Any, *, crop: bool = False) -> list[QueryImage]:
     return [QueryImage(ref, tuple(items), dataset.products[items[0]].category) for ref, items in seen.items()]
 
 
-def gallery_images(dataset: Any, *, crop: bool = False) -> list[GalleryImage]:
+def gallery_images(dataset: RetrievalDataset, *, crop: bool = False) -> list[GalleryImage]:
     fix = _ref_fixer(crop)
     return [
         GalleryImage(item, fix(ref), p.tags) for item, p in sorted(dataset.products.items()) for ref in p.shop_images
     ]
 
 
-def catalogue_queries(products: Any, seed: int = 0) -> tuple[list[QueryImage], list[GalleryImage]]:
+def catalogue_queries(products: Mapping[str, Product], seed: int = 0) -> tuple[list[QueryImage], list[GalleryImage]]:
     """Queries a catalogue makes of itself, and the rest of it as the gallery.
 
     A product with a second photo gives that photo as its query, and it leaves the gallery; a product
@@ -250,13 +250,13 @@ def catalogue_queries(products: Any, seed: int = 0) -> tuple[list[QueryImage], l
     return queries, gallery
 
 
-def catalogue_file(path: Path) -> tuple[Any, list[str]]:
+def catalogue_file(path: Path) -> tuple[RetrievalDataset, list[str]]:
     """A catalogue import file (CSV or JSON Lines) as a dataset of products without pairs, for the
     catalogue mode; rows it cannot use are returned as 'file:line: reason'."""
     from ynet_db.catalog import Rejection, validate
-    from ynet_db.data.records import Product, RetrievalDataset
 
-    products, problems = {}, []
+    products: dict[str, Product] = {}
+    problems: list[str] = []
     for line, row in validate(path):
         if isinstance(row, Rejection):
             problems.append(f"{path}:{line}: {row.reason}")
@@ -270,8 +270,6 @@ def catalogue_file(path: Path) -> tuple[Any, list[str]]:
 
 
 def view_seed(item: str, seed: int) -> int:
-    import hashlib
-
     return int.from_bytes(hashlib.sha256(f"{seed}|{item}".encode()).digest()[:8], "big")
 
 
@@ -348,7 +346,7 @@ def per_query(query: QueryImage, rank: float, first: Sequence[GalleryImage]) -> 
 
 def evaluate_model(
     model: Any,
-    dataset: Any,
+    dataset: RetrievalDataset,
     *,
     crop: bool = False,
     distractors: Path | None = None,
@@ -381,7 +379,7 @@ def evaluate_model(
 
 
 def evaluation_sets(
-    dataset: Any, crop: bool, distractors: Path | None, catalogue: bool
+    dataset: RetrievalDataset, crop: bool, distractors: Path | None, catalogue: bool
 ) -> tuple[list[QueryImage], list[GalleryImage]]:
     if catalogue:
         queries, gallery = catalogue_queries(dataset.products)
