@@ -42,6 +42,7 @@ from ynet_db.config import Settings
 from ynet_db.db.engine import engine_from_settings
 from ynet_db.model_registry import ModelIdentity, ModelRecord, register
 from ynet_db.nn.checkpoint import load_checkpoint
+from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.model import RetrievalModel
 from ynet_db.nn.runtime import load_serving
 
@@ -81,12 +82,17 @@ class WorkerResources:
 def load_registered(engine: Engine, model_id: int, settings: Settings) -> RetrievalModel:
     with engine.connect() as conn:
         row = conn.execute(
-            text("SELECT version, config ->> 'checkpoint' FROM ynet.models WHERE id = :id"), {"id": model_id}
+            text("SELECT version, config ->> 'checkpoint', config -> 'model' FROM ynet.models WHERE id = :id"),
+            {"id": model_id},
         ).first()
     if row is None:
         raise LookupError(f"model {model_id} is not registered")
-    version, checkpoint = row
-    model = load_serving(settings, Path(checkpoint) if checkpoint else None)
+    version, checkpoint, described = row
+    model = load_serving(
+        settings,
+        Path(checkpoint) if checkpoint else None,
+        config=None if checkpoint else registered_default_config(described),
+    )
     if model.version != version:
         raise LookupError(
             f"model {model_id} is registered as {version}, but {checkpoint or 'the default model'} here is "
@@ -100,6 +106,11 @@ def load_registered(engine: Engine, model_id: int, settings: Settings) -> Retrie
         model.runtime,
     )
     return model
+
+
+def registered_default_config(described: dict[str, Any] | None) -> ModelConfig | None:
+    """A default model as it was registered (e.g. the average-pooled default of an earlier release)."""
+    return None if described is None else ModelConfig.from_dict(described)
 
 
 _current: WorkerResources | None = None

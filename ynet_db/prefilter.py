@@ -50,10 +50,14 @@ class ActiveModel:
     id: int
     version: str
     embedding_dim: int
+    context_rerank: dict[str, Any] | None = None
+    """The registry's context calibration of this model (`ynet-db model calibrate`), if any."""
 
 
 def active_model(conn: Connection) -> ActiveModel:
-    row = conn.execute(text("SELECT id, version, embedding_dim FROM ynet.models WHERE state = 'active'")).first()
+    row = conn.execute(
+        text("SELECT id, version, embedding_dim, config -> 'context_rerank' FROM ynet.models WHERE state = 'active'")
+    ).first()
     if row is None:
         raise SearchError("no model is active: run `ynet-db model activate NAME` once its embeddings exist")
     return ActiveModel(*row)

@@ -31,6 +31,7 @@ from ynet_db.fetch import fetch_image_bytes
 from ynet_db.fetch_policy import FetchPolicy
 from ynet_db.filters import MAX_CANDIDATES, MAX_K, FilterError, bounded, compile_filters
 from ynet_db.images import decode_image, to_rgb
+from ynet_db.nn.calibration import CalibrationError, ContextCalibration
 from ynet_db.prefilter import ActiveModel, Candidate, Path_, SearchError, active_model, prefilter
 
 if TYPE_CHECKING:
@@ -51,7 +52,9 @@ class QueryModel(Protocol):
 
     def encode_street(self, pixels: torch.Tensor) -> Any: ...
 
-    def rerank(self, street_map: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor: ...
+    def rerank(
+        self, street_map: torch.Tensor, candidates: torch.Tensor, calibration: ContextCalibration | None = None
+    ) -> torch.Tensor: ...
 
 
 # -- queries and results -------------------------------------------------------------------------------
@@ -206,7 +209,8 @@ def _answer(
 ) -> SearchResult:
     import torch
 
-    rerank = model.rerank_measured_to_help if query.rerank is None else query.rerank
+    calibration = registry_calibration(active)
+    rerank = rerank_helps(model, calibration) if query.rerank is None else query.rerank
     started = time.perf_counter()
     found = prefilter(
         engine,
@@ -223,7 +227,10 @@ def _answer(
     order = np.arange(len(found.candidates))
     if rerank and found.candidates:
         assert found.vectors is not None
-        scores = model.rerank(street_map, torch.from_numpy(found.vectors)).numpy()
+        vectors = torch.from_numpy(found.vectors)
+        scores = (
+            model.rerank(street_map, vectors) if calibration is None else model.rerank(street_map, vectors, calibration)
+        ).numpy()
         order = np.argsort(-scores, kind="stable")  # ties keep the prefilter's order
     rerank_ms = 1000 * (time.perf_counter() - started)
     rows = [_row(rank, found.candidates[i], scores, i, active.version) for rank, i in enumerate(order[: query.k], 1)]
@@ -237,6 +244,24 @@ def _answer(
         reranked=rerank,
         timings_ms={"encode": encode_ms, "prefilter": prefilter_ms, "rerank": rerank_ms},
     )
+
+
+def registry_calibration(active: ActiveModel) -> ContextCalibration | None:
+    """The shop's own context calibration of the active model (`ynet-db model calibrate`), if it made one."""
+    if active.context_rerank is None:
+        return None
+    try:
+        return ContextCalibration.from_dict(active.context_rerank)
+    except CalibrationError as error:
+        raise SearchError(
+            f"the registry's context calibration of model {active.version} is unreadable ({error}); "
+            f"run `ynet-db model calibrate {active.version}` again"
+        ) from error
+
+
+def rerank_helps(model: QueryModel, calibration: ContextCalibration | None) -> bool:
+    """The re-rank gate: the shop's own measurement where it made one, else the model's."""
+    return model.rerank_measured_to_help if calibration is None else calibration.helps
 
 
 def _row(rank: int, found: Candidate, scores: np.ndarray | None, index: int, version: str) -> SearchRow:

@@ -3,6 +3,7 @@ rows, settings that stay in their transaction, one model's vectors only, and fil
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,8 @@ def test_two_stages_equal_a_numpy_brute_force(
 def test_candidates_are_not_reranked_unless_the_model_was_measured_to_help(
     engine: Engine, model: RetrievalModel, default_catalogue: np.ndarray
 ) -> None:
+    model = copy.copy(model)
+    model.context_calibration = None  # the default as it would be without its shipped evidence
     assert not model.rerank_measured_to_help
     result = search(engine, photo(8), k=5, candidates=40, model=model, exact=True)
     want, distances, _ = reference(model, photo(8), default_catalogue, 40, 5, rerank=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -10,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from catalogue_vectors import catalogue, photo, unit_vectors
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from ynet_db.workers.app import make_app
 from ynet_db.workers.search_tasks import CeleryRunner
 
 from ynet_db.config import Settings
+from ynet_db.nn.calibration import ContextCalibration
 from ynet_db.nn.model import RetrievalModel
 from ynet_db.search import SearchResult, search
 
@@ -59,6 +61,35 @@ def test_worker_and_in_process_searches_give_the_same_results(
             mine.model_version,
         )
         np.testing.assert_allclose([r.distance for r in theirs.rows], [r.distance for r in mine.rows], atol=1e-5)
+        np.testing.assert_allclose(
+            [r.rerank_score for r in theirs.rows], [r.rerank_score for r in mine.rows], rtol=1e-4, atol=1e-5
+        )
+
+
+def test_worker_and_in_process_follow_the_same_registry_calibration(
+    engine: Engine,
+    settings: Settings,
+    start_worker,
+    model: RetrievalModel,  # type: ignore[no-untyped-def]
+    redis_url: str,
+) -> None:
+    model_id = catalogue(engine, model.version, unit_vectors(150, model.embedding_dim, seed=6))
+    helps = ContextCalibration(10.0, 0.30, 0.36, 0.60, 0.62, 0.01, 500, "test")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "UPDATE ynet.models SET config = jsonb_build_object('context_rerank', CAST(:c AS jsonb)) WHERE id = :id"
+            ),
+            {"c": json.dumps(helps.to_dict()), "id": model_id},
+        )
+    start_worker("--no-dispatcher", "--queues", "search", broker=redis_url)
+    runner = CeleryRunner(make_app(replace(settings, broker_url=redis_url)), timeout_s=120)
+    options = {"k": 10, "candidates": 50}  # re-rank left to the gate
+    for seed in range(3):
+        mine = search(engine, photo(seed), model=model, **options)
+        theirs = search(engine, photo(seed), via=runner, **options)
+        assert mine.reranked and theirs.reranked
+        assert ranking(theirs) == ranking(mine)
         np.testing.assert_allclose(
             [r.rerank_score for r in theirs.rows], [r.rerank_score for r in mine.rows], rtol=1e-4, atol=1e-5
         )

@@ -16,6 +16,7 @@ from ynet_db.model_registry import (
     activate,
     cancel,
     coverage,
+    find,
     promote_if_complete,
     register,
 )
@@ -87,4 +88,36 @@ def _promoted(row: Coverage) -> str:
     return (
         f"{done}; {row.dead} products have no embedding under it, their jobs dead: "
         f"`ynet-db jobs list --state dead --model {row.model.version}` shows why, `ynet-db jobs retry` re-drives"
+    )
+
+
+@model.command("calibrate")
+@click.argument("name_or_version")
+@click.option("--queries", default=300, show_default=True, help="Catalogue photos to make street views of.")
+@click.option("--seed", default=0, show_default=True)
+@pass_app
+def calibrate_(app: App, name_or_version: str, queries: int, seed: int) -> None:
+    """Choose the training-free context re-rank's beta for NAME_OR_VERSION on the catalogue's own photos.
+
+    Needs no street photos: augmented views of embedded products' photos are searched as a shopper's
+    photo is, and the beta that ranks their products best is stored with the model version. Search
+    re-ranks by default only if that beat the first stage by more than a standard error at top-1.
+    """
+    from ynet_db.calibrate import CalibrationRefused, calibrate, load_registered_model, store
+
+    engine = app.migrated_engine
+    try:
+        with engine.connect() as conn:
+            record = find(conn, name_or_version)
+        result = calibrate(engine, load_registered_model(engine, record), record, queries=queries, seed=seed)
+    except (RegistryError, CalibrationRefused) as error:
+        raise click.ClickException(safe(error)) from error
+    store(engine, record, result)
+    click.echo(
+        safe(
+            f"{record.version}: beta {result.beta:g} on {result.judged_on}: top-1 {result.top1_plain:.3f} -> "
+            f"{result.top1_reranked:.3f} ({result.gain:+.3f} ± {result.gain_standard_error:.3f}), top-20 "
+            f"{result.top20_plain:.3f} -> {result.top20_reranked:.3f}; "
+            f"search re-ranks: {'yes' if result.helps else 'no'}"
+        )
     )

@@ -79,6 +79,13 @@ class ModelConfig:
     """Side of the branches' feature map at input_size (L = map_size ** 2 locations)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes recorded with a checkpoint (never read back into behaviour)."""
+    pooling_power: float = 1.0
+    """p of the generalised-mean (GeM) pooling of both branches' maps: (sum_l a_l x_l^p)^(1/p) with the
+    attention weights a. 1 is the weighted average (the paper's); 3 is GeM as in image retrieval. Only
+    with the identity projection, whose map is non-negative (ReLU6). Changing it changes the version."""
+    query_mask: bool = False
+    """Pool the query (street) map only over the locations whose summed activation reaches the map's
+    mean: a crop to the garment as the backbone sees it. Identity projection only; changes the version."""
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -86,13 +93,26 @@ class ModelConfig:
             raise ValueError(f"context_form {self.context_form!r}: expected one of {', '.join(CONTEXT_FORMS)}")
         if self.projection == "identity" and self.embedding_dim != self.map_channels:
             raise ValueError("an identity projection needs embedding_dim == map_channels")
+        if self.pooling_power != 1.0 and (self.projection != "identity" or not 1.0 <= self.pooling_power <= 16.0):
+            raise ValueError(
+                f"pooling_power {self.pooling_power}: GeM pooling needs a power in [1, 16] and the identity "
+                "projection (a projected map has negative values, which a power mean cannot pool)"
+            )
+        if self.query_mask and self.projection != "identity":
+            raise ValueError("query_mask needs the identity projection (it reads the map's activations)")
 
     @property
     def locations(self) -> int:
         return self.map_size * self.map_size
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        described = dataclasses.asdict(self)
+        # Options at their old behaviour are left unwritten, so configs and versions from before them stay the same.
+        if self.pooling_power == 1.0:
+            del described["pooling_power"]
+        if not self.query_mask:
+            del described["query_mask"]
+        return described
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:

@@ -1,10 +1,11 @@
 """The serving facade: what workers and search call to embed shop images and re-rank street queries.
 
-    model = RetrievalModel.load_default(device="cpu")     # pretrained network, attention = average pooling
+    model = RetrievalModel.load_default(device="cpu")     # pretrained network, GeM pooling, no trained heads
     model = RetrievalModel.load(path, device="cpu")       # a checkpoint; fails closed
     shop = model.encode_shop(pixels, tags)                # .vectors [B, D], L2-normalised, CPU float32
     street = model.encode_street(pixels)                  # .vectors [B, D], .maps [B, L, D]
     scores = model.rerank(street.maps[0], candidates)     # [N], higher is better
+    scores = model.free_rerank(street.maps[0], candidates, beta=5.0)  # the training-free form
 
 Load once per worker process and keep it: loading re-reads and re-hashes the backbone weights.
 Serving code loads through `ynet_db.nn.runtime.load_serving`, which may set `engine` so that the two
@@ -14,6 +15,7 @@ the engine does not.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ynet_db.nn.attention import activation_mask, free_context, power_mean
 from ynet_db.nn.backbone import pretrained_lite0
+from ynet_db.nn.calibration import ContextCalibration
 from ynet_db.nn.checkpoint import (
     BACKBONE_PREFIXES,
     Checkpoint,
@@ -39,6 +43,14 @@ from ynet_db.nn.ynet import YNet
 
 if TYPE_CHECKING:
     from ynet_db.nn.onnx_engine import Engine
+
+CALIBRATIONS = Path(__file__).resolve().parent.parent / "checkpoints" / "calibrations.json"
+"""Shipped models' context calibrations by version (bench/default_path.py writes the default's)."""
+DEFAULT_CONFIG = ModelConfig(pooling_power=3.0)
+"""The shipped default: GeM pooling (p = 3) won over average pooling on the generated benchmark's
+validation split (bench/default_path.py); with average pooling (`ModelConfig()`) it is another version."""
+METRICS_KEY = "context_rerank"
+"""Where a checkpoint's metrics hold its context calibration (metrics are not part of its version)."""
 
 
 @dataclass(frozen=True)
@@ -106,11 +118,14 @@ class RetrievalModel:
         self.version = version
         self.engine: Engine | None = None
         """Runs the encoders when set (ONNX Runtime, or fp16 on a GPU: nn/runtime.py); the network is the reference."""
+        self.context_calibration = own_calibration(info, version)
+        """The training-free context re-rank's beta and evidence for this version, if it was measured."""
 
     @classmethod
     def load_default(cls, device: str | torch.device = "cpu", config: ModelConfig | None = None) -> RetrievalModel:
-        """The pretrained network itself: identity projection, every attention head = average pooling."""
-        config = config or ModelConfig()
+        """The pretrained network itself (`DEFAULT_CONFIG` unless given): identity projection, GeM pooling,
+        every attention head at its uniform start."""
+        config = config or DEFAULT_CONFIG
         vocabulary = TagVocabulary(())
         network = build_network(config, len(vocabulary))
         digest = content_hash(config, vocabulary, head_tensors(network))
@@ -154,8 +169,10 @@ class RetrievalModel:
 
     @property
     def rerank_measured_to_help(self) -> bool:
-        """Search re-ranks by default only when this is True (measured on held-out data)."""
-        return self.info.rerank_measured_to_help
+        """Search re-ranks by default only when this is True (measured on held-out data): the learned
+        re-ranker was, or the training-free one at its calibrated beta was."""
+        calibration = self.context_calibration
+        return self.info.rerank_measured_to_help or (calibration is not None and calibration.helps)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         return self.config.preprocess(image)
@@ -183,15 +200,46 @@ class RetrievalModel:
             maps = self.engine.street_maps(pixels)
         else:
             maps = self.network.street_maps(self.network.trunk(pixels.to(self.device))).float()
-        return StreetEncoding(vectors=F.normalize(maps.mean(dim=1), dim=-1).cpu(), maps=maps.cpu())
+        pooled = power_mean(maps, self.query_pooling(maps)[:, None], self.config.pooling_power)[:, 0]
+        return StreetEncoding(vectors=F.normalize(pooled, dim=-1).cpu(), maps=maps.cpu())
+
+    def query_pooling(self, maps: torch.Tensor) -> torch.Tensor:
+        """The first stage's pooling weights [B, L] over query maps [B, L, D]."""
+        if self.config.query_mask:
+            return activation_mask(maps)
+        return torch.full(maps.shape[:2], 1.0 / maps.shape[1], device=maps.device, dtype=maps.dtype)
 
     @torch.inference_mode()
-    def rerank(self, street_map: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """CtxYNet scores of N stored candidate vectors for one query map [L, D]; higher is better."""
+    def rerank(
+        self, street_map: torch.Tensor, candidates: torch.Tensor, calibration: ContextCalibration | None = None
+    ) -> torch.Tensor:
+        """Re-rank scores of N stored candidate vectors for one query map [L, D]; higher is better.
+
+        With `calibration` (a shop's own, from the registry), the training-free re-rank at its beta.
+        Otherwise the learned CtxYNet where it was measured to help, else the training-free one where
+        this version was calibrated, else the learned one (at its start, that keeps the first stage's order).
+        """
+        chosen = calibration
+        if chosen is None and not self.info.rerank_measured_to_help:
+            chosen = self.context_calibration
+        if chosen is not None:
+            return self.free_rerank(street_map, candidates, chosen.beta)
         scores, _ = self.network.context_scores(
             street_map.to(self.device)[None], candidates.to(self.device, torch.float32)[None]
         )
         return scores[0].cpu()
+
+    @torch.inference_mode()
+    def free_rerank(self, street_map: torch.Tensor, candidates: torch.Tensor, beta: float) -> torch.Tensor:
+        """The training-free context re-rank (CtxYNet with no parameters) at `beta`; higher is better.
+
+        Scored as the learned one is: minus the squared distance of the normalised, candidate-weighted
+        query feature to the normalised candidate.
+        """
+        maps = street_map.to(self.device, torch.float32)[None]
+        stored = F.normalize(candidates.to(self.device, torch.float32), dim=-1)[None]
+        queries, _ = free_context(maps, stored, beta, self.config.pooling_power, self.query_pooling(maps))
+        return -(F.normalize(queries, dim=-1) - stored).pow(2).sum(-1)[0].cpu()
 
     @torch.inference_mode()
     def context_weights(self, street_map: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -200,3 +248,11 @@ class RetrievalModel:
             street_map.to(self.device)[None], candidates.to(self.device, torch.float32)[None]
         )
         return weights[0].cpu()
+
+
+def own_calibration(info: CheckpointInfo, version: str) -> ContextCalibration | None:
+    """A checkpoint's calibration from its metrics, else a shipped one recorded for exactly this version."""
+    stored = info.metrics.get(METRICS_KEY)
+    if stored is None and CALIBRATIONS.is_file():
+        stored = json.loads(CALIBRATIONS.read_text(encoding="utf-8")).get(version)
+    return None if stored is None else ContextCalibration.from_dict(stored)

@@ -29,7 +29,6 @@ import fasteners
 import torch
 from torch import nn
 
-from ynet_db.nn.attention import attend
 from ynet_db.nn.ynet import YNet
 
 log = logging.getLogger(__name__)
@@ -37,7 +36,7 @@ log = logging.getLogger(__name__)
 GraphKind = Literal["shop", "street"]
 GRAPHS: tuple[GraphKind, ...] = ("shop", "street")
 OPSET = 17
-RECIPE = "ynet-onnx/1"
+RECIPE = "ynet-onnx/2"
 """Bumped whenever the wrappers below change what a graph computes."""
 INPUTS: dict[GraphKind, tuple[str, ...]] = {"shop": ("pixels", "tag_query"), "street": ("pixels",)}
 OUTPUTS: dict[GraphKind, tuple[str, ...]] = {"shop": ("vectors", "weights"), "street": ("maps",)}
@@ -52,7 +51,7 @@ class ShopGraph(nn.Module):
 
     def forward(self, pixels: torch.Tensor, tag_query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps = self.network.shop(self.network.trunk(pixels))
-        pooled, weights = attend(maps, torch.einsum("blc,bc->bl", maps, tag_query))
+        pooled, weights = self.network.tag_attention.pool(maps, torch.einsum("blc,bc->bl", maps, tag_query))
         return self.network.shop_projection(pooled), weights
 
 

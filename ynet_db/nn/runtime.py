@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from ynet_db.config import Settings
+from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.model import RetrievalModel
 from ynet_db.nn.onnx_engine import GraphMismatch, OnnxEngine, verified_engine
 from ynet_db.nn.onnx_export import GRAPHS, cached_graph, graph_path, network_digest
@@ -92,10 +93,13 @@ def onnx_engine(model: RetrievalModel, cache_dir: Path, threads: int) -> OnnxEng
     return None
 
 
-def load_serving(settings: Settings, checkpoint: Path | None = None, threads: int | None = None) -> RetrievalModel:
-    """The checkpoint (or the default model) on `settings.device`, its encoders on the chosen runtime."""
+def load_serving(
+    settings: Settings, checkpoint: Path | None = None, threads: int | None = None, config: ModelConfig | None = None
+) -> RetrievalModel:
+    """The checkpoint (or the default model, as `config` describes it) on `settings.device`, its encoders on the
+    chosen runtime."""
     if checkpoint is not None:
         model = RetrievalModel.load(checkpoint, device=settings.device)
     else:
-        model = RetrievalModel.load_default(device=settings.device)
+        model = RetrievalModel.load_default(device=settings.device, config=config)
     return accelerate(model, settings.runtime, graph_cache(settings), threads)

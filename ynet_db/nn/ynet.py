@@ -81,9 +81,9 @@ class YNet(nn.Module):
         self.shop = Branch(backbone, config.trunk_blocks)
         self.street_projection = Projection(config)
         self.shop_projection = Projection(config)
-        self.tag_attention = TagAttention(num_tags, config.map_channels)
+        self.tag_attention = TagAttention(num_tags, config.map_channels, config.pooling_power)
         self.context_attention = ContextAttention(
-            config.context_form, config.embedding_dim, config.locations, config.context_hidden
+            config.context_form, config.embedding_dim, config.locations, config.context_hidden, config.pooling_power
         )
 
     def freeze_batchnorm(self) -> None:

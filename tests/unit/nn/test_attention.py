@@ -1,7 +1,8 @@
+import numpy as np
 import pytest
 import torch
 
-from ynet_db.nn.attention import ContextAttention, TagAttention
+from ynet_db.nn.attention import ContextAttention, TagAttention, free_context, power_mean
 
 
 def reference_tag_attention(
@@ -69,3 +70,71 @@ def test_linear_context_scores_match_loops(generator: torch.Generator) -> None:
             assert float(scores[0, n, l]) == pytest.approx(float(expected), abs=1e-5)
     _, weights = attention(maps, contexts)
     torch.testing.assert_close(weights.sum(-1), torch.ones(1, 2))
+
+
+def reference_free_context_scores(
+    street_map: np.ndarray, candidates: np.ndarray, beta: float, power: float
+) -> list[float]:
+    """Slow and plain: for each candidate, softmax over locations of beta * cosine, weighted power mean,
+    normalised, minus its squared distance to the normalised candidate."""
+    scores = []
+    for c in candidates.astype(np.float64):
+        c = c / np.linalg.norm(c)
+        logits = [beta * float(m @ c) / float(np.linalg.norm(m)) for m in street_map.astype(np.float64)]
+        top = max(logits)
+        weights = [np.exp(v - top) for v in logits]
+        weights = [w / sum(weights) for w in weights]
+        pooled = np.zeros_like(c)
+        for w, m in zip(weights, street_map.astype(np.float64), strict=True):
+            pooled += w * np.maximum(m, 1e-6) ** power if power != 1.0 else w * m
+        pooled = pooled ** (1.0 / power) if power != 1.0 else pooled
+        q = pooled / np.linalg.norm(pooled)
+        scores.append(-float(((q - c) ** 2).sum()))
+    return scores
+
+
+@pytest.fixture(scope="module")
+def real_maps() -> tuple[torch.Tensor, torch.Tensor]:
+    """The default model's street map of one real (drawn) photo and the shop vectors of five others."""
+    from ynet_db.data.garments import sample_garment
+    from ynet_db.data.scenes import shop_photo, street_photo
+    from ynet_db.nn.model import RetrievalModel
+
+    model = RetrievalModel.load_default()
+    rng = np.random.default_rng(0)
+    garments = [sample_garment(rng) for _ in range(5)]
+    street = street_photo(garments[0], [], 224, rng).image
+    shops = [shop_photo(g, [garments[(i + 1) % 5]], 224, rng).image for i, g in enumerate(garments)]
+    street_map = model.encode_street(model.preprocess(street)[None]).maps[0]
+    shop = model.encode_shop(torch.stack([model.preprocess(s) for s in shops]), [[]] * 5).vectors
+    return street_map, shop
+
+
+@pytest.mark.parametrize(("beta", "power"), [(0.0, 1.0), (5.0, 1.0), (10.0, 1.0), (5.0, 3.0)])
+def test_free_context_rerank_matches_a_numpy_loop_on_real_maps(
+    beta: float, power: float, real_maps: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    from ynet_db.nn.config import ModelConfig
+    from ynet_db.nn.model import RetrievalModel
+
+    street_map, shop = real_maps
+    assert street_map.shape == (49, 1280) and float(street_map.min()) >= 0  # ReLU6 map of the default model
+    model = RetrievalModel.load_default(config=ModelConfig(pooling_power=power))
+    scores = model.free_rerank(street_map, shop, beta)
+    expected = reference_free_context_scores(street_map.numpy(), shop.numpy(), beta, power)
+    np.testing.assert_allclose(scores.numpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_free_context_at_beta_zero_is_the_first_stage(real_maps: tuple[torch.Tensor, torch.Tensor]) -> None:
+    street_map, shop = real_maps
+    queries, weights = free_context(street_map[None], shop[None], 0.0)
+    torch.testing.assert_close(weights, torch.full((1, 5, 49), 1 / 49))
+    torch.testing.assert_close(queries[0], street_map.mean(dim=0).expand(5, -1))
+
+
+def test_power_mean_is_gem_under_uniform_weights(generator: torch.Generator) -> None:
+    maps = torch.rand(2, 9, 4, generator=generator, dtype=torch.float64)
+    uniform = torch.full((2, 1, 9), 1 / 9, dtype=torch.float64)
+    expected = maps.pow(3).mean(dim=1, keepdim=True).pow(1 / 3)
+    torch.testing.assert_close(power_mean(maps, uniform, 3.0), expected)
+    torch.testing.assert_close(power_mean(maps, uniform, 1.0), maps.mean(dim=1, keepdim=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -87,3 +88,24 @@ def test_train_then_evaluate_then_draw_attention(tiny_benchmark: Path, distracto
     picture = tmp_path / "attention.png"
     _run("attention", str(shop), "--model", str(out / "model.safetensors"), "--tag", "color:red", "--out", str(picture))
     assert Image.open(picture).size[0] >= 64
+
+
+def test_evaluate_a_catalogue_file_without_street_photos(
+    tiny_benchmark: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The catalogue's photos lie outside its folder: both are roots, so a missing photo says it is missing.
+    monkeypatch.setenv("YNET_IMAGE_ROOTS", os.pathsep.join([str(tiny_benchmark), str(tmp_path)]))
+    shops = sorted(tiny_benchmark.glob("img/*/*/id_*/shop_01.jpg"))[:5]
+    rows = ["id,category,image,tags"] + [f"sku-{i},dress,{path},category:dress" for i, path in enumerate(shops)]
+    rows.append("sku-x,dress,missing.jpg,category:dress")
+    catalogue = tmp_path / "catalogue.csv"
+    catalogue.write_text("\n".join(rows) + "\n")
+    report_dir = tmp_path / "catalogue-evaluation"
+    _run("evaluate", str(catalogue), "--catalogue", "--out", str(report_dir))
+    results = json.loads((report_dir / "results.json").read_text())
+    assert (results["mode"], results["queries"], results["gallery"]) == ("catalogue", 5, 5)
+    assert [q["products"] for q in results["per_query"]] == [[f"sku-{i}"] for i in range(5)]
+    assert len(results["unreadable"]) == 1 and results["unreadable"][0].startswith(f"{catalogue}:7: image not found")
+
+    refused = CliRunner().invoke(main, ["evaluate", str(catalogue), "--out", str(report_dir)])
+    assert refused.exit_code == 2 and "evaluated with --catalogue" in refused.output
