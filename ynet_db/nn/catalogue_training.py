@@ -16,9 +16,10 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +30,7 @@ from tqdm import tqdm
 
 from ynet_db.data.records import ImageRef, Product
 from ynet_db.nn.augment import street_view
+from ynet_db.nn.checkpoint import Checkpoint, CheckpointInfo, differing_tensors, save_checkpoint
 from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.features import cached_trunk_features, default_reader
 from ynet_db.nn.losses import triplet_loss
@@ -53,6 +55,9 @@ class CataloguePlan:
     """False: the matched control, the same training with uniform attention."""
     name: str = "ynet-lite0-catalogue"
     seed: int = 0
+    input_size: int = 224
+    map_size: int = 7
+    """Side of the branches' map at input_size (tests use small images)."""
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,13 @@ def train_from_catalogue(
     """Train TagYNet (or its control) on the catalogue's products alone; returns network, vocabulary, epoch losses."""
     device = torch.device(device)
     vocabulary = TagVocabulary.build(p.tags for p in products.values())
-    config = ModelConfig(name=plan.name, projection="linear", embedding_dim=plan.embedding_dim)
+    config = ModelConfig(
+        name=plan.name,
+        projection="linear",
+        embedding_dim=plan.embedding_dim,
+        input_size=plan.input_size,
+        map_size=plan.map_size,
+    )
     network = build_network(config, len(vocabulary)).to(device)
     data = cache_catalogue(
         network,
@@ -231,3 +242,108 @@ def train_from_catalogue(
     for param in network.parameters():
         param.requires_grad_(False)
     return network.cpu(), vocabulary, losses
+
+
+def catalogue_products(source: Path) -> tuple[dict[str, Product], list[str]]:
+    """A catalogue's products from an import file (CSV or JSON Lines) or a dataset's training split.
+
+    Returns the products and the rows it could not use as 'file:line: reason' (remote images are not
+    fetched for training: a shop trains on its own copies of the photos).
+    """
+    if source.is_dir():
+        from ynet_db.data import load_dataset
+
+        return dict(load_dataset(source).split("train").products), []
+    from ynet_db.catalog import Rejection, validate
+
+    products: dict[str, Product] = {}
+    problems: list[str] = []
+    for line, row in validate(source):
+        if isinstance(row, Rejection):
+            problems.append(f"{source}:{line}: {row.reason}")
+        elif row.image_uri.lower().startswith(("http://", "https://")):
+            problems.append(f"{source}:{line}: {row.image_uri} is remote; training reads local images only")
+        else:
+            image = Path(row.image_uri.removeprefix("file://"))
+            products[row.external_id] = Product(row.external_id, row.category, tuple(row.tags), (ImageRef(image),))
+    return products, problems
+
+
+def split_products(
+    products: dict[str, Product], share: float, seed: int
+) -> tuple[dict[str, Product], dict[str, Product]]:
+    """(train, held out): `share` of the products, chosen by seed, are kept for the check."""
+    order = sorted(products)
+    random.Random(seed).shuffle(order)
+    held = set(order[: round(len(order) * share)])
+    return {i: p for i, p in products.items() if i not in held}, {i: p for i, p in products.items() if i in held}
+
+
+def held_out_check(
+    trained: YNet,
+    vocabulary: TagVocabulary,
+    held: dict[str, Product],
+    *,
+    seed: int,
+    cache_dir: Path | None,
+    device: torch.device,
+) -> dict[str, object]:
+    """Catalogue mode on products training never saw: each held-out product's street view (made as in
+    training, another seed) searched among their photos, by the trained model and by the shipped default."""
+    from ynet_db.evaluate import report
+    from ynet_db.nn.fit import CachedSplit, cached_ranking
+
+    items, _, _ = training_rows(held)
+    if len(items) < 2:
+        raise ValueError(f"the held-out check needs at least 2 products with an image, got {len(items)}")
+    data = cache_catalogue(
+        trained, held, vocabulary, views=1, seed=seed + 7919, cache_dir=cache_dir, device=device, progress=False
+    )
+    categories = [held[i].category for i in items]
+    tags = [held[i].tags for i in items]
+    split = CachedSplit(data.street, data.shop, items, categories, tags, data.shop, items, tags)
+    default = build_network(ModelConfig(), 0)
+    trained_report = report(cached_ranking(trained, split, vocabulary, device=device))
+    default_report = report(cached_ranking(default, split, vocabulary, use_tags=False, device=device))
+    beats = trained_report["top_k"]["1"] - default_report["top_k"]["1"] > default_report["standard_error"]["1"]
+    beats = bool(beats and trained_report["top_k"]["20"] >= default_report["top_k"]["20"])
+    return {
+        "queries": len(items),
+        "trained": trained_report["top_k"],
+        "default": default_report["top_k"],
+        "standard_error": default_report["standard_error"],
+        "beats_default": beats,
+    }
+
+
+def catalogue_hash(products: dict[str, Product]) -> str:
+    digest = hashlib.sha256()
+    for item, product in sorted(products.items()):
+        digest.update(
+            f"{item}|{'|'.join(product.tags)}|{'|'.join(str(r.path) for r in product.shop_images)}\n".encode()
+        )
+    return digest.hexdigest()
+
+
+def fit_from_catalogue(
+    products: dict[str, Product],
+    out_dir: Path,
+    plan: CataloguePlan,
+    *,
+    holdout: float = 0.2,
+    device: torch.device | str = "cpu",
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> Checkpoint:
+    """Train on the catalogue minus a held-out share, check on that share against the shipped default,
+    and write OUT/model.safetensors with the check as its evidence (metrics 'catalogue_check')."""
+    device = torch.device(device)
+    train, held = split_products(products, holdout, plan.seed)
+    network, vocabulary, losses = train_from_catalogue(
+        train, plan, device=device, cache_dir=cache_dir, progress=progress
+    )
+    check = held_out_check(network, vocabulary, held, seed=plan.seed, cache_dir=cache_dir, device=device)
+    metrics = {"trained_from": "catalogue", "catalogue_losses": losses, "catalogue_check": check, "plan": asdict(plan)}
+    info = CheckpointInfo(network.config, vocabulary, catalogue_hash(train), metrics, False)
+    base = build_network(network.config, len(vocabulary)).state_dict()
+    return save_checkpoint(out_dir / "model.safetensors", info, differing_tensors(network.state_dict(), base))
