@@ -299,10 +299,14 @@ def fit_network(
             else None
         )
         parts = context_splits(cached.rows(held_items), cached_val, plan.seed)
-        ctx_train, select, judge = (encode_split(network, part, vocabulary, device) for part in parts)
-        options = ContextOptions(epochs=plan.ctx_epochs, lrs=plan.ctx_lrs, margin=plan.margin, seed=plan.seed)
-        evidence = train_context_stage(network.cpu(), ctx_train, select, judge, options)
-        metrics["context_stage"] = evidence.to_metrics()
+        sizes = [len(set(part.query_items)) for part in parts]
+        if min(sizes) < 2:  # nothing to rank against: the stage is not trained, and not shipped
+            metrics["context_stage"] = {"skipped": f"products to train, choose, judge: {sizes}; needs 2 each"}
+        else:
+            ctx_train, select, judge = (encode_split(network, part, vocabulary, device) for part in parts)
+            options = ContextOptions(epochs=plan.ctx_epochs, lrs=plan.ctx_lrs, margin=plan.margin, seed=plan.seed)
+            evidence = train_context_stage(network.cpu(), ctx_train, select, judge, options)
+            metrics["context_stage"] = evidence.to_metrics()
     return Fitted(network.cpu(), vocabulary, metrics, evidence)
 
 
