@@ -1,9 +1,9 @@
 """The context stage on a frozen first stage: it learns where it can, and is not shipped where it cannot.
 
 The queries are small synthetic street maps in the embedding space: location 0 holds the product's
-vector with noise, the other locations hold clutter, another product's vector plus a shared clutter
-direction (the same in every split). Average pooling mixes the two; a context attention that learns to look away from the
-clutter direction ranks better.
+vector with noise, the other locations hold clutter, another product's vector plus a clutter direction
+shared by every split. Average pooling mixes the two; a context attention that learns to look away
+from the clutter direction ranks better.
 """
 
 from __future__ import annotations
