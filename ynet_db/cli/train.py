@@ -79,8 +79,10 @@ def train(
 
     The pretrained trunk is frozen and its outputs cached (first run: a few minutes per thousand
     images on a CPU), so the branches train quickly. Re-running the same command resumes each stage
-    from its last finished epoch. The re-ranker is judged on the 'val' split (or held-out training
-    products), and the checkpoint records whether it helped.
+    from its last finished epoch. The context stage trains the context attention alone on the frozen first
+    stage, chosen and judged on held-out products ('val' split or training products the first stages
+    never saw); the checkpoint records the evidence and whether it helped. With --from-catalogue,
+    DATASET is a catalogue file (or a dataset whose street photos are not read).
     """
     from ynet_db.data import load_dataset
     from ynet_db.nn.fit import FitPlan, fit
