@@ -1,8 +1,11 @@
 """Fitting a model on a dataset: cache trunk features, start from PCA, run the stages, write a checkpoint.
 
-The re-ranker is judged on data no stage trained on (the val split, or else a cross-fitted half of
-the held-out training products), and the checkpoint records whether it helped: search re-ranks by
-default only then (method.md: until measured to help, it should not change what users get).
+The context stage trains the context attention alone on the frozen first stage (context_stage.py),
+on training products the first stages did not see; its learning rate and epochs are chosen on other
+held-out products and the result is judged against the unchanged first stage on still others (the
+val split's products when there is one). The checkpoint records that evidence and whether it helped:
+search re-ranks by default only then (method.md: until measured to help, it should not change what
+users get), and a stage that did not help is stored as zero attention, i.e. the first stage itself.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from ynet_db.data.records import ImageRef, RetrievalDataset
-from ynet_db.evaluate import Ranking, first_hit_ranks, report
+from ynet_db.evaluate import Ranking, first_hit_ranks
 from ynet_db.nn.checkpoint import Checkpoint, CheckpointInfo, differing_tensors, save_checkpoint
 from ynet_db.nn.config import ContextForm, ModelConfig
+from ynet_db.nn.context_stage import ContextEvidence, ContextOptions, EncodedQueries, train_context_stage
 from ynet_db.nn.features import cached_trunk_features
 from ynet_db.nn.losses import Mining
 from ynet_db.nn.model import build_network
@@ -38,6 +42,8 @@ class FitPlan:
     holdout: float = 0.3
     """Share of training products kept from the first stages for training/judging the re-ranker."""
     context_form: ContextForm = "linear"
+    ctx_lrs: tuple[float, ...] = (0.1, 0.01)
+    """Learning rates the context stage tries; the best with its epoch count is chosen on held-out products."""
     name: str = "ynet-lite0-trained"
     batch_size: int = 32
     lr: float = 0.01
@@ -104,33 +110,30 @@ def cache_split(
         progress="street images" if progress else None,
         **common,
     )
-    positives = cached_trunk_features(
+    gallery_refs = [
+        (item, fix(ref)) for item, product in sorted(dataset.products.items()) for ref in product.shop_images
+    ]
+    shop_refs = list(dict.fromkeys([r for _, r in gallery_refs] + [fix(p.shop) for p in dataset.pairs]))
+    # Each shop image is computed once: a pair's shop image is usually one of the gallery's.
+    shop = cached_trunk_features(
         network.trunk,
         config,
-        [fix(p.shop) for p in dataset.pairs],
+        shop_refs,
         cache_dir,
         progress="shop images" if progress else None,
         **common,
     )
-    gallery_refs = [
-        (item, fix(ref)) for item, product in sorted(dataset.products.items()) for ref in product.shop_images
-    ]
-    gallery = cached_trunk_features(
-        network.trunk,
-        config,
-        [r for _, r in gallery_refs],
-        cache_dir,
-        progress="gallery" if progress else None,
-        **common,
-    )
+    row_of = {ref: row for row, ref in enumerate(shop_refs)}
+    positives = shop.features[[row_of[fix(p.shop)] for p in dataset.pairs]]
+    gallery = shop.features[[row_of[r] for _, r in gallery_refs]]
     products = dataset.products
     return CachedSplit(
         street.features,
-        positives.features[:, 0],
+        positives[:, 0],
         [p.item_id for p in dataset.pairs],
         [products[p.item_id].category for p in dataset.pairs],
         [products[p.item_id].tags for p in dataset.pairs],
-        gallery.features[:, 0],
+        gallery[:, 0],
         [item for item, _ in gallery_refs],
         [products[item].tags for item, _ in gallery_refs],
     )
@@ -204,15 +207,61 @@ def split_items(items: list[str], share: float, seed: int) -> tuple[set[str], se
     return set(order[cut:]), set(order[:cut])
 
 
-def fit(
+@dataclass(frozen=True)
+class Fitted:
+    """A trained network with what it learned from and the evidence its checkpoint records."""
+
+    network: YNet
+    vocabulary: TagVocabulary
+    metrics: dict[str, object]
+    context: ContextEvidence | None
+
+
+@torch.inference_mode()
+def encode_split(network: YNet, split: CachedSplit, vocabulary: TagVocabulary, device: torch.device) -> EncodedQueries:
+    """The first stage's street maps (every cached view) and normalised TagYNet gallery vectors of a split."""
+    network.to(device).eval()
+    maps = []
+    for s in range(0, len(split.query_items), 64):
+        views = split.queries[s : s + 64]
+        flat = network.street_maps(views.flatten(0, 1).to(device, torch.float32))
+        maps.append(flat.view(views.shape[0], views.shape[1], *flat.shape[1:]).cpu())
+    tags = vocabulary.encode(split.gallery_tags).multi_hot
+    gallery = [
+        F.normalize(
+            network.shop_vectors(split.gallery[s : s + 64].to(device, torch.float32), tags[s : s + 64].to(device))[0],
+            dim=-1,
+        ).cpu()
+        for s in range(0, len(split.gallery_items), 64)
+    ]
+    return EncodedQueries(torch.cat(maps), list(split.query_items), torch.cat(gallery), list(split.gallery_items))
+
+
+def context_splits(
+    held: CachedSplit, val: CachedSplit | None, seed: int
+) -> tuple[CachedSplit, CachedSplit, CachedSplit]:
+    """(train, select, judge) for the context stage: held-out training products train it; the val split's
+    products (or, without one, the rest of the held-out products) are halved to choose and to judge."""
+    if val is not None:
+        train, rest = held, val
+    else:
+        rest_items, train_items = split_items(held.query_items, 0.5, seed + 1)
+        train, rest = held.rows(train_items), held.rows(rest_items)
+    judge_items, select_items = split_items(rest.query_items, 0.5, seed + 2)
+    return train, rest.rows(select_items), rest.rows(judge_items)
+
+
+def fit_network(
     dataset: RetrievalDataset,
-    out_dir: Path,
     plan: FitPlan,
     *,
     device: torch.device | str = "cpu",
     cache_dir: Path | None = None,
+    state_dir: Path | None = None,
     progress: bool = True,
-) -> Checkpoint:
+) -> Fitted:
+    """The training entry point of `ynet-db train` and of bench/ladder.py: the first stages, then the
+    context stage on the frozen first stage, chosen and judged on products the first stages never saw."""
     device = torch.device(device)
     train = dataset.split("train")
     if not train.pairs:
@@ -233,52 +282,48 @@ def fit(
     for stage in plan.stages:
         if stage == "ctxynet":
             continue
-        options = replace(base, stage=stage, epochs=plan.epochs)
-        losses = train_stage(
+        metrics[f"{stage}_losses"] = train_stage(
             network,
             pair_features(cached.rows(first_items), vocabulary),
-            options,
+            replace(base, stage=stage, epochs=plan.epochs),
             device=device,
-            state_path=out_dir / f"state-{stage}.safetensors",
+            state_path=state_dir / f"state-{stage}.safetensors" if state_dir else None,
             progress=progress,
         )
-        metrics[f"{stage}_losses"] = losses
-    helps = False
+    evidence = None
     if use_ctx:
         val = dataset.split("val")
-        ctx_items, measure_items = (
-            (held_items, set()) if val.pairs else split_items(sorted(held_items), 0.5, plan.seed + 1)
-        )
-        options = replace(base, stage="ctxynet", epochs=plan.ctx_epochs)
-        metrics["ctxynet_losses"] = train_stage(
-            network,
-            pair_features(cached.rows(ctx_items), vocabulary),
-            options,
-            device=device,
-            state_path=out_dir / "state-ctxynet.safetensors",
-            progress=progress,
-        )
-        judged = (
+        cached_val = (
             cache_split(network, val, views=1, crop=plan.crop, cache_dir=cache_dir, device=device, progress=progress)
             if val.pairs
-            else cached.rows(measure_items)
+            else None
         )
-        plain = report(cached_ranking(network, judged, vocabulary, device=device))
-        reranked = report(cached_ranking(network, judged, vocabulary, rerank=True, device=device))
-        helps = rerank_helps(plain, reranked)
-        metrics["rerank_judged_on"] = {
-            "plain": plain["top_k"],
-            "reranked": reranked["top_k"],
-            "standard_error": plain["standard_error"],
-        }
-    base_state = build_network(config, len(vocabulary)).state_dict()
-    info = CheckpointInfo(config, vocabulary, training_data_hash(train), metrics, helps)
+        parts = context_splits(cached.rows(held_items), cached_val, plan.seed)
+        sizes = [len(set(part.query_items)) for part in parts]
+        if min(sizes) < 2:  # nothing to rank against: the stage is not trained, and not shipped
+            metrics["context_stage"] = {"skipped": f"products to train, choose, judge: {sizes}; needs 2 each"}
+        else:
+            ctx_train, select, judge = (encode_split(network, part, vocabulary, device) for part in parts)
+            options = ContextOptions(epochs=plan.ctx_epochs, lrs=plan.ctx_lrs, margin=plan.margin, seed=plan.seed)
+            evidence = train_context_stage(network.cpu(), ctx_train, select, judge, options)
+            metrics["context_stage"] = evidence.to_metrics()
+    return Fitted(network.cpu(), vocabulary, metrics, evidence)
+
+
+def fit(
+    dataset: RetrievalDataset,
+    out_dir: Path,
+    plan: FitPlan,
+    *,
+    device: torch.device | str = "cpu",
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> Checkpoint:
+    fitted = fit_network(dataset, plan, device=device, cache_dir=cache_dir, state_dir=out_dir, progress=progress)
+    helps = fitted.context.helps if fitted.context else False
+    config = fitted.network.config
+    base_state = build_network(config, len(fitted.vocabulary)).state_dict()
+    info = CheckpointInfo(config, fitted.vocabulary, training_data_hash(dataset.split("train")), fitted.metrics, helps)
     return save_checkpoint(
-        out_dir / "model.safetensors", info, differing_tensors(network.cpu().state_dict(), base_state)
+        out_dir / "model.safetensors", info, differing_tensors(fitted.network.state_dict(), base_state)
     )
-
-
-def rerank_helps(plain: dict[str, object], reranked: dict[str, object]) -> bool:
-    """Top-1 better by more than one standard error, top-20 not worse."""
-    p, r, se = plain["top_k"], reranked["top_k"], plain["standard_error"]  # type: ignore[index]
-    return bool(r["1"] - p["1"] > se["1"] and r["20"] >= p["20"])  # type: ignore[index]

@@ -2,8 +2,8 @@
 
 Stages: `ynet` trains both branches and their projections (average pooling); `tagynet` does the same
 with the tag attention learned jointly (the prototype found that learning attention together with
-the features is what pays); `ctxynet` freezes the shop side and trains the street branch with the
-context attention on candidate lists of hard negatives. The trunk is always frozen (its outputs are
+the features is what pays). The context stage (`ctxynet`) trains on top of them with everything
+else frozen, in context_stage.py. The trunk is always frozen (its outputs are
 cached), batch norm statistics stay fixed, and the optimiser is SGD with momentum, step-decayed.
 """
 
@@ -16,16 +16,16 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ynet_db.nn.losses import Mining, context_triplet_loss, triplet_loss
+from ynet_db.nn.losses import Mining, triplet_loss
 from ynet_db.nn.ynet import YNet
 
 Stage = Literal["ynet", "tagynet", "ctxynet"]
 STAGES: tuple[str, ...] = ("ynet", "tagynet", "ctxynet")
+FIRST_STAGES: tuple[str, ...] = ("ynet", "tagynet")
 
 
 @dataclass(frozen=True)
@@ -61,19 +61,14 @@ class StageOptions:
     margin: float = 0.3
     mining: Mining = "shifted"
     shifts: int = 4
-    candidates: int = 8
-    """CtxYNet: hard negatives per query, taken from the starting model's ranking."""
-    train_context: bool = True
-    """CtxYNet: False trains the street branch alone on the same lists (the matched control)."""
     seed: int = 0
 
 
 def trainable(network: YNet, options: StageOptions) -> dict[str, torch.nn.Parameter]:
-    if options.stage == "ctxynet":
-        prefixes = ["street.", "street_projection."] + (["context_attention."] if options.train_context else [])
-    else:
-        prefixes = ["street.", "shop.", "street_projection.", "shop_projection."]
-        prefixes += ["tag_attention."] if options.stage == "tagynet" else []
+    if options.stage not in FIRST_STAGES:
+        raise ValueError(f"train_stage trains {' or '.join(FIRST_STAGES)}; the context stage is context_stage.py's")
+    prefixes = ["street.", "shop.", "street_projection.", "shop_projection."]
+    prefixes += ["tag_attention."] if options.stage == "tagynet" else []
     return {n: p for n, p in network.named_parameters() if any(n.startswith(x) for x in prefixes)}
 
 
@@ -109,49 +104,6 @@ def pair_loss(
     return triplet_loss(queries, products, options.margin, options.mining, options.shifts, data.items[rows].to(device))
 
 
-@torch.inference_mode()
-def shop_pool(network: YNet, data: PairFeatures, device: torch.device, batch: int = 64) -> torch.Tensor:
-    """Normalised TagYNet vectors of every pair's shop image (the frozen shop side of CtxYNet)."""
-    out = []
-    for start in range(0, len(data), batch):
-        shop = data.shop[start : start + batch].to(device, torch.float32)
-        vectors, _ = network.shop_vectors(shop, data.tags[start : start + batch].to(device))
-        out.append(F.normalize(vectors, dim=-1))
-    return torch.cat(out)
-
-
-@torch.inference_mode()
-def hard_candidates(
-    network: YNet, data: PairFeatures, pool: torch.Tensor, k: int, device: torch.device
-) -> torch.Tensor:
-    """Per pair, the k closest shop vectors of other products under the starting model: [P, k] rows."""
-    rows = []
-    for start in range(0, len(data), 64):
-        street = data.street[start : start + 64, 0].to(device, torch.float32)
-        queries = F.normalize(network.street_maps(street).mean(dim=1), dim=-1)
-        scores = queries @ pool.t()
-        same = data.items[start : start + 64, None].to(device) == data.items[None, :].to(device)
-        rows.append(scores.masked_fill(same, float("-inf")).topk(min(k, len(data) - 1), dim=1).indices.cpu())
-    return torch.cat(rows)
-
-
-def context_loss(
-    network: YNet,
-    data: PairFeatures,
-    rows: torch.Tensor,
-    pool: torch.Tensor,
-    negatives: torch.Tensor,
-    options: StageOptions,
-    g: torch.Generator,
-    device: torch.device,
-) -> torch.Tensor:
-    street = pick_views(data.street[rows], g).to(device, torch.float32)
-    maps = network.street_maps(street)
-    candidates = torch.cat([rows[:, None], negatives[rows]], dim=1).to(device)
-    scores, _ = network.context_scores(maps, pool[candidates])
-    return context_triplet_loss(scores, options.margin)
-
-
 def train_stage(
     network: YNet,
     data: PairFeatures,
@@ -175,10 +127,6 @@ def train_stage(
         list(params.values()), lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay
     )
     losses, start_epoch = resume(state_path, network, optimizer, params, options) if state_path else ([], 0)
-    pool = negatives = None
-    if options.stage == "ctxynet":
-        pool = shop_pool(network, data, device)
-        negatives = hard_candidates(network, data, pool, options.candidates, device)
     for epoch in range(start_epoch, options.epochs):
         for group in optimizer.param_groups:
             group["lr"] = options.lr * 0.1 ** (epoch // options.lr_step_epochs)
@@ -193,10 +141,7 @@ def train_stage(
             leave=False,
         )
         for rows in bar:
-            if pool is not None and negatives is not None:
-                loss = context_loss(network, data, rows, pool, negatives, options, g, device)
-            else:
-                loss = pair_loss(network, data, rows, options, g, device)
+            loss = pair_loss(network, data, rows, options, g, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

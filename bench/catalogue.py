@@ -1,0 +1,112 @@
+"""Catalogue-only training (issue 9 item 5) measured on the generated benchmark (a benchmark command).
+
+    python bench/catalogue.py DATASET [--epochs 8] [--views 2] [--out bench-data/catalogue]
+
+Trains on the train split's *products only* (shop photos and tags; its street photos are never read)
+and measures on the test split's street photos against its shop photos, each query photo once:
+  pretrained            the backbone's average-pooled features (1280-d), and the 256-d PCA start
+  catalogue TagYNet     tag attention + tag prediction + distillation, street views by augmentation
+  control               the same training with the attention kept uniform (no tag attention)
+The test split is never trained on nor used for a choice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from ladder import limited, row
+
+
+@click.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--epochs", default=8, show_default=True)
+@click.option("--views", default=2, show_default=True, help="Street views made per training product.")
+@click.option("--lr", default=0.01, show_default=True)
+@click.option("--tag-weight", default=1.0, show_default=True)
+@click.option("--distill-weight", default=1.0, show_default=True)
+@click.option("--train-products", type=int, help="Use only the first N training products (sorted ids).")
+@click.option("--test-products", type=int, help="Use only the first N test products (sorted ids).")
+@click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), help="Trunk-feature cache.")
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-data/catalogue")
+)
+@click.option("--threads", default=2, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def catalogue(
+    dataset: Path,
+    epochs: int,
+    views: int,
+    lr: float,
+    tag_weight: float,
+    distill_weight: float,
+    train_products: int | None,
+    test_products: int | None,
+    cache_dir: Path | None,
+    out_dir: Path,
+    threads: int,
+    seed: int,
+) -> None:
+    """Print catalogue-only TagYNet beside its control and the pretrained start on DATASET's test split."""
+    from ynet_db.data import load_dataset
+    from ynet_db.evaluate import report, write_json
+    from ynet_db.nn.catalogue_training import CataloguePlan, train_from_catalogue
+    from ynet_db.nn.config import ModelConfig
+    from ynet_db.nn.fit import cache_split, cached_ranking
+    from ynet_db.nn.model import build_network
+
+    torch.set_num_threads(threads)
+    data = limited(load_dataset(dataset), train_products, test_products)
+    cache = cache_dir or out_dir / "cache"
+    catalogue_products = data.split("train").products  # products, photos and tags: no street photo is read
+    plan = CataloguePlan(
+        epochs=epochs, views=views, lr=lr, tag_weight=tag_weight, distill_weight=distill_weight, seed=seed
+    )
+    results: dict[str, Any] = {}
+    trained: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for label, variant in (
+        ("PCA 256-d start (no training)", replace(plan, epochs=0)),
+        ("catalogue TagYNet", plan),
+        ("control: the same without tag attention", replace(plan, use_tags=False)),
+    ):
+        began = time.perf_counter()
+        trained[label] = train_from_catalogue(catalogue_products, variant, cache_dir=cache)
+        seconds[label] = time.perf_counter() - began
+    network, vocabulary, _ = trained["catalogue TagYNet"]
+    test = cache_split(network, data.split("test"), views=1, crop=False, cache_dir=cache, device=torch.device("cpu"))
+    click.echo("| model | top-1 | top-5 | top-10 | top-20 | top-50 |\n|---|---|---|---|---|---|")
+    identity = build_network(ModelConfig(), 0)
+    results["pretrained (1280-d, average pooling)"] = report(cached_ranking(identity, test, vocabulary, use_tags=False))
+    click.echo(row("pretrained (1280-d, average pooling)", results["pretrained (1280-d, average pooling)"]))
+    for label, (net, vocab, losses) in trained.items():
+        results[label] = report(cached_ranking(net, test, vocab, use_tags="control" not in label))
+        results[label]["epoch_losses"] = losses
+        click.echo(row(label, results[label]))
+    top1 = {name: result["top_k"]["1"] for name, result in results.items()}
+    summary = {
+        "results": results,
+        "tagynet_minus_control_top1": top1["catalogue TagYNet"] - top1["control: the same without tag attention"],
+        "train_seconds": seconds,
+        "settings": {
+            "epochs": epochs,
+            "views": views,
+            "lr": lr,
+            "tag_weight": tag_weight,
+            "distill_weight": distill_weight,
+            "train_products": train_products,
+            "test_products": test_products,
+            "seed": seed,
+            "threads": threads,
+        },
+    }
+    write_json(summary, out_dir / "catalogue.json")
+    click.echo(f"\nwrote {out_dir / 'catalogue.json'}")
+
+
+if __name__ == "__main__":
+    catalogue()
