@@ -261,7 +261,7 @@ def catalogue_file(path: Path) -> tuple[RetrievalDataset, list[str]]:
         if isinstance(row, Rejection):
             problems.append(f"{path}:{line}: {row.reason}")
         elif row.image_uri.lower().startswith(("http://", "https://")):
-            problems.append(f"{path}:{line}: {row.image_uri} is remote; evaluation reads local images only")
+            problems.append(f"{path}:{line}: {row.image_uri} is remote; only local copies of the photos are read here")
         else:
             products[row.external_id] = Product(
                 row.external_id, row.category, row.tags, (ImageRef(Path(row.image_uri)),)

@@ -254,19 +254,10 @@ def catalogue_products(source: Path) -> tuple[dict[str, Product], list[str]]:
         from ynet_db.data import load_dataset
 
         return dict(load_dataset(source).split("train").products), []
-    from ynet_db.catalog import Rejection, validate
+    from ynet_db.evaluate import catalogue_file
 
-    products: dict[str, Product] = {}
-    problems: list[str] = []
-    for line, row in validate(source):
-        if isinstance(row, Rejection):
-            problems.append(f"{source}:{line}: {row.reason}")
-        elif row.image_uri.lower().startswith(("http://", "https://")):
-            problems.append(f"{source}:{line}: {row.image_uri} is remote; training reads local images only")
-        else:
-            image = Path(row.image_uri.removeprefix("file://"))
-            products[row.external_id] = Product(row.external_id, row.category, tuple(row.tags), (ImageRef(image),))
-    return products, problems
+    dataset, problems = catalogue_file(source)
+    return dict(dataset.products), problems
 
 
 def split_products(
