@@ -45,6 +45,7 @@ def test_a_refused_checkpoint_is_a_one_line_error(engine: Engine, settings: Sett
     for args, env in (
         (("model", "register", str(bad)), {}),
         (("model", "register"), {"YNET_MODEL": str(bad)}),
+        (("evaluate", str(tmp_path), "--model", str(bad)), {}),
     ):
         result = _cli(settings, *args, **env)
         assert result.exit_code == 1, result.output

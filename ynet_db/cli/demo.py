@@ -28,7 +28,10 @@ def demo(app: App, products: int, queries: int | None) -> None:
     first built.
     """
     from ynet_db import demo as steps
+    from ynet_db.cli.terminal import safe
     from ynet_db.model_registry import ModelIdentity, activate, promote_if_complete, register
+    from ynet_db.nn.backbone import WeightsError
+    from ynet_db.nn.checkpoint import CheckpointError
     from ynet_db.workers.process import load_model
 
     config = DemoConfig(products=products, queries=queries)
@@ -39,7 +42,10 @@ def demo(app: App, products: int, queries: int | None) -> None:
     migrate.upgrade(engine)
     dataset = demo_dataset(app.settings.data_dir, config)
     click.echo(f"catalogue: {len(dataset.products)} generated products in {dataset.root}")
-    model = load_model(settings)
+    try:
+        model = load_model(settings)
+    except (CheckpointError, WeightsError) as error:
+        raise click.ClickException(safe(error)) from error
     register(engine, ModelIdentity.of(model, settings.model_path))
     activate(engine, model.version)
     click.echo(f"model: {model.version} ({model.embedding_dim}-d)")

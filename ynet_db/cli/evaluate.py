@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ynet_db.cli.checkpoints import load_model
 from ynet_db.cli.options import crop_option, device_option, model_option
 
 
@@ -64,10 +65,9 @@ def evaluate(
     beats the default model.
     """
     from ynet_db.evaluate import evaluate_model, plot_topk, write_json
-    from ynet_db.nn.model import RetrievalModel
 
+    model = load_model(model_path, device)  # a refused checkpoint is a one-line error, before any data is read
     data, problems = evaluation_data(dataset, split, catalogue)
-    model = RetrievalModel.load(model_path, device=device) if model_path else RetrievalModel.load_default(device=device)
     use_rerank = model.rerank_measured_to_help if rerank is None else rerank
     result = evaluate_model(
         model,
