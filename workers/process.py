@@ -30,19 +30,18 @@ import signal
 import socket
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
 from celery import current_app, signals
-from sqlalchemy import Engine, event, text
+from sqlalchemy import Engine, event
 from ynet_db.workers.heartbeat import Heartbeat, WorkerIdentity
 
 from ynet_db.config import Settings
 from ynet_db.db.engine import engine_from_settings
 from ynet_db.model_registry import ModelIdentity, ModelRecord, register
+from ynet_db.nn import runtime
 from ynet_db.nn.checkpoint import load_checkpoint
-from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.model import RetrievalModel
 from ynet_db.nn.runtime import load_serving
 
@@ -80,37 +79,15 @@ class WorkerResources:
 
 
 def load_registered(engine: Engine, model_id: int, settings: Settings) -> RetrievalModel:
-    with engine.connect() as conn:
-        row = conn.execute(
-            text("SELECT version, config ->> 'checkpoint', config -> 'model' FROM ynet.models WHERE id = :id"),
-            {"id": model_id},
-        ).first()
-    if row is None:
-        raise LookupError(f"model {model_id} is not registered")
-    version, checkpoint, described = row
-    model = load_serving(
-        settings,
-        Path(checkpoint) if checkpoint else None,
-        config=None if checkpoint else registered_default_config(described),
-    )
-    if model.version != version:
-        raise LookupError(
-            f"model {model_id} is registered as {version}, but {checkpoint or 'the default model'} here is "
-            f"{model.version}: make the same checkpoint available to this worker"
-        )
+    model = runtime.load_registered(engine, model_id, settings)
     log.info(
         "worker process %s loaded model %s (id %s) on demand, encoders on %s",
         os.getpid(),
-        version,
+        model.version,
         model_id,
         model.runtime,
     )
     return model
-
-
-def registered_default_config(described: dict[str, Any] | None) -> ModelConfig | None:
-    """A default model as it was registered (e.g. the average-pooled default of an earlier release)."""
-    return None if described is None else ModelConfig.from_dict(described)
 
 
 _current: WorkerResources | None = None

@@ -14,7 +14,8 @@ from ynet_db.workers import process
 from ynet_db.workers.app import EMBED_TASK, SWEEP_TASK
 
 from ynet_db import jobs
-from ynet_db.embed import drain
+from ynet_db.embed import drain, policy_fetch
+from ynet_db.fetch_policy import FetchPolicy
 from ynet_db.model_registry import promote_if_complete
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ def embed_pending(model_id: int | None = None) -> int:
             in_hand=in_hand,
             model_id=model_id,
             lease=options.lease,
+            fetch=policy_fetch(FetchPolicy.from_settings(app.ynet_settings)),  # built once, not per image
             on_written=resources.heartbeat.add_done,
         )
     log.info(

@@ -131,20 +131,11 @@ def store(engine: Engine, record: ModelRecord, calibration: ContextCalibration) 
 
 
 def load_registered_model(engine: Engine, record: ModelRecord) -> RetrievalModel:
-    """The registered model from its recorded checkpoint (the default model when it has none)."""
-    from ynet_db.nn.config import ModelConfig
-    from ynet_db.nn.model import RetrievalModel
+    """The registered model as it was registered, in PyTorch (the reference the graphs are checked against)."""
+    from ynet_db.config import Settings
+    from ynet_db.nn.runtime import load_registered
 
-    with engine.connect() as conn:
-        checkpoint, described = conn.execute(
-            text("SELECT config ->> 'checkpoint', config -> 'model' FROM ynet.models WHERE id = :id"),
-            {"id": record.id},
-        ).one()
-    # A default model as it was registered: an earlier release's default pooled by averaging.
-    config = ModelConfig.from_dict(described) if described else None
-    model = RetrievalModel.load(checkpoint) if checkpoint else RetrievalModel.load_default(config=config)
-    if model.version != record.version:
-        raise CalibrationRefused(
-            f"model {record.version} is registered, but {checkpoint or 'the default model'} here is {model.version}"
-        )
-    return model
+    try:
+        return load_registered(engine, record.id, Settings(runtime="torch", device="cpu"))
+    except LookupError as error:
+        raise CalibrationRefused(str(error)) from error

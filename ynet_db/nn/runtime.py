@@ -22,6 +22,7 @@ import logging
 from pathlib import Path
 
 import torch
+from sqlalchemy import Engine, text
 
 from ynet_db.config import Settings
 from ynet_db.nn.config import ModelConfig
@@ -103,3 +104,25 @@ def load_serving(
     else:
         model = RetrievalModel.load_default(device=settings.device, config=config)
     return accelerate(model, settings.runtime, graph_cache(settings), threads)
+
+
+REGISTERED = text("SELECT version, config ->> 'checkpoint', config -> 'model' FROM ynet.models WHERE id = :id")
+
+
+def load_registered(engine: Engine, model_id: int, settings: Settings) -> RetrievalModel:
+    """A registered model as it was registered: its checkpoint, or the default model with the config it was
+    registered with (an earlier release's default pooled by averaging); `LookupError` when the model is not
+    registered or this machine would load another version."""
+    with engine.connect() as conn:
+        row = conn.execute(REGISTERED, {"id": model_id}).first()
+    if row is None:
+        raise LookupError(f"model {model_id} is not registered")
+    version, checkpoint, described = row
+    config = None if checkpoint or described is None else ModelConfig.from_dict(described)
+    model = load_serving(settings, Path(checkpoint) if checkpoint else None, config=config)
+    if model.version != version:
+        raise LookupError(
+            f"model {model_id} is registered as {version}, but {checkpoint or 'the default model'} here is "
+            f"{model.version}: make the same checkpoint available here"
+        )
+    return model
