@@ -53,7 +53,7 @@ def catalogue(
 ) -> None:
     """Print catalogue-only TagYNet beside its control and the pretrained start on DATASET's test split."""
     from ynet_db.data import load_dataset
-    from ynet_db.evaluate import report, write_json
+    from ynet_db.models.evaluate import report, write_json
     from ynet_db.nn.catalogue_training import CataloguePlan, train_from_catalogue
     from ynet_db.nn.config import ModelConfig
     from ynet_db.nn.fit import cache_split, cached_ranking

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from ynet_db.evaluate import (
+from ynet_db.models.evaluate import (
     GalleryImage,
     QueryImage,
     Reranker,
@@ -107,7 +107,7 @@ def describe(image: Any) -> str:
 
 
 def read(image: Any) -> Any:
-    from ynet_db.images import read_image
+    from ynet_db.images.decode import read_image
 
     return image.read() if isinstance(image, QueryImage) else read_image(image.ref)
 

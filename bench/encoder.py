@@ -37,7 +37,7 @@ from PIL import Image
 from ynet_db.data.garments import sample_garment
 from ynet_db.data.scenes import shop_photo
 from ynet_db.data.synth import SynthConfig, product_garment
-from ynet_db.images import decode_image
+from ynet_db.images.decode import decode_image
 from ynet_db.nn.model import RetrievalModel
 from ynet_db.nn.onnx_engine import OnnxEngine, session
 from ynet_db.nn.runtime import accelerate

@@ -140,7 +140,7 @@ def ladder(
 ) -> None:
     """Print the ladder table for DATASET (a release-format dataset with train and test splits)."""
     from ynet_db.data import load_dataset
-    from ynet_db.evaluate import plot_topk, report, write_json
+    from ynet_db.models.evaluate import plot_topk, report, write_json
     from ynet_db.nn.config import ModelConfig
     from ynet_db.nn.fit import FitPlan, cache_split, cached_ranking, fit_network
     from ynet_db.nn.model import build_network, resolve_device

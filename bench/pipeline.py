@@ -49,8 +49,8 @@ from ynet_db.data.synth import SynthConfig, product_garment
 from ynet_db.db import migrate
 from ynet_db.db.engine import make_engine
 from ynet_db.db.server import libpq_dsn, start_embedded, stop_embedded
-from ynet_db.images import decode_image
-from ynet_db.model_registry import ModelIdentity, activate, register
+from ynet_db.images.decode import decode_image
+from ynet_db.models.registry import ModelIdentity, activate, register
 from ynet_db.nn.model import RetrievalModel
 from ynet_db.nn.runtime import load_serving
 

@@ -155,7 +155,7 @@ def copy_embeddings(engine: Engine, model_id: int, vectors: np.ndarray) -> None:
 
 
 def recall_and_latency(engine: Engine, queries: np.ndarray) -> dict[str, Any]:
-    from ynet_db.prefilter import prefilter
+    from ynet_db.search.prefilter import prefilter
 
     recalls, top_k_kept, latencies = [], [], []
     for query in queries:
@@ -175,7 +175,7 @@ def recall_and_latency(engine: Engine, queries: np.ndarray) -> dict[str, Any]:
 
 
 def filtered(engine: Engine, queries: np.ndarray, n: int) -> dict[str, Any]:
-    from ynet_db.prefilter import prefilter
+    from ynet_db.search.prefilter import prefilter
 
     out: dict[str, Any] = {}
     for share, every in FILTER_SHARES.items():
@@ -207,7 +207,7 @@ def photos(count: int, seed: int) -> list[Image.Image]:
 
 
 def end_to_end(engine: Engine, model: Any, images: list[Image.Image], via: Any = None) -> dict[str, float]:
-    from ynet_db.search import search
+    from ynet_db.search.query import search
 
     latencies = []
     for image in images:
@@ -221,7 +221,7 @@ def end_to_end(engine: Engine, model: Any, images: list[Image.Image], via: Any =
 
 
 def throughput(engine: Engine, model: Any, images: list[Image.Image], clients: int, seconds: float) -> float:
-    from ynet_db.search import search
+    from ynet_db.search.query import search
 
     deadline = time.monotonic() + seconds
 
@@ -252,9 +252,9 @@ def worker_path(
 ) -> dict[str, Any]:
     """Start a `ynet-db worker` on this database and time the same queries through it."""
     from ynet_db.workers.app import make_app
-    from ynet_db.workers.search_tasks import CeleryRunner
 
     from ynet_db.config import Settings
+    from ynet_db.search.client import CeleryRunner
 
     if config is not None:
         return {"skipped": "the worker serves the default 1280-d model; run with --dim 1280"}

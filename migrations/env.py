@@ -9,7 +9,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection, text
 
-from ynet_db.db.models import SCHEMA, Base
+from ynet_db.db.tables import SCHEMA, Base
 
 VERSION_TABLE = "alembic_version"
 

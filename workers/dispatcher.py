@@ -22,11 +22,11 @@ from celery import Celery
 from sqlalchemy import Engine, text
 from ynet_db.workers.app import EMBED_TASK, WorkerOptions, make_app
 
-from ynet_db import jobs
 from ynet_db.config import Settings
 from ynet_db.db.engine import engine_from_settings
 from ynet_db.db.server import libpq_dsn
-from ynet_db.model_registry import promote_if_complete
+from ynet_db.ingestion import jobs
+from ynet_db.models.registry import promote_if_complete
 
 log = logging.getLogger(__name__)
 

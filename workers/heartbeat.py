@@ -1,6 +1,6 @@
 """A worker process's heartbeat: its row in `ynet.workers`, refreshed every few seconds and after each batch.
 
-`ynet-db status` counts a worker as live while its last beat is recent (`ynet_db.status.LIVE_WITHIN`),
+`ynet-db status` counts a worker as live while its last beat is recent (`ynet_db.presentation.status.LIVE_WITHIN`),
 so a SIGKILLed process drops out by itself; a clean exit marks the row stopped at once. The row's
 `pid` is the process that built the engine and the model, and its id is `host/pid` of the process
 that beats: the two agree only when nothing was inherited across a fork.
@@ -25,8 +25,8 @@ from datetime import timedelta
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from ynet_db import jobs
-from ynet_db.status import HEARTBEAT_INTERVAL
+from ynet_db.ingestion import jobs
+from ynet_db.presentation.status import HEARTBEAT_INTERVAL
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from ynet_db.workers.heartbeat import Heartbeat, WorkerIdentity
 
 from ynet_db.config import Settings
 from ynet_db.db.engine import engine_from_settings
-from ynet_db.model_registry import ModelIdentity, ModelRecord, register
+from ynet_db.models.registry import ModelIdentity, ModelRecord, register
 from ynet_db.nn import runtime
 from ynet_db.nn.checkpoint import load_checkpoint
 from ynet_db.nn.model import RetrievalModel

@@ -13,10 +13,10 @@ from celery import shared_task
 from ynet_db.workers import process
 from ynet_db.workers.app import EMBED_TASK, SWEEP_TASK
 
-from ynet_db import jobs
-from ynet_db.embed import drain, policy_fetch
-from ynet_db.fetch_policy import FetchPolicy
-from ynet_db.model_registry import promote_if_complete
+from ynet_db.images.policy import FetchPolicy
+from ynet_db.ingestion import jobs
+from ynet_db.ingestion.embed import drain, policy_fetch
+from ynet_db.models.registry import promote_if_complete
 
 log = logging.getLogger(__name__)
 

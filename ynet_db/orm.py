@@ -19,9 +19,9 @@ import numpy as np
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
-from ynet_db.db.models import Embedding, Model, Product
-from ynet_db.filters import DEFAULT_SCHEMA, MAX_K, FilterSchema, bounded, compile_filters
-from ynet_db.prefilter import SearchError, ann_settings, distance_to, model_constant, set_local
+from ynet_db.db.tables import Embedding, Model, Product
+from ynet_db.search.filters import DEFAULT_SCHEMA, MAX_K, FilterSchema, bounded, compile_filters
+from ynet_db.search.prefilter import SearchError, ann_settings, distance_to, model_constant, set_local
 
 MAX_SOURCES_SHOWN = 10
 
@@ -38,7 +38,7 @@ __all__ = [
 
 
 def matching(filters: Mapping[str, Any] | None, schema: FilterSchema = DEFAULT_SCHEMA) -> ColumnElement[bool]:
-    """A filter (see `ynet_db.filters`) as a WHERE clause on `Product`; compose it with `&`, `|`, `and_`."""
+    """A filter (see `ynet_db.search.filters`) as a WHERE clause on `Product`; compose it with `&`, `|`, `and_`."""
     return compile_filters(filters, schema)
 
 

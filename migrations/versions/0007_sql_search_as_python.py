@@ -1,4 +1,4 @@
-"""`ynet.nearest_products` searches as the Python prefilter does (`ynet_db.prefilter`).
+"""`ynet.nearest_products` searches as the Python prefilter does (`ynet_db.search.prefilter`).
 
 Revision 0003 wrote the SQL function with the first prefilter's policy. The search benchmark then
 changed the Python side, and backends in SQL deserve the same recall and the same rows:
@@ -40,7 +40,7 @@ CREATE OR REPLACE FUNCTION ynet.nearest_products(
 ) RETURNS TABLE (product_id integer, external_id text, distance double precision)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
-    exact_below constant integer := 20000;  -- ynet_db.prefilter.EXACT_BELOW
+    exact_below constant integer := 20000;  -- ynet_db.search.prefilter.EXACT_BELOW
     m record;
     filtered boolean := category IS NOT NULL OR tags_any IS NOT NULL OR tags_all IS NOT NULL;
     exact boolean := false;

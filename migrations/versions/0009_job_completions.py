@@ -2,7 +2,7 @@
 
 A job's embedding is an upsert on (product_id, model_id), so counting embeddings can never show that
 a job was done twice. The statement that writes a batch's embeddings and marks its jobs done
-(`ynet_db.jobs.COMPLETE`) also counts each completion here, and nothing else writes it: the fault
+(`ynet_db.ingestion.jobs.COMPLETE`) also counts each completion here, and nothing else writes it: the fault
 tests assert exactly one per job under killed workers, duplicate deliveries and broker outages.
 
 Revision ID: 0009

@@ -242,9 +242,9 @@ def test_a_worker_process_killed_mid_batch_loses_and_duplicates_nothing(
 def test_running_workers_back_fill_a_newly_activated_model_and_switch_to_it(
     engine: Engine, start_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
-    from ynet_db.demo import demo_checkpoint
-    from ynet_db.model_registry import ModelIdentity, activate, register
+    from ynet_db.models.registry import ModelIdentity, activate, register
     from ynet_db.nn.model import RetrievalModel
+    from ynet_db.presentation.demo import demo_checkpoint
 
     worker = start_worker()
     serve_default_model(engine, worker)
@@ -280,8 +280,8 @@ def test_a_worker_process_that_cannot_build_its_model_stops_the_worker_with_the_
 ) -> None:
     # A genuine checkpoint (it reads and verifies) made for other pretrained weights: only building the
     # network in the pool child finds that out.
-    from ynet_db.demo import demo_checkpoint
     from ynet_db.nn.checkpoint import load_checkpoint, save_checkpoint
+    from ynet_db.presentation.demo import demo_checkpoint
 
     demo = load_checkpoint(demo_checkpoint())
     foreign = replace(demo.info, config=demo.info.config.replace(weights_sha256="0" * 64))

@@ -28,7 +28,7 @@ from sqlalchemy.engine import URL, make_url
 from ynet_db.config import Settings
 from ynet_db.db import migrate
 from ynet_db.db.engine import make_engine
-from ynet_db.model_registry import activate
+from ynet_db.models.registry import activate
 
 HOOKS = Path(__file__).parent / "hooks"
 DEFAULT_MODEL = "ynet-lite0-default"

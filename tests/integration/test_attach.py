@@ -10,11 +10,11 @@ from PIL import Image
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from ynet_db.attach import AttachError, Columns, attach, detach
-from ynet_db.catalog import import_catalog
 from ynet_db.cli import main
 from ynet_db.config import Settings
-from ynet_db.db.models import Embedding, Model
+from ynet_db.db.tables import Embedding, Model
+from ynet_db.ingestion.attach import AttachError, Columns, attach, detach
+from ynet_db.ingestion.catalog import import_catalog
 
 SHOP = Columns(id="Item No", image="picture", category="kind", tags="labels", title="name")
 

@@ -11,11 +11,11 @@ from PIL import Image
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from ynet_db.catalog import import_catalog
 from ynet_db.cli import main
 from ynet_db.config import Settings
-from ynet_db.db.models import EmbeddingJob, Model, Product
-from ynet_db.images import ImageLimits
+from ynet_db.db.tables import EmbeddingJob, Model, Product
+from ynet_db.images.decode import ImageLimits
+from ynet_db.ingestion.catalog import import_catalog
 
 
 @pytest.fixture

@@ -20,11 +20,11 @@ from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import Session
 from ynet_db.workers.heartbeat import Heartbeat, WorkerIdentity
 
-from ynet_db import jobs
-from ynet_db.db.models import Embedding, EmbeddingJob, Model, Product
-from ynet_db.embed import BatchWriter, StopSignal, default_fetch, drain, embed_batch, run_once
-from ynet_db.images import ImageError
-from ynet_db.model_registry import ModelIdentity, activate, promote_if_complete, register
+from ynet_db.db.tables import Embedding, EmbeddingJob, Model, Product
+from ynet_db.images.decode import ImageError
+from ynet_db.ingestion import jobs
+from ynet_db.ingestion.embed import BatchWriter, StopSignal, default_fetch, drain, embed_batch, run_once
+from ynet_db.models.registry import ModelIdentity, activate, promote_if_complete, register
 
 DIM = 4
 

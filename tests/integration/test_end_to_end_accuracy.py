@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from ynet_db import demo
-from ynet_db.embed import run_once
-from ynet_db.evaluate import evaluate_model
-from ynet_db.model_registry import ModelIdentity, activate, register
+from ynet_db.ingestion.embed import run_once
+from ynet_db.models.evaluate import evaluate_model
+from ynet_db.models.registry import ModelIdentity, activate, register
 from ynet_db.nn.model import RetrievalModel
+from ynet_db.presentation import demo
 
 TOLERANCE = 0.005
 

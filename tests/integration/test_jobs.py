@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session
 
-from ynet_db import jobs
-from ynet_db.db.models import Embedding, EmbeddingJob, Model, Product
+from ynet_db.db.tables import Embedding, EmbeddingJob, Model, Product
+from ynet_db.ingestion import jobs
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from ynet_db.cli import main
 from ynet_db.config import Settings
-from ynet_db.db.models import Model, Product
+from ynet_db.db.tables import Model, Product
 
 
 @pytest.fixture

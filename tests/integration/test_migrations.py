@@ -10,7 +10,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from ynet_db.db import migrate
-from ynet_db.db.models import SCHEMA, Base
+from ynet_db.db.tables import SCHEMA, Base
 
 TABLES = {"products", "models", "embeddings", "embedding_jobs", "workers", "attachments"}
 

@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
-from ynet_db import jobs
 from ynet_db.cli import main
 from ynet_db.config import Settings
 from ynet_db.db.server import libpq_dsn
-from ynet_db.model_registry import (
+from ynet_db.ingestion import jobs
+from ynet_db.models.registry import (
     Activation,
     ModelIdentity,
     RegistryError,

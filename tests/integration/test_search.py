@@ -25,15 +25,15 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from ynet_db import prefilter as prefilter_module
 from ynet_db.db.engine import make_engine
-from ynet_db.db.models import Product
-from ynet_db.embed import run_once
-from ynet_db.filters import FilterError, compile_filters
-from ynet_db.model_registry import ModelIdentity, activate, register
+from ynet_db.db.tables import Product
+from ynet_db.ingestion.embed import run_once
+from ynet_db.models.registry import ModelIdentity, activate, register
 from ynet_db.nn.model import RetrievalModel
-from ynet_db.prefilter import ActiveModel, SearchError, prefilter, prefilter_statement
-from ynet_db.search import search
+from ynet_db.search import prefilter as prefilter_module
+from ynet_db.search.filters import FilterError, compile_filters
+from ynet_db.search.prefilter import ActiveModel, SearchError, prefilter, prefilter_statement
+from ynet_db.search.query import search
 
 DIM = 32
 

@@ -13,15 +13,15 @@ from catalogue_vectors import add_embeddings, add_model, add_products, catalogue
 from click.testing import CliRunner
 from sqlalchemy import Engine, text
 
-from ynet_db.calibrate import CalibrationRefused, calibrate, store
 from ynet_db.cli import main
 from ynet_db.config import Settings
-from ynet_db.fetch_policy import FetchPolicy
-from ynet_db.model_registry import find
+from ynet_db.images.policy import FetchPolicy
+from ynet_db.models.calibrate import CalibrationRefused, calibrate, store
+from ynet_db.models.registry import find
 from ynet_db.nn.calibration import ContextCalibration
 from ynet_db.nn.model import RetrievalModel
-from ynet_db.prefilter import SearchError, active_model
-from ynet_db.search import search
+from ynet_db.search.prefilter import SearchError, active_model
+from ynet_db.search.query import search
 
 
 @pytest.fixture(scope="module")
@@ -132,8 +132,8 @@ def test_the_default_of_an_earlier_release_still_loads_from_its_registration(eng
     """The default's pooling changed its version: workers must still serve the old one while the new back-fills."""
     from ynet_db.workers.process import load_registered
 
-    from ynet_db.calibrate import load_registered_model
-    from ynet_db.model_registry import ModelIdentity, register
+    from ynet_db.models.calibrate import load_registered_model
+    from ynet_db.models.registry import ModelIdentity, register
     from ynet_db.nn.config import ModelConfig
 
     earlier = RetrievalModel.load_default(config=ModelConfig())  # average pooling, as main shipped it

@@ -9,7 +9,7 @@ from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from ynet_db.db.models import Embedding, Product
+from ynet_db.db.tables import Embedding, Product
 from ynet_db.db.vectors import vector_text
 from ynet_db.orm import active_model as active_orm_model
 from ynet_db.orm import (
@@ -20,7 +20,7 @@ from ynet_db.orm import (
     product_embedding,
     similar_products,
 )
-from ynet_db.prefilter import SearchError, prefilter
+from ynet_db.search.prefilter import SearchError, prefilter
 
 DIM = 16
 

@@ -13,12 +13,12 @@ import pytest
 from catalogue_vectors import catalogue, photo, unit_vectors
 from sqlalchemy import Engine, text
 from ynet_db.workers.app import make_app
-from ynet_db.workers.search_tasks import CeleryRunner
 
 from ynet_db.config import Settings
 from ynet_db.nn.calibration import ContextCalibration
 from ynet_db.nn.model import RetrievalModel
-from ynet_db.search import SearchResult, search
+from ynet_db.search.client import CeleryRunner
+from ynet_db.search.query import SearchResult, search
 
 # The fault suite's helpers start and kill real worker processes; reuse them rather than copy them.
 sys.path.insert(0, str(Path(__file__).parents[1] / "fault"))

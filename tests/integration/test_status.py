@@ -7,8 +7,8 @@ from datetime import timedelta
 from sqlalchemy import Engine, func, update
 from sqlalchemy.orm import Session
 
-from ynet_db.db.models import Embedding, EmbeddingJob, Model, Product, Worker
-from ynet_db.status import LIVE_WITHIN, catalogue_status
+from ynet_db.db.tables import Embedding, EmbeddingJob, Model, Product, Worker
+from ynet_db.presentation.status import LIVE_WITHIN, catalogue_status
 
 
 def test_status_counts_products_jobs_coverage_and_errors(engine: Engine) -> None:

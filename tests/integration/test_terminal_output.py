@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from ynet_db.cli import main
 from ynet_db.config import Settings
-from ynet_db.db.models import EmbeddingJob, Model, Product, Worker
+from ynet_db.db.tables import EmbeddingJob, Model, Product, Worker
 
 EVIL = "\x1b]0;owned\x07"
 

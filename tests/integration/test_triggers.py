@@ -12,8 +12,8 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from ynet_db.db.models import Embedding, EmbeddingJob, Model, Product
 from ynet_db.db.server import libpq_dsn
+from ynet_db.db.tables import Embedding, EmbeddingJob, Model, Product
 
 
 def _model(name: str, state: str, dim: int = 4) -> Model:

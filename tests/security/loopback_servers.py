@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from PIL import Image
 
-from ynet_db.fetch_policy import system_resolver
+from ynet_db.images.policy import system_resolver
 
 TRICKLE_GAP_S = 0.25
 """The trickling server's pause between bytes: shorter than a fetch's timeout, so that no single read

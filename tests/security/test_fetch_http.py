@@ -11,10 +11,10 @@ import pytest
 from loopback_servers import Loopback, ScriptedResolver, loopback, png_bytes
 
 from ynet_db.config import Settings
-from ynet_db.embed import policy_fetch
-from ynet_db.fetch import FetchCancelled, fetch_image_bytes
-from ynet_db.fetch_policy import REFUSED_ADDRESS, FetchPolicy, FetchRefused
-from ynet_db.images import ImageError
+from ynet_db.images.decode import ImageError
+from ynet_db.images.fetch import FetchCancelled, fetch_image_bytes
+from ynet_db.images.policy import REFUSED_ADDRESS, FetchPolicy, FetchRefused
+from ynet_db.ingestion.embed import policy_fetch
 
 LOOPBACK_ALLOWED = FetchPolicy.from_settings(Settings(allowed_hosts=("127.0.0.1",)))
 

@@ -11,9 +11,9 @@ import pytest
 from loopback_servers import Loopback, ScriptedResolver, loopback, png_bytes
 
 from ynet_db.config import Settings
-from ynet_db.fetch import fetch_image_bytes
-from ynet_db.fetch_policy import FetchPolicy
-from ynet_db.images import ImageError
+from ynet_db.images.decode import ImageError
+from ynet_db.images.fetch import fetch_image_bytes
+from ynet_db.images.policy import FetchPolicy
 
 
 def self_signed(folder: Path, name: str) -> tuple[Path, Path]:

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from ynet_db.config import Settings, SettingsError
-from ynet_db.fetch import fetch_image_bytes
-from ynet_db.fetch_policy import REFUSED_ADDRESS, REFUSED_FILE, FetchPolicy, FetchRefused, is_public
-from ynet_db.image_uri import validate_image_uri
-from ynet_db.images import ImageError
+from ynet_db.images.decode import ImageError
+from ynet_db.images.fetch import fetch_image_bytes
+from ynet_db.images.policy import REFUSED_ADDRESS, REFUSED_FILE, FetchPolicy, FetchRefused, is_public
+from ynet_db.images.uri import validate_image_uri
 
 # -- addresses ------------------------------------------------------------------------------------------
 

@@ -15,11 +15,11 @@ from PIL import Image
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from ynet_db.catalog import import_catalog
-from ynet_db.db.models import EmbeddingJob, Model, Product
-from ynet_db.embed import run_once
-from ynet_db.fetch_policy import REFUSED_ADDRESS, REFUSED_FILE, FetchPolicy, FetchRefused
-from ynet_db.search import search
+from ynet_db.db.tables import EmbeddingJob, Model, Product
+from ynet_db.images.policy import REFUSED_ADDRESS, REFUSED_FILE, FetchPolicy, FetchRefused
+from ynet_db.ingestion.catalog import import_catalog
+from ynet_db.ingestion.embed import run_once
+from ynet_db.search.query import search
 
 
 @pytest.fixture

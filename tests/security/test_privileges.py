@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
-from ynet_db.attach import Columns, attach
 from ynet_db.db.server import libpq_dsn
+from ynet_db.ingestion.attach import Columns, attach
 
 Connect = Callable[..., psycopg.Connection]
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ynet_db.data.records import Box, ImageRef, Pair, Product, RetrievalDataset
-from ynet_db.evaluate import (
+from ynet_db.models.evaluate import (
     Ranking,
     bootstrap_standard_error,
     catalogue_queries,

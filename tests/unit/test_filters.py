@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import Text, column, select, table
 from sqlalchemy.dialects import postgresql
 
-from ynet_db.db.models import Product
-from ynet_db.filters import (
+from ynet_db.db.tables import Product
+from ynet_db.search.filters import (
     DEFAULT_SCHEMA,
     MAX_STRING,
     TEXT_OPS,

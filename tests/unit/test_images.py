@@ -15,9 +15,9 @@ from PIL import Image
 
 from ynet_db.config import Settings
 from ynet_db.data.records import Box, ImageRef
-from ynet_db.fetch import fetch_image_bytes
-from ynet_db.fetch_policy import FetchPolicy
-from ynet_db.images import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image, read_image
+from ynet_db.images.decode import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image, read_image
+from ynet_db.images.fetch import fetch_image_bytes
+from ynet_db.images.policy import FetchPolicy
 
 # The test servers listen on loopback, which the fetch policy refuses unless the settings allow it.
 LOOPBACK = FetchPolicy.from_settings(Settings(allowed_hosts=("127.0.0.1",)))

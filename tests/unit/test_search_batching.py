@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
-from ynet_db.workers.search_tasks import SEARCH_TASK, CeleryRunner, answer
 
-from ynet_db.search import SearchError, SearchQuery, SearchResult
+from ynet_db.search.client import CeleryRunner, answer
+from ynet_db.search.query import SearchError, SearchQuery, SearchResult
 
 
 class Recording(CeleryRunner):
@@ -19,7 +19,7 @@ class Recording(CeleryRunner):
     reply until that many later queries wait: the round trip during which they queue, made certain."""
 
     def __init__(self, fail: bool = False, hold_until_queued: int = 0) -> None:
-        super().__init__(SimpleNamespace(tasks={SEARCH_TASK: None}), max_in_flight=1)  # type: ignore[arg-type]
+        super().__init__(SimpleNamespace(), max_in_flight=1)  # type: ignore[arg-type]
         self.batches: list[int] = []
         self.fail = fail
         self.hold_until_queued = hold_until_queued

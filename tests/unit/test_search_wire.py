@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ynet_db.search import SearchQuery, as_image
+from ynet_db.search.query import SearchQuery, as_image
 
 
 def random_image(width: int, height: int, mode: str = "RGB") -> Image.Image:

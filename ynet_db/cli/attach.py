@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ynet_db.attach import AttachError, Columns
-from ynet_db.attach import attach as attach_table
-from ynet_db.attach import detach as detach_table
 from ynet_db.cli.context import App, pass_app
+from ynet_db.ingestion.attach import AttachError, Columns
+from ynet_db.ingestion.attach import attach as attach_table
+from ynet_db.ingestion.attach import detach as detach_table
 
 
 @click.command()

@@ -37,9 +37,9 @@ def attention(
     With --candidate, IMAGE is a street photo and the map is CtxYNet's query attention given that
     candidate shop image. A model whose vocabulary knows none of the tags pools evenly (flat map).
     """
-    from ynet_db.attention_map import query_attention, save_overlay, shop_attention
     from ynet_db.data.records import ImageRef
-    from ynet_db.images import read_image
+    from ynet_db.images.decode import read_image
+    from ynet_db.presentation.attention_map import query_attention, save_overlay, shop_attention
 
     model = load_model(model_path, device)
     picture = read_image(ImageRef(image))

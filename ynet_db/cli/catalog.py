@@ -7,9 +7,9 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from ynet_db.catalog import RowError, count_rows, import_catalog, write_rejections
 from ynet_db.cli.context import App, pass_app
 from ynet_db.cli.terminal import safe
+from ynet_db.ingestion.catalog import RowError, count_rows, import_catalog, write_rejections
 
 SHOWN_REJECTIONS = 20
 EXIT_ROWS_REJECTED = 3

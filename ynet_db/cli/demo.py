@@ -9,8 +9,8 @@ import click
 from ynet_db.cli.context import App, pass_app
 from ynet_db.db import migrate
 from ynet_db.db.server import libpq_dsn
-from ynet_db.demo import DemoConfig, demo_dataset, import_demo_catalogue
-from ynet_db.status import catalogue_status
+from ynet_db.presentation.demo import DemoConfig, demo_dataset, import_demo_catalogue
+from ynet_db.presentation.status import catalogue_status
 
 
 @click.command()
@@ -27,11 +27,11 @@ def demo(app: App, products: int, queries: int | None) -> None:
     results, attention maps, the top-k curve and a latency histogram. A second run reuses what the
     first built.
     """
-    from ynet_db import demo as steps
     from ynet_db.cli.terminal import safe
-    from ynet_db.model_registry import ModelIdentity, activate, promote_if_complete, register
+    from ynet_db.models.registry import ModelIdentity, activate, promote_if_complete, register
     from ynet_db.nn.backbone import WeightsError
     from ynet_db.nn.checkpoint import CheckpointError
+    from ynet_db.presentation import demo as steps
     from ynet_db.workers.process import load_model
 
     config = DemoConfig(products=products, queries=queries)

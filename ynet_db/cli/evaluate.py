@@ -64,7 +64,7 @@ def evaluate(
     first results) and topk.png. Run it on your own data to decide whether a trained checkpoint
     beats the default model.
     """
-    from ynet_db.evaluate import evaluate_model, plot_topk, write_json
+    from ynet_db.models.evaluate import evaluate_model, plot_topk, write_json
 
     model = load_model(model_path, device)  # a refused checkpoint is a one-line error, before any data is read
     data, problems = evaluation_data(dataset, split, catalogue)
@@ -90,7 +90,7 @@ def evaluate(
 def evaluation_data(dataset: Path, split: str, catalogue: bool) -> tuple[Any, list[str]]:
     """The split to evaluate (a catalogue file's products, with --catalogue), and rows it cannot use."""
     from ynet_db.data import DatasetError, load_dataset
-    from ynet_db.evaluate import catalogue_file
+    from ynet_db.models.evaluate import catalogue_file
 
     if dataset.is_file():
         if not catalogue:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import click
 
-from ynet_db import jobs as queue
 from ynet_db.cli.context import App, pass_app
 from ynet_db.cli.terminal import safe
-from ynet_db.db.models import JOB_STATES
-from ynet_db.job_list import JobRow, clipped, list_jobs
-from ynet_db.model_registry import RegistryError
+from ynet_db.db.tables import JOB_STATES
+from ynet_db.ingestion import jobs as queue
+from ynet_db.ingestion.job_list import JobRow, clipped, list_jobs
+from ynet_db.models.registry import RegistryError
 
 JOB_ID = click.IntRange(1, 2**31 - 1)
 """`embedding_jobs.id` is an integer column."""

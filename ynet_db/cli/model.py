@@ -9,7 +9,7 @@ import click
 from ynet_db.cli.checkpoints import load_model
 from ynet_db.cli.context import App, pass_app
 from ynet_db.cli.terminal import safe
-from ynet_db.model_registry import (
+from ynet_db.models.registry import (
     Coverage,
     ModelIdentity,
     RegistryError,
@@ -103,7 +103,7 @@ def calibrate_(app: App, name_or_version: str, queries: int, seed: int) -> None:
     photo is, and the beta that ranks their products best is stored with the model version. Search
     re-ranks by default only if that beat the first stage by more than a standard error at top-1.
     """
-    from ynet_db.calibrate import CalibrationRefused, calibrate, load_registered_model, store
+    from ynet_db.models.calibrate import CalibrationRefused, calibrate, load_registered_model, store
 
     engine = app.migrated_engine
     try:

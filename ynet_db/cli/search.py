@@ -14,7 +14,7 @@ from ynet_db.cli.terminal import safe
 
 if TYPE_CHECKING:
     from ynet_db.nn.model import RetrievalModel
-    from ynet_db.search import SearchResult
+    from ynet_db.search.query import SearchResult
 
 
 @click.command("search")
@@ -41,11 +41,11 @@ def search(
     html_out: Path | None,
 ) -> None:
     """Find the catalogue products nearest to the photo IMAGE under the active model."""
-    from ynet_db.fetch_policy import FetchPolicy
-    from ynet_db.filters import FilterError, compile_filters
-    from ynet_db.images import ImageError, decode_image
-    from ynet_db.search import SearchError
-    from ynet_db.search import search as run_search
+    from ynet_db.images.decode import ImageError, decode_image
+    from ynet_db.images.policy import FetchPolicy
+    from ynet_db.search.filters import FilterError, compile_filters
+    from ynet_db.search.query import SearchError
+    from ynet_db.search.query import search as run_search
 
     filters: dict[str, object] = {}
     if category:
@@ -73,7 +73,7 @@ def search(
     click.echo(table(result))
     if html_out is not None and picture is not None:
         model = model or _load_model(app)
-        from ynet_db.report import search_page
+        from ynet_db.presentation.report import search_page
 
         page = search_page(engine, model, picture, result, FetchPolicy.from_settings(app.settings))
         html_out.write_text(page, encoding="utf-8")
@@ -82,9 +82,9 @@ def search(
 
 def _read_query(image: Path) -> bytes:
     """The operator's own photo: read from its folder whatever YNET_IMAGE_ROOTS says, but only a regular file."""
-    from ynet_db.fetch import read_local_file
-    from ynet_db.fetch_policy import FetchPolicy
-    from ynet_db.images import ImageError
+    from ynet_db.images.decode import ImageError
+    from ynet_db.images.fetch import read_local_file
+    from ynet_db.images.policy import FetchPolicy
 
     real = Path(os.path.realpath(image))
     try:
@@ -100,14 +100,14 @@ def _load_model(app: App) -> RetrievalModel:
 def _worker_runner(app: App) -> object:
     if not app.settings.broker_url:
         raise click.UsageError("--worker needs a broker: set YNET_BROKER_URL")
+    from ynet_db.search.client import CeleryRunner
     from ynet_db.workers.app import make_app
-    from ynet_db.workers.search_tasks import CeleryRunner
 
     return CeleryRunner(make_app(app.settings))
 
 
 def table(result: SearchResult) -> str:
-    from ynet_db.report import summary_line
+    from ynet_db.presentation.report import summary_line
 
     lines = [
         safe(summary_line(result)),

@@ -9,7 +9,7 @@ import click
 
 from ynet_db.cli.context import App, pass_app
 from ynet_db.cli.terminal import safe
-from ynet_db.status import CatalogueStatus, catalogue_status
+from ynet_db.presentation.status import CatalogueStatus, catalogue_status
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

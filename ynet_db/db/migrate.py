@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 
-from ynet_db.db.models import SCHEMA
+from ynet_db.db.tables import SCHEMA
 
 VERSION_TABLE = "alembic_version"
 

@@ -254,7 +254,7 @@ def catalogue_products(source: Path) -> tuple[dict[str, Product], list[str]]:
         from ynet_db.data import load_dataset
 
         return dict(load_dataset(source).split("train").products), []
-    from ynet_db.evaluate import catalogue_file
+    from ynet_db.models.evaluate import catalogue_file
 
     dataset, problems = catalogue_file(source)
     return dict(dataset.products), problems
@@ -281,7 +281,7 @@ def held_out_check(
 ) -> dict[str, object]:
     """Catalogue mode on products training never saw: each held-out product's street view (made as in
     training, another seed) searched among their photos, by the trained model and by the shipped default."""
-    from ynet_db.evaluate import report
+    from ynet_db.models.evaluate import report
     from ynet_db.nn.fit import CachedSplit, cached_ranking
 
     items, _, _ = training_rows(held)

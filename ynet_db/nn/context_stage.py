@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ynet_db.evaluate import Ranking, first_hit_ranks, report, topk_accuracy
+from ynet_db.models.evaluate import Ranking, first_hit_ranks, report, topk_accuracy
 from ynet_db.nn.losses import context_triplet_loss
 from ynet_db.nn.ynet import YNet
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ynet_db.data.records import ImageRef, RetrievalDataset
-from ynet_db.evaluate import Ranking, first_hit_ranks
+from ynet_db.models.evaluate import Ranking, first_hit_ranks
 from ynet_db.nn.checkpoint import Checkpoint, CheckpointInfo, differing_tensors, save_checkpoint
 from ynet_db.nn.config import ContextForm, ModelConfig
 from ynet_db.nn.context_stage import ContextEvidence, ContextOptions, EncodedQueries, train_context_stage

@@ -17,7 +17,7 @@ import time
 from pathlib import Path, PurePath
 from typing import Any
 
-import ynet_db.fetch as fetch
+import ynet_db.images.fetch as fetch
 
 KILLED_EXIT_STATUS = 70
 _real_fetch = fetch.fetch_image_bytes

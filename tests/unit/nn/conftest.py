@@ -18,7 +18,7 @@ def default_model() -> RetrievalModel:
 
 @pytest.fixture(scope="session")
 def demo_model() -> RetrievalModel:
-    from ynet_db.demo import demo_checkpoint
+    from ynet_db.presentation.demo import demo_checkpoint
 
     return RetrievalModel.load(demo_checkpoint())
 

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from ynet_db.config import Settings, SettingsError
-from ynet_db.demo import demo_checkpoint
 from ynet_db.nn.checkpoint import load_checkpoint
 from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.model import RetrievalModel
 from ynet_db.nn.onnx_engine import MIN_COSINE
 from ynet_db.nn.onnx_export import GRAPHS, graph_path, network_digest
 from ynet_db.nn.runtime import RuntimeUnavailable, accelerate, load_serving, resolve_runtime
+from ynet_db.presentation.demo import demo_checkpoint
 
 pytest.importorskip("onnxruntime")
 

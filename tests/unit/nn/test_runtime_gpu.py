@@ -10,11 +10,11 @@ import torch
 from click.testing import CliRunner
 
 from ynet_db.cli import main
-from ynet_db.demo import demo_checkpoint
 from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.model import RetrievalModel
 from ynet_db.nn.runtime import resolve_runtime
 from ynet_db.nn.runtime_gpu import MIN_COSINE, half_precision_engine
+from ynet_db.presentation.demo import demo_checkpoint
 
 
 def test_the_fp16_engine_gives_the_fp32_embeddings_within_the_gpu_bar(demo_model: RetrievalModel) -> None:

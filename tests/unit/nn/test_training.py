@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ynet_db.evaluate import first_hit_ranks, topk_accuracy
+from ynet_db.models.evaluate import first_hit_ranks, topk_accuracy
 from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.model import build_network
 from ynet_db.nn.training import PairFeatures, StageOptions, fit_pca_projection, train_stage

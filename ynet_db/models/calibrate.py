@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import Engine, text
 
-from ynet_db.evaluate import view_seed
-from ynet_db.fetch import fetch_image_bytes
-from ynet_db.fetch_policy import FetchPolicy
-from ynet_db.images import ImageError, decode_image
-from ynet_db.model_registry import ModelRecord
+from ynet_db.images.decode import ImageError, decode_image
+from ynet_db.images.fetch import fetch_image_bytes
+from ynet_db.images.policy import FetchPolicy
+from ynet_db.models.evaluate import view_seed
+from ynet_db.models.registry import ModelRecord
 from ynet_db.nn.calibration import BETAS, ContextCalibration, choose_beta
-from ynet_db.prefilter import ActiveModel, prefilter
+from ynet_db.search.prefilter import ActiveModel, prefilter
 
 if TYPE_CHECKING:
     from ynet_db.nn.model import RetrievalModel

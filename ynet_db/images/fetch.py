@@ -30,9 +30,9 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urljoin
 
-from ynet_db.fetch_policy import REFUSED_ADDRESS, REFUSED_FILE, FetchPolicy, FetchRefused
-from ynet_db.image_uri import ImageUri, validate_image_uri
-from ynet_db.images import DEFAULT_LIMITS, ImageError, ImageLimits
+from ynet_db.images.decode import DEFAULT_LIMITS, ImageError, ImageLimits
+from ynet_db.images.policy import REFUSED_ADDRESS, REFUSED_FILE, FetchPolicy, FetchRefused
+from ynet_db.images.uri import ImageUri, validate_image_uri
 
 DEFAULT_TIMEOUT_S = 10.0
 _READ_CHUNK = 64 * 1024

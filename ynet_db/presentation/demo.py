@@ -23,15 +23,15 @@ import numpy as np
 from sqlalchemy import Engine, text
 from tqdm import tqdm
 
-from ynet_db.catalog import ImportSummary, import_catalog
 from ynet_db.data import load_dataset
 from ynet_db.data.records import ImageRef, Pair, RetrievalDataset
 from ynet_db.data.synth import MANIFEST, SynthConfig, generate
-from ynet_db.fetch_policy import FetchPolicy
+from ynet_db.images.policy import FetchPolicy
+from ynet_db.ingestion.catalog import ImportSummary, import_catalog
 
 if TYPE_CHECKING:
     from ynet_db.nn.model import RetrievalModel
-    from ynet_db.search import SearchResult
+    from ynet_db.search.query import SearchResult
 
 # Products the shipped demo model never saw in training (it trains on seed 0).
 DEMO_SEED = 2026
@@ -172,8 +172,8 @@ def run_queries(
     engine: Engine, model: RetrievalModel, dataset: RetrievalDataset, limit: int | None
 ) -> list[QueryOutcome]:
     """Each street photo through the full query path (encode, SQL prefilter, re-rank), timed one by one."""
-    from ynet_db.images import read_image
-    from ynet_db.search import search
+    from ynet_db.images.decode import read_image
+    from ynet_db.search.query import search
 
     outcomes = []
     pairs = dataset.pairs[:limit] if limit else dataset.pairs
@@ -191,7 +191,7 @@ def whole(ref: ImageRef) -> ImageRef:
 
 
 def accuracy(outcomes: list[QueryOutcome], dataset: RetrievalDataset) -> dict[str, object]:
-    from ynet_db.evaluate import Ranking, report
+    from ynet_db.models.evaluate import Ranking, report
 
     ranks = np.array([outcome.rank for outcome in outcomes])
     categories = [dataset.products[outcome.pair.item_id].category for outcome in outcomes]
@@ -224,9 +224,9 @@ def write_report(
     engine: Engine, model: RetrievalModel, dataset: RetrievalDataset, outcomes: list[QueryOutcome], out: Path
 ) -> tuple[str, Path]:
     """results.json, the two plots and report.html in `out`; the printed summary and the page's path."""
-    from ynet_db.evaluate import plot_topk
-    from ynet_db.images import read_image
-    from ynet_db.report import demo_page, demo_query_section, plot_latency
+    from ynet_db.images.decode import read_image
+    from ynet_db.models.evaluate import plot_topk
+    from ynet_db.presentation.report import demo_page, demo_query_section, plot_latency
 
     text, numbers = summary_text(outcomes, dataset)
     policy = FetchPolicy(roots=(dataset.root,))

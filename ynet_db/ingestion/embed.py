@@ -46,11 +46,11 @@ import torch
 from PIL import Image
 from sqlalchemy import Engine
 
-from ynet_db import jobs
-from ynet_db.fetch import fetch_image_bytes
-from ynet_db.fetch_policy import FetchPolicy
-from ynet_db.images import ImageError, decode_image
-from ynet_db.jobs import ClaimedJob
+from ynet_db.images.decode import ImageError, decode_image
+from ynet_db.images.fetch import fetch_image_bytes
+from ynet_db.images.policy import FetchPolicy
+from ynet_db.ingestion import jobs
+from ynet_db.ingestion.jobs import ClaimedJob
 
 log = logging.getLogger(__name__)
 

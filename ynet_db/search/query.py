@@ -9,7 +9,7 @@ Two stages, as in the paper:
 2. CtxYNet re-ranks the candidates from their *stored* vectors, by default only when the model's
    re-ranker was measured to help (method.md: until then it must not change what users get).
 
-The model work can run in a Celery worker (`workers/search_tasks.py`) through the `via` runner; both
+The model work can run in a Celery worker through the `via` runner (`ynet_db.search.client`); both
 paths call `run_queries`, so they give the same results. torch is imported only by model code.
 """
 
@@ -27,12 +27,12 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import Engine
 
-from ynet_db.fetch import fetch_image_bytes
-from ynet_db.fetch_policy import FetchPolicy
-from ynet_db.filters import MAX_CANDIDATES, MAX_K, FilterError, bounded, compile_filters
-from ynet_db.images import decode_image, to_rgb
+from ynet_db.images.decode import decode_image, to_rgb
+from ynet_db.images.fetch import fetch_image_bytes
+from ynet_db.images.policy import FetchPolicy
 from ynet_db.nn.calibration import CalibrationError, ContextCalibration
-from ynet_db.prefilter import ActiveModel, Candidate, Path_, SearchError, active_model, prefilter
+from ynet_db.search.filters import MAX_CANDIDATES, MAX_K, FilterError, bounded, compile_filters
+from ynet_db.search.prefilter import ActiveModel, Candidate, Path_, SearchError, active_model, prefilter
 
 if TYPE_CHECKING:
     import torch
@@ -135,7 +135,7 @@ class SearchResult:
 
 
 class QueryRunner(Protocol):
-    """Runs queries somewhere: in this process (`InProcess`) or in a worker (`workers.search_tasks`)."""
+    """Runs queries somewhere: in this process (`InProcess`) or in a worker (`ynet_db.search.client.CeleryRunner`)."""
 
     def run(self, queries: Sequence[SearchQuery]) -> list[SearchResult]: ...
 
@@ -297,7 +297,7 @@ def search(
 
     `model`: the loaded active model, for the model work in this process (default: the shipped
     default model, loaded now: pass a loaded one to reuse it). `via`: a runner that does the model
-    work elsewhere, e.g. `workers.search_tasks.CeleryRunner`; give one or the other, not both.
+    work elsewhere, e.g. `ynet_db.search.client.CeleryRunner`; give one or the other, not both.
     `rerank`: None re-ranks only if the model's re-ranker was measured to help. `policy`: where a path
     or URL may lead (default: the environment's settings, see `fetch_policy.py`).
     """

@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, and_, not_, or_, true
 
-from ynet_db.db.models import Product
+from ynet_db.db.tables import Product
 
 MAX_K = 200
 MAX_CANDIDATES = 1000

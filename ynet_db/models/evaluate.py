@@ -189,7 +189,7 @@ class QueryImage:
     """Set for an augmentation-made street view of `ref` (catalogue mode), drawn with this seed."""
 
     def read(self) -> Any:
-        from ynet_db.images import read_image
+        from ynet_db.images.decode import read_image
 
         image = read_image(self.ref)
         if self.view_seed is None:
@@ -253,7 +253,7 @@ def catalogue_queries(products: Mapping[str, Product], seed: int = 0) -> tuple[l
 def catalogue_file(path: Path) -> tuple[RetrievalDataset, list[str]]:
     """A catalogue import file (CSV or JSON Lines) as a dataset of products without pairs, for the
     catalogue mode; rows it cannot use are returned as 'file:line: reason'."""
-    from ynet_db.catalog import Rejection, validate
+    from ynet_db.ingestion.catalog import Rejection, validate
 
     products: dict[str, Product] = {}
     problems: list[str] = []
@@ -416,7 +416,7 @@ def encode_images(
     """
     from tqdm import tqdm
 
-    from ynet_db.images import read_image
+    from ynet_db.images.decode import read_image
 
     vectors, maps, kept = [], [], []
     for start in tqdm(range(0, len(images), batch_size), desc=f"{side} images", disable=not progress, unit="batch"):

@@ -16,9 +16,9 @@ from PIL import Image
 from sqlalchemy import Engine
 
 if TYPE_CHECKING:
-    from ynet_db.fetch_policy import FetchPolicy
+    from ynet_db.images.policy import FetchPolicy
     from ynet_db.nn.model import RetrievalModel
-    from ynet_db.search import SearchResult
+    from ynet_db.search.query import SearchResult
 
 THUMBNAIL = 160
 
@@ -42,8 +42,8 @@ def data_uri(image: Image.Image) -> str:
 def product_image(uri: str, policy: FetchPolicy) -> Image.Image | str:
     """The product's shop image fetched under `policy`, or why there is none to show: one bad image must not
     cost the page, and nothing the policy refuses is inlined."""
-    from ynet_db.fetch import fetch_image_bytes
-    from ynet_db.images import ImageError, decode_image
+    from ynet_db.images.decode import ImageError, decode_image
+    from ynet_db.images.fetch import fetch_image_bytes
 
     try:
         return decode_image(fetch_image_bytes(uri, policy=policy, timeout_s=5), source=uri)
@@ -65,7 +65,7 @@ def search_page(
     that result."""
     import torch
 
-    from ynet_db.attention_map import overlay, query_attention
+    from ynet_db.presentation.attention_map import overlay, query_attention
 
     vectors = active_vectors(engine, [row.product_id for row in result.rows])
     cells = []
@@ -150,7 +150,7 @@ def demo_query_section(
     """One query: its photo, its first results (the right product framed), attention given the first."""
     import torch
 
-    from ynet_db.attention_map import overlay, query_attention
+    from ynet_db.presentation.attention_map import overlay, query_attention
 
     shown = result.rows[:5]
     vectors = active_vectors(engine, [row.product_id for row in shown[:1]])

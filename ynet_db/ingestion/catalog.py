@@ -22,11 +22,11 @@ from sqlalchemy import Engine, literal_column, or_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 
-from ynet_db.db.models import Product
-from ynet_db.fetch import read_local_file
-from ynet_db.fetch_policy import REFUSED_ADDRESS, FetchPolicy
-from ynet_db.image_uri import validate_image_uri
-from ynet_db.images import ImageError
+from ynet_db.db.tables import Product
+from ynet_db.images.decode import ImageError
+from ynet_db.images.fetch import read_local_file
+from ynet_db.images.policy import REFUSED_ADDRESS, FetchPolicy
+from ynet_db.images.uri import validate_image_uri
 
 FIELDS = ("id", "title", "category", "tags", "image", "price", "stock")
 MAX_ID_LENGTH = 200

@@ -11,7 +11,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, text
 
-from ynet_db.model_registry import find
+from ynet_db.models.registry import find
 
 IMPORT_SOURCE = "import"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import SplitResult, quote, urlsplit
 
 from ynet_db.config import HOST_NAME
-from ynet_db.images import ImageError
+from ynet_db.images.decode import ImageError
 
 MAX_URI_LENGTH = 4096
 DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from ynet_db.db.models import JOB_STATES, EmbeddingJob, Model, Product, Worker
-from ynet_db.model_registry import coverage
+from ynet_db.db.tables import JOB_STATES, EmbeddingJob, Model, Product, Worker
+from ynet_db.models.registry import coverage
 
 RECENT_ERRORS = 5
 HEARTBEAT_INTERVAL = timedelta(seconds=5)

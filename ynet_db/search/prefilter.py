@@ -19,9 +19,9 @@ import numpy as np
 from sqlalchemy import Connection, Engine, Float, Integer, String, bindparam, cast, func, select, text
 from sqlalchemy.sql import ColumnElement, Select
 
-from ynet_db.db.models import Embedding, Product
+from ynet_db.db.tables import Embedding, Product
 from ynet_db.db.vectors import stored_vectors, vector_text
-from ynet_db.filters import FilterSchema, compile_filters
+from ynet_db.search.filters import FilterSchema, compile_filters
 
 EXACT_BELOW = 20_000
 """A filter matching at most this many products is answered by exact search. Measured at 100,000
