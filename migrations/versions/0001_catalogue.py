@@ -147,8 +147,10 @@ CREATE TRIGGER products_touch_updated_at BEFORE UPDATE ON ynet.products
 """
 
 # Work is recorded in the same transaction as the product row: a rolled-back insert leaves no job, and
-# a committed one has its job even if no broker or worker is up. Only what changes the embedding
-# (image, tags, category) makes work; price, stock and title changes do not.
+# a committed one has its job even if no broker or worker is up. Price, stock and title changes make no
+# work. This revision also recorded work when the category changed; revision 0008 stopped that, as no
+# encoder reads the category column (a model attends to it through a `category:<value>` tag), so since
+# 0008 only an insert and a change of the image (URI or hash) or the tags make work.
 RECORD_EMBEDDING_JOBS = """
 CREATE FUNCTION ynet.record_embedding_jobs() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN

@@ -57,7 +57,8 @@ def main(ctx: click.Context, verbose: bool) -> None:
 
     With no settings everything runs on this machine (an embedded PostgreSQL 18 with pgvector in
     the data directory). Settings come from the environment: YNET_DATABASE_URL, YNET_BROKER_URL,
-    YNET_DATA_DIR, YNET_DEVICE, YNET_MODEL.
+    YNET_DATA_DIR, YNET_DEVICE, YNET_RUNTIME, YNET_MODEL, YNET_IMAGE_ROOTS, YNET_ALLOWED_HOSTS
+    (docs/design.md#settings).
     """
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"

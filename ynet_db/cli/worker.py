@@ -53,7 +53,8 @@ def choose_pool(pool: str, device: str, concurrency: int | None) -> tuple[str, i
     type=click.FloatRange(min=0.1),
     default=10.0,
     show_default=True,
-    help="Seconds between sweeps and re-drives.",
+    help="Seconds between the dispatcher's rounds: return expired leases, switch to a back-filled model, send "
+    "tasks for ready jobs (a new job's NOTIFY also sends tasks at once).",
 )
 @click.option(
     "--dispatcher/--no-dispatcher", default=True, show_default=True, help="Run the dispatcher beside the worker."

@@ -1,6 +1,6 @@
 """Safely decode images: bytes in, an RGB Pillow image or a named `ImageError` out.
 
-Images are untrusted input (design principle 7). Every failure a caller can meet (missing file,
+Images are untrusted input (docs/design.md#7-inputs-are-untrusted). Every failure a caller can meet (missing file,
 too many bytes, decompression bomb, truncated or corrupt data, an image too small to embed, a crop
 box outside the image) becomes an `ImageError` that names the image, so a batch records one failed
 item and carries on. Fetching by path or URL, under the fetch policy, is `fetch.py`'s. No torch here:

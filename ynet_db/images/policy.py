@@ -1,7 +1,7 @@
 """The image fetch policy: which local files and which network addresses an image may come from.
 
 Image locations come from catalogue rows, attached tables and search calls, so they are untrusted
-(design principle 7): without a policy a row could make a worker read `/etc/shadow` or a cloud
+(docs/design.md#7-inputs-are-untrusted): without a policy a row could make a worker read `/etc/shadow` or a cloud
 metadata address, and differing error texts would turn `ynet-db status` into a port and file scanner.
 So, from `Settings`:
 - a local file is read only when its real path (symlinks resolved) lies under one of `roots`

@@ -1,7 +1,8 @@
 """Jobs -> shop embeddings: fetch, hash, decode, encode in one micro-batch, write back.
 
-One bad item never fails its batch (design principle 2): any exception while an item is prepared
-(fetch, hash, decode, preprocess) is that item's failure, classified and recorded with `jobs.fail`:
+One bad item never fails its batch (docs/design.md#2-one-bad-item-never-fails-its-batch): any
+exception while an item is prepared (fetch, hash, decode, preprocess) is that item's failure,
+classified and recorded with `jobs.fail`:
 - the bytes cannot be fetched (missing file, HTTP error, timeout, I/O error): retryable, because a
   file server or CDN comes back; attempts and backoff bound it, then the job is dead;
 - the bytes are not a usable image, or not the image the catalogue hashed: permanent, because the

@@ -1,4 +1,4 @@
-"""Top-k retrieval accuracy (method.md, "Evaluation protocol"), per category, with bootstrap errors.
+"""Top-k retrieval accuracy (docs/method.md#evaluation-protocol), per category, with bootstrap errors.
 
 A query is a street photo, counted once however many pairs list it (DeepFashion's partition file
 lists a consumer photo once per shop photo of its item; counting pairs would weight a photo by its

@@ -2,7 +2,7 @@
 
 Every scorer is zero-initialised so that, before training, its weights are uniform and the pooled
 feature is exactly the average-pooled one: adding attention can never make the starting point worse
-(method.md, "Initialisation decides where training starts").
+(docs/method.md#start-at-pretrained-quality).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class TagAttention(nn.Module):
 
 
 class ContextAttention(nn.Module):
-    """Query attention given a candidate's vector f (CtxYNet), in one of method.md's three forms.
+    """Query attention given a candidate's vector f (CtxYNet), in one of three forms (docs/method.md#ctxynet).
 
     linear: s_l = u . x_l + (V^T f)_l;  dot: s_l = tau * x_l . f;  mlp: s_l = h . tanh(U x_l + W f).
     """

@@ -1,7 +1,8 @@
 """Photometric and geometric augmentation of street images, in Pillow (torchvision is unavailable).
 
-method.md: without augmentation both stages over-fit quickly. The trunk is frozen and its outputs
-are cached, so augmentation happens before caching: each street image is cached as several views.
+Without augmentation both stages over-fit quickly (docs/method.md#augment-or-both-stages-over-fit).
+The trunk is frozen and its outputs are cached, so augmentation happens before caching: each street
+image is cached as several views.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@
   in a photo only attention on the right one predicts its tags.
 - Distillation keeps both branches' embeddings near the pretrained start (cosine to the PCA-start
   network's vectors of the same input): a model trained on generated composites alone forgot what
-  transfers to real photos (top-20 0.62 -> 0.33, method.md).
+  transfers to real photos (top-20 0.62 -> 0.33,
+  docs/method.md#generated-data-does-not-transfer-to-real-photos).
 - The matched control (`use_tags=False`) is the same training with the attention kept uniform
   (zero tags to it); the tag head then reads the average-pooled map.
 """

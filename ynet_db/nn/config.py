@@ -44,16 +44,17 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 class ModelConfig:
     """Everything needed to rebuild a model's structure (weights live in the checkpoint).
 
-    Defaults describe the shipped *default* model: the ImageNet-pretrained EfficientNet-Lite0 in the
-    Y-Net / TagYNet / CtxYNet structure.
+    Defaults describe the ImageNet-pretrained EfficientNet-Lite0 in the Y-Net / TagYNet / CtxYNet
+    structure; the shipped *default* model is these defaults with GeM pooling
+    (`ynet_db.nn.model.DEFAULT_CONFIG`, docs/method.md#the-default-path).
 
     Embedding dimension: the default keeps the backbone's 1280 head channels with an identity
-    projection. method.md measured plain pretrained features beating every trained variant on real
-    photos, and any reduction (e.g. PCA) needs a catalogue to be fitted on, which the default does not
-    have; 1280 is within pgvector's 2000-dimension HNSW limit and costs 5 KiB a vector. Trained
-    checkpoints use a smaller learned projection (256 by default), started from the PCA of pooled
-    pretrained features and shared by both branches at the start, so training starts at pretrained
-    quality.
+    projection. Plain pretrained features beat every trained variant on real photos
+    (docs/method.md#generated-data-does-not-transfer-to-real-photos), and any reduction (e.g. PCA)
+    needs a catalogue to be fitted on, which the default does not have; 1280 is within pgvector's
+    2000-dimension HNSW limit and costs 5 KiB a vector. Trained checkpoints use a smaller learned
+    projection (256 by default), started from the PCA of pooled pretrained features and shared by both
+    branches at the start, so training starts at pretrained quality.
 
     Trunk split: blocks before `trunk_blocks` are shared; the last MBConv block (192->320 channels,
     7x7) and the 1x1 head conv (320->1280) are duplicated into the street and shop branches. That is

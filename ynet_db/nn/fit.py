@@ -4,8 +4,9 @@ The context stage trains the context attention alone on the frozen first stage (
 on training products the first stages did not see; its learning rate and epochs are chosen on other
 held-out products and the result is judged against the unchanged first stage on still others (the
 val split's products when there is one). The checkpoint records that evidence and whether it helped:
-search re-ranks by default only then (method.md: until measured to help, it should not change what
-users get), and a stage that did not help is stored as zero attention, i.e. the first stage itself.
+search re-ranks by default only then (docs/method.md#when-search-re-ranks: until measured to help, it
+should not change what users get), and a stage that did not help is stored as zero attention, i.e. the
+first stage itself.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Triplet hinge losses on squared distances of L2-normalised features (method.md, "Training").
+"""Triplet hinge losses on squared distances of L2-normalised features (docs/method.md#losses).
 
 Anchor = street image, positive = the same product's shop image, negatives = other products' shop
 images in the batch: either the batch shifted by 1..k positions (the authors' scheme) or, per anchor,

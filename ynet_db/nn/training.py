@@ -1,4 +1,4 @@
-"""Staged training on cached trunk features (method.md, "Training"), with resume.
+"""Staged training on cached trunk features (docs/method.md#the-first-stages), with resume.
 
 Stages: `ynet` trains both branches and their projections (average pooling); `tagynet` does the same
 with the tag attention learned jointly (the prototype found that learning attention together with
@@ -205,7 +205,8 @@ def fit_pca_projection(
     """Start both projections at the PCA of the pretrained branch's pooled features (street and shop).
 
     The two branches are still identical copies here, so one projection shared by both keeps the
-    start at pretrained quality (two random projections start near zero accuracy: method.md).
+    start at pretrained quality (two random projections start near zero accuracy:
+    docs/method.md#start-at-pretrained-quality).
     """
     pooled = []
     for features in (street, shop):

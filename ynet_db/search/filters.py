@@ -6,7 +6,7 @@ A filter is a mapping from field to either a value (equality) or `{operator: val
     {"category": {"in": ["dress", "skirt"]}, "tags": {"any": ["color:red"], "all": ["sleeve:long"]}}
     {"external_id": {"in": ["sku-1", "sku-2"]}, "price": {"gte": 10, "lt": 50}, "in_stock": True}
 
-Every value becomes a bound parameter (design principle 7); nothing the caller writes reaches the SQL
+Every value becomes a bound parameter (docs/design.md#7-inputs-are-untrusted); nothing the caller writes reaches the SQL
 text, so a field or operator outside the allow-list is an error, never a column name. The tags
 operators are the array operators the GIN index on `products.tags` serves (`&&` and `@>`).
 

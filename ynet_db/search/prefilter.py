@@ -4,10 +4,10 @@ Only the active model's rows are read, through its partial HNSW index
 (`WHERE model_id = m ORDER BY embedding::vector(d) <=> q`; the model id and dimension are integers from
 `ynet.models`, written into the SQL so the planner can match the index). The transaction sets, with
 `set_config(..., true)`, `hnsw.ef_search` (twice the candidates), iterative index scans, so a filter
-that pgvector applies after the index scan still returns k rows, and plans made for this query's
-values; nothing leaks to the next user of the pooled connection. A filter matching up to 20,000
+that pgvector applies after the index scan still returns the candidates asked, and plans made for this
+query's values; nothing leaks to the next user of the pooled connection. A filter matching up to 20,000
 products is answered by exact search instead, and so is an index scan that came back short while
-more rows match (design principle 5)."""
+more rows match (docs/design.md#5-filtered-search-returns-the-rows-that-exist)."""
 
 from __future__ import annotations
 

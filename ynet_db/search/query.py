@@ -3,14 +3,18 @@
     result = search(engine, "photo.jpg", k=20, filters={"category": "dress"}, model=model)
 
 Two stages, as in the paper:
-1. The active model's street branch encodes the query once (average-pooled vector + feature map),
-   and the SQL prefilter (`prefilter.py`) returns the `candidates` nearest products under that
-   model only, exactly k when k match the filters.
-2. CtxYNet re-ranks the candidates from their *stored* vectors, by default only when the model's
-   re-ranker was measured to help (method.md: until then it must not change what users get).
+1. The active model's street branch encodes the query once (its pooled vector and its feature map),
+   and the SQL prefilter (`prefilter.py`) returns up to `candidates` nearest products under that model
+   only (approximately nearest on the HNSW path): all of them whenever that many embedded products
+   pass the filters, unless the caller forces `exact=False`; fewer otherwise, flagged `short`.
+2. CtxYNet re-ranks the candidates from their *stored* vectors, by default only when a re-rank was
+   measured to help (docs/method.md#when-search-re-ranks: until then it must not change what users
+   get). The first k rows are returned: k whenever k embedded products match, as candidates >= k.
 
 The model work can run in a Celery worker through the `via` runner (`ynet_db.search.client`); both
-paths call `run_queries`, so they give the same results. torch is imported only by model code.
+paths call `run_queries`, so they give the same results. Importing this module does not import torch
+(validation, filters and the prefilter work without it); answering a query does, to stack the query
+pixels and to hand the stored vectors to the re-rank.
 """
 
 from __future__ import annotations
