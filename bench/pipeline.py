@@ -51,8 +51,8 @@ from ynet_db.db.engine import make_engine
 from ynet_db.db.server import libpq_dsn, start_embedded, stop_embedded
 from ynet_db.images.decode import decode_image
 from ynet_db.models.registry import ModelIdentity, activate, register
+from ynet_db.models.serving import load_serving
 from ynet_db.nn.model import RetrievalModel
-from ynet_db.nn.runtime import load_serving
 
 POLL_S = 0.01
 """Polling for one product's embedding (light load): cheap, and the latency's resolution."""

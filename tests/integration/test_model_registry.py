@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, text
+from ynet_db.workers.dispatcher import housekeeping
 
 from ynet_db.cli import main
 from ynet_db.config import Settings
@@ -77,14 +78,19 @@ def test_a_dead_job_does_not_block_the_switch_and_is_reported(
     kill(engine, second)
     monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
     monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    listed = CliRunner().invoke(main, ["model", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "m@2                              backfilling 2/3 embedded (66.7%), 0 queued, 1 dead" in listed.output
+    assert states(engine) == {"m@1": "active", "m@2": "backfilling"}, "a listing switches nothing"
+    housekeeping(engine)  # the dispatcher's tick
+    assert states(engine) == {"m@1": "retired", "m@2": "active"}
     result = CliRunner().invoke(main, ["model", "list"])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[0] == (
-        "m@2 finished its back-fill and is now active; 1 products have no embedding under it, their jobs dead: "
+    assert "m@2                              active      2/3 embedded (66.7%), 0 queued, 1 dead" in result.output
+    assert result.output.splitlines()[-1] == (
+        "m@2: 1 products have no embedding, their jobs dead: "
         "`ynet-db jobs list --state dead --model m@2` shows why, `ynet-db jobs retry` re-drives"
     )
-    assert "m@2                              active      2/3 embedded (66.7%), 0 queued, 1 dead" in result.output
-    assert states(engine) == {"m@1": "retired", "m@2": "active"}
 
 
 def test_a_model_that_embedded_nothing_is_not_switched_to(engine: Engine, switching: tuple[int, int]) -> None:
