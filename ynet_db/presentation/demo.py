@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from sqlalchemy import Engine
@@ -145,7 +145,16 @@ def model_coverage(engine: Engine, version: str) -> Coverage:
     return covered
 
 
-def wait_until_serving(engine: Engine, version: str, worker: subprocess.Popen[bytes], log: Path) -> int:
+class Running(Protocol):
+    """What the wait reads of the worker's process (a `subprocess.Popen`)."""
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+
+def wait_until_serving(engine: Engine, version: str, worker: Running, log: Path) -> int:
     """Show progress until every product is embedded or given up on (dead) and the model serves search
     (at once, or when the worker's dispatcher ends its back-fill); the number embedded."""
     covered = model_coverage(engine, version)
