@@ -3,17 +3,16 @@
 It wakes on the queue's NOTIFY channel (`jobs.CHANNEL`, sent by the catalogue trigger at commit) for low
 latency, and every `tick_s` regardless, because NOTIFY is lost while nobody listens and a broker can drop
 messages. On each tick it also sweeps expired leases (a killed worker's jobs) and promotes a back-filled
-model.
+model. Sending is idempotent in effect: an extra task finds nothing to claim. Messages expire, so an
+outage of the workers does not pile up wake-ups in the broker.
 
 Promotion lives here, on the tick, and nowhere else: it is housekeeping of the whole catalogue, not of
-one batch. Its coverage count reads every embedding of the back-filling model, which the tick pays once
-per deployment every `tick_s` where a worker after each batch would pay it per batch and per process;
-and a back-fill can end without any batch, when the sweep kills the last job of a product that takes its
-worker down. A switch comes at most one tick after the last embedding, which a back-fill that takes
-minutes to hours does not notice. The sweep needs no model either, so it runs here too and no task is
-sent for it: the workers keep their processes for embedding and search.
-Sending is idempotent in effect: an extra task finds nothing to claim. Messages expire, so an outage
-of the workers does not pile up wake-ups in the broker.
+one batch. Its coverage count reads every embedding of the back-filling model, which a dispatcher pays
+once every `tick_s` where workers would pay it after every batch of every process; and a back-fill can
+end without any batch, when the sweep kills the last job of a product that takes its worker down. A
+switch comes at most one tick after the last embedding, which a back-fill that takes minutes to hours
+does not notice. The sweep needs no model either, so it runs here too and no task is sent for it: the
+workers keep their processes for embedding and search.
 
 Run one per deployment or one beside each worker; several dispatchers only send extra wake-ups.
 """
