@@ -1,10 +1,18 @@
 """The dispatcher: turns "there is work in the jobs table" into Celery tasks.
 
-It wakes on NOTIFY `ynet_embedding_jobs` (sent by the catalogue trigger at commit) for low latency, and
-every `tick_s` regardless, because NOTIFY is lost while nobody listens and a broker can drop messages.
-On each tick it also sweeps expired leases (a killed worker's jobs) and promotes a back-filled model.
-Sending is idempotent in effect: an extra task finds nothing to claim. Messages expire, so an outage
-of the workers does not pile up wake-ups in the broker.
+It wakes on the queue's NOTIFY channel (`jobs.CHANNEL`, sent by the catalogue trigger at commit) for low
+latency, and every `tick_s` regardless, because NOTIFY is lost while nobody listens and a broker can drop
+messages. On each tick it also sweeps expired leases (a killed worker's jobs) and promotes a back-filled
+model. Sending is idempotent in effect: an extra task finds nothing to claim. Messages expire, so an
+outage of the workers does not pile up wake-ups in the broker.
+
+Promotion lives here, on the tick, and nowhere else: it is housekeeping of the whole catalogue, not of
+one batch. Its coverage count reads every embedding of the back-filling model, which a dispatcher pays
+once every `tick_s` where workers would pay it after every batch of every process; and a back-fill can
+end without any batch, when the sweep kills the last job of a product that takes its worker down. A
+switch comes at most one tick after the last embedding, which a back-fill that takes minutes to hours
+does not notice. The sweep needs no model either, so it runs here too and no task is sent for it: the
+workers keep their processes for embedding and search.
 
 Run one per deployment or one beside each worker; several dispatchers only send extra wake-ups.
 """
@@ -19,7 +27,7 @@ from dataclasses import dataclass
 
 import psycopg
 from celery import Celery
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from ynet_db.workers.app import EMBED_TASK, WorkerOptions, make_app
 
 from ynet_db.config import Settings
@@ -30,30 +38,21 @@ from ynet_db.models.registry import promote_if_complete
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "ynet_embedding_jobs"
 RECONNECT_DELAY_S = 2.0
-
-READY_BY_MODEL = text(
-    """
-    SELECT model_id, count(*) FROM ynet.embedding_jobs
-     WHERE state IN ('pending', 'retry') AND run_after <= now()
-     GROUP BY model_id
-    """
-)
+DEFAULT_TICK_S = 10.0
 
 
 @dataclass(frozen=True)
 class DispatchOptions:
-    tick_s: float = 10.0
-    batch_size: int = 16
+    tick_s: float = DEFAULT_TICK_S
+    batch_size: int = jobs.DEFAULT_BATCH_SIZE
     fanout: int = 4
     """At most this many tasks per model per wake-up: about the number of worker processes."""
 
 
 def dispatch(engine: Engine, app: Celery, options: DispatchOptions) -> int:
     """Send enough tasks for the ready jobs of each model; returns how many were sent."""
-    with engine.connect() as conn:
-        ready = conn.execute(READY_BY_MODEL).all()
+    ready = jobs.ready_by_model(engine)
     sent = 0
     expires = max(60.0, 6 * options.tick_s)  # a later tick re-sends; a stale wake-up is worthless
     for model_id, count in ready:
@@ -64,6 +63,7 @@ def dispatch(engine: Engine, app: Celery, options: DispatchOptions) -> int:
 
 
 def housekeeping(engine: Engine) -> None:
+    """Return expired leases to the queue, then end a back-fill that covers the catalogue."""
     returned = jobs.sweep(engine)
     if returned:
         log.info("returned %d jobs with expired leases to the queue", returned)
@@ -85,7 +85,7 @@ def run(engine: Engine, app: Celery, options: DispatchOptions, stop: threading.E
 
 def _listen(engine: Engine, app: Celery, options: DispatchOptions, stop: threading.Event) -> None:
     with psycopg.connect(libpq_dsn(engine.url), autocommit=True) as conn:
-        conn.execute(f"LISTEN {CHANNEL}")
+        conn.execute(f"LISTEN {jobs.CHANNEL}")
         next_tick, woken = 0.0, False  # a tick at once: whatever was committed while nobody listened
         while not stop.is_set():
             now = time.monotonic()

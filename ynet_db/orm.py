@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from ynet_db.db.tables import Embedding, Model, Product
 from ynet_db.search.filters import DEFAULT_SCHEMA, MAX_K, FilterSchema, bounded, compile_filters
 from ynet_db.search.prefilter import SearchError, ann_settings, distance_to, model_constant, set_local
+from ynet_db.search.prefilter import active_model as active_record
 
 MAX_SOURCES_SHOWN = 10
 
@@ -43,9 +44,11 @@ def matching(filters: Mapping[str, Any] | None, schema: FilterSchema = DEFAULT_S
 
 
 def active_model(session: Session) -> Model:
-    model = session.scalars(select(Model).where(Model.state == "active")).one_or_none()
-    if model is None:
-        raise SearchError("no model is active: run `ynet-db model activate NAME` once its embeddings exist")
+    """The registry's active model (`ynet_db.search.prefilter.active_model`) as an ORM object."""
+    record = active_record(session.connection())
+    model = session.get(Model, record.id)
+    if model is None:  # deleted since the record was read, in another transaction
+        raise SearchError(f"model {record.version} is no longer registered")
     return model
 
 

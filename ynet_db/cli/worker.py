@@ -12,7 +12,9 @@ import click
 
 from ynet_db.cli.context import App, pass_app
 from ynet_db.config import DEVICES, Settings
+from ynet_db.ingestion import jobs
 from ynet_db.nn.runtime_threads import threads_per_process, usable_cores
+from ynet_db.workers.dispatcher import DEFAULT_TICK_S
 
 POOLS = ("auto", "prefork", "solo")
 
@@ -39,19 +41,23 @@ def choose_pool(pool: str, device: str, concurrency: int | None) -> tuple[str, i
 )
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Worker processes (prefork); default: CPU cores.")
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass."
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=jobs.DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Images per forward pass.",
 )
 @click.option(
     "--lease",
     type=click.FloatRange(min=1),
-    default=300.0,
+    default=jobs.DEFAULT_LEASE.total_seconds(),
     show_default=True,
     help="Seconds a claimed job stays this worker's.",
 )
 @click.option(
     "--tick",
     type=click.FloatRange(min=0.1),
-    default=10.0,
+    default=DEFAULT_TICK_S,
     show_default=True,
     help="Seconds between the dispatcher's rounds: return expired leases, switch to a back-filled model, send "
     "tasks for ready jobs (a new job's NOTIFY also sends tasks at once).",
@@ -139,10 +145,10 @@ def worker(
 
 def _check_model(settings: Settings) -> None:
     """A checkpoint that cannot be served stops the command before Celery starts (and says "ready")."""
+    from ynet_db.models.serving import verify_configured
     from ynet_db.nn.checkpoint import CheckpointError
-    from ynet_db.workers.process import check_model
 
     try:
-        check_model(settings)
+        verify_configured(settings)
     except (CheckpointError, OSError) as error:
         raise click.ClickException(f"cannot serve YNET_MODEL: {error}") from error

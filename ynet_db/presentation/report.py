@@ -87,18 +87,24 @@ def search_page(
 
 
 def active_vectors(engine: Engine, product_ids: list[int]) -> dict[int, np.ndarray]:
-    """Stored vectors under the active model: the context of each CtxYNet attention map."""
+    """Stored vectors under the active model (none before there is one): the context of each CtxYNet
+    attention map."""
     from sqlalchemy import text
 
     from ynet_db.db.vectors import stored_vectors
+    from ynet_db.models.registry import NoActiveModel, active
 
     with engine.connect() as conn:
+        try:
+            model_id = active(conn).id
+        except NoActiveModel:
+            return {}
         rows = conn.execute(
             text(
-                "SELECT e.product_id, vector_send(e.embedding) FROM ynet.embeddings e "
-                "JOIN ynet.models m ON m.id = e.model_id AND m.state = 'active' WHERE e.product_id = ANY(:ids)"
+                "SELECT product_id, vector_send(embedding) FROM ynet.embeddings "
+                "WHERE model_id = :model_id AND product_id = ANY(:ids)"
             ),
-            {"ids": product_ids},
+            {"model_id": model_id, "ids": product_ids},
         ).all()
     arrays = stored_vectors([blob for _, blob in rows])
     return {product_id: arrays[i] for i, (product_id, _) in enumerate(rows)}

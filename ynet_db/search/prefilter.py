@@ -21,6 +21,7 @@ from sqlalchemy.sql import ColumnElement, Select
 
 from ynet_db.db.tables import Embedding, Product
 from ynet_db.db.vectors import stored_vectors, vector_text
+from ynet_db.models.registry import ModelRecord, NoActiveModel, active
 from ynet_db.search.filters import FilterSchema, compile_filters
 
 EXACT_BELOW = 20_000
@@ -45,22 +46,16 @@ class SearchError(RuntimeError):
     """A search that cannot be answered as asked (no active model, the wrong model); says why."""
 
 
-@dataclass(frozen=True)
-class ActiveModel:
-    id: int
-    version: str
-    embedding_dim: int
-    context_rerank: dict[str, Any] | None = None
-    """The registry's context calibration of this model (`ynet-db model calibrate`), if any."""
+ActiveModel = ModelRecord
+"""Search's name for the registry's record of the model that serves."""
 
 
-def active_model(conn: Connection) -> ActiveModel:
-    row = conn.execute(
-        text("SELECT id, version, embedding_dim, config -> 'context_rerank' FROM ynet.models WHERE state = 'active'")
-    ).first()
-    if row is None:
-        raise SearchError("no model is active: run `ynet-db model activate NAME` once its embeddings exist")
-    return ActiveModel(*row)
+def active_model(conn: Connection) -> ModelRecord:
+    """The registry's active model; its absence is a `SearchError` to a searcher."""
+    try:
+        return active(conn)
+    except NoActiveModel as error:
+        raise SearchError(str(error)) from error
 
 
 # -- stage 1: the SQL prefilter ----------------------------------------------------------------------
