@@ -15,7 +15,8 @@ from PIL import Image
 
 from ynet_db.config import Settings
 from ynet_db.data.records import Box, ImageRef
-from ynet_db.images.decode import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image, read_image
+from ynet_db.images.dataset import read_image
+from ynet_db.images.decode import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image
 from ynet_db.images.fetch import fetch_image_bytes
 from ynet_db.images.policy import FetchPolicy
 
