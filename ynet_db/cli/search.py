@@ -13,7 +13,7 @@ from ynet_db.cli.terminal import safe
 
 if TYPE_CHECKING:
     from ynet_db.nn.model import RetrievalModel
-    from ynet_db.search.query import SearchResult
+    from ynet_db.search.query import QueryRunner, SearchResult
 
 
 @click.command("search")
@@ -92,7 +92,7 @@ def _load_model(app: App) -> RetrievalModel:
     return load_model(app.settings.model_path, app.settings.device)
 
 
-def _worker_runner(app: App) -> object:
+def _worker_runner(app: App) -> QueryRunner:
     if not app.settings.broker_url:
         raise click.UsageError("--worker needs a broker: set YNET_BROKER_URL")
     from ynet_db.search.client import CeleryRunner

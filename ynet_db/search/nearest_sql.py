@@ -120,6 +120,7 @@ CREATE OR REPLACE FUNCTION ynet.nearest_products(
 LANGUAGE plpgsql VOLATILE AS $${function_body()}$$;
 COMMENT ON FUNCTION {SIGNATURE} IS
     'The k products nearest to a query vector under the active model (cosine distance), filtered by '
-    'category, any of tags_any, all of tags_all; exact search when the filter matches <= {policy.EXACT_BELOW} '
-    'products or the index scan finds fewer than k of the rows that match (ynet_db.search.policy).';
+    'category, any of tags_any, all of tags_all; '
+    'exact search when the filter matches <= {policy.EXACT_BELOW} products '
+    'or the index scan finds fewer than k of the rows that match (ynet_db.search.policy).';
 """

@@ -35,9 +35,7 @@ def carried(image: ImageInput, policy: FetchPolicy | None = None) -> QueryImage:
         return image
     if isinstance(image, str | Path):
         return fetch_image_bytes(str(image), policy=policy or FetchPolicy.from_env())
-    raise ImageError(
-        SOURCE, f"is a {type(image).__name__}: give bytes, a path or URL, or a PIL image", "the `image` argument"
-    )
+    raise ImageError(SOURCE, f"must be bytes, a path or URL, or a PIL image, not {type(image).__name__}")
 
 
 def as_image(image: QueryImage) -> Image.Image:
