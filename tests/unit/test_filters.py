@@ -12,9 +12,9 @@ from sqlalchemy.dialects import postgresql
 from ynet_db.db.tables import Product
 from ynet_db.search.filters import (
     DEFAULT_SCHEMA,
-    CompiledFilters,
     MAX_STRING,
     TEXT_OPS,
+    CompiledFilters,
     Field,
     FilterError,
     bounded,
