@@ -4,19 +4,24 @@ the ORM falls back to exact search like the others, and a result says whether th
 
 from __future__ import annotations
 
+from importlib import import_module
+
 import numpy as np
 import pytest
 from catalogue_vectors import exact_top, unit_vectors
 from sqlalchemy import Connection, Engine, select, text
 from sqlalchemy.orm import Session
 
+from ynet_db.db import migrate
 from ynet_db.db.engine import make_engine
 from ynet_db.db.tables import Product
 from ynet_db.db.vectors import vector_text
 from ynet_db.orm import similar_products
+from ynet_db.presentation.report import summary_line
 from ynet_db.search import policy
 from ynet_db.search.nearest_sql import SIGNATURE, function_body, nearest_products_function
 from ynet_db.search.prefilter import SearchRow, prefilter
+from ynet_db.search.query import SearchResult
 
 INSTALLED = f"SELECT prosrc, obj_description(oid, 'pg_proc') FROM pg_proc WHERE oid = '{SIGNATURE}'::regprocedure"
 
@@ -107,3 +112,33 @@ def test_without_scan_counts_the_result_does_not_guess(tagged_engine: Engine, ta
     finally:
         uncounted.dispose()
     assert (found.path, found.index_scanned, len(found.candidates)) == ("ann", None, 10)
+
+
+def test_one_revision_down_restores_the_hand_written_function_and_up_renders_it_again(empty_engine: Engine) -> None:
+    hand_written = import_module(
+        "ynet_db.migrations.versions.0008_privileges_and_sources"
+    )._nearest_products_with_checks()
+    migrate.upgrade(empty_engine)
+    migrate.downgrade(empty_engine, "-1")
+    with empty_engine.connect() as conn:
+        body, _ = conn.execute(text(INSTALLED)).one()
+    assert body in hand_written and body != function_body()
+    migrate.upgrade(empty_engine)
+    with empty_engine.connect() as conn:
+        assert conn.execute(text(INSTALLED)).one()[0] == function_body()
+
+
+@pytest.mark.parametrize(
+    ("path", "index_scanned", "shown"),
+    [
+        ("ann", True, "ann prefilter, "),
+        ("ann", False, "ann prefilter (the planner did not use the HNSW index), "),
+        ("ann", None, "ann prefilter, "),
+        ("exact", False, "exact prefilter, "),
+    ],
+)
+def test_the_summary_says_when_the_index_statement_ran_without_the_index(
+    path: str, index_scanned: bool | None, shown: str
+) -> None:
+    result = SearchResult([], "m@1", path, False, 10, 10, False, index_scanned=index_scanned)  # type: ignore[arg-type]
+    assert summary_line(result) == f"model m@1, {shown}10/10 candidates, not re-ranked"
