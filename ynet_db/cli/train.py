@@ -112,7 +112,7 @@ def train(
     )
     checkpoint = fit(
         load_dataset(dataset), out_dir, plan, device=resolve_device(device), cache_dir=cache_dir or out_dir / "cache"
-    )
+    ).checkpoint
     click.echo(
         f"wrote {out_dir / 'model.safetensors'}: {checkpoint.version}; "
         f"re-ranker measured to help: {checkpoint.info.rerank_measured_to_help}"

@@ -38,7 +38,7 @@ class TrunkFeatures:
 
 
 def default_reader() -> ImageReader:
-    from ynet_db.images.decode import read_image
+    from ynet_db.images.dataset import read_image
 
     return read_image
 

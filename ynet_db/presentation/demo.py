@@ -177,7 +177,7 @@ def run_queries(
     engine: Engine, model: RetrievalModel, dataset: RetrievalDataset, limit: int | None
 ) -> list[QueryOutcome]:
     """Each street photo through the full query path (encode, SQL prefilter, re-rank), timed one by one."""
-    from ynet_db.images.decode import read_image
+    from ynet_db.images.dataset import read_image
     from ynet_db.search.query import search
 
     outcomes = []
@@ -229,7 +229,7 @@ def write_report(
     engine: Engine, model: RetrievalModel, dataset: RetrievalDataset, outcomes: list[QueryOutcome], out: Path
 ) -> tuple[str, Path]:
     """results.json, the two plots and report.html in `out`; the printed summary and the page's path."""
-    from ynet_db.images.decode import read_image
+    from ynet_db.images.dataset import read_image
     from ynet_db.models.evaluate import plot_topk
     from ynet_db.presentation.report import demo_page, demo_query_section, plot_latency
 

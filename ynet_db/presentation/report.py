@@ -24,8 +24,12 @@ THUMBNAIL = 160
 
 
 def summary_line(result: SearchResult) -> str:
+    # An 'ann' statement the planner answered from another index and a sort gave exact rows: say so.
+    unindexed = (
+        " (the planner did not use the HNSW index)" if result.path == "ann" and result.index_scanned is False else ""
+    )
     return (
-        f"model {result.model_version}, {result.path} prefilter, {result.candidates_returned}/"
+        f"model {result.model_version}, {result.path} prefilter{unindexed}, {result.candidates_returned}/"
         f"{result.candidates_asked} candidates{' (short)' if result.short else ''}, "
         f"{'re-ranked' if result.reranked else 'not re-ranked'}"
     )
