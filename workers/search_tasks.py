@@ -26,10 +26,14 @@ from ynet_db.workers import process
 from ynet_db.workers.app import SEARCH_TASK, WorkerApp, broker_url
 
 from ynet_db.filters import FilterError
-from ynet_db.prefilter import active_model
+from ynet_db.prefilter import NoActiveModel, active_model
 from ynet_db.search import SearchError, SearchQuery, SearchResult, run_queries
 
-ERRORS: dict[str, type[Exception]] = {"FilterError": FilterError, "SearchError": SearchError}
+ERRORS: dict[str, type[Exception]] = {
+    "FilterError": FilterError,
+    "SearchError": SearchError,
+    "NoActiveModel": NoActiveModel,
+}
 
 
 def result_backend_url(broker: str) -> str:

@@ -16,6 +16,7 @@ from ynet_db.workers.app import EMBED_TASK, SWEEP_TASK
 from ynet_db import jobs
 from ynet_db.embed import drain, policy_fetch
 from ynet_db.fetch_policy import FetchPolicy
+from ynet_db.metrics.definitions import LEASES_EXPIRED
 from ynet_db.model_registry import promote_if_complete
 
 log = logging.getLogger(__name__)
@@ -65,5 +66,6 @@ def sweep() -> int:
     """Return expired leases to the queue and switch to a back-filled model when it is complete."""
     engine = process.current().engine
     returned = jobs.sweep(engine)
+    LEASES_EXPIRED.inc(returned)
     promote_if_complete(engine)
     return returned

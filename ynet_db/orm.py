@@ -21,9 +21,29 @@ from sqlalchemy.orm import Session
 
 from ynet_db.db.models import Embedding, Model, Product
 from ynet_db.filters import DEFAULT_SCHEMA, MAX_K, FilterSchema, bounded, compile_filters
-from ynet_db.prefilter import SearchError, ann_settings, distance_to, model_constant, set_local
+from ynet_db.prefilter import (
+    NO_ACTIVE_MODEL,
+    NoActiveModel,
+    SearchError,
+    ann_settings,
+    distance_to,
+    model_constant,
+    set_local,
+)
 
 MAX_SOURCES_SHOWN = 10
+
+
+class ProductNotFound(SearchError):
+    """No product has this external id (in the source asked for)."""
+
+
+class AmbiguousProduct(SearchError):
+    """Several sources use this external id: the caller must name one."""
+
+
+class NotEmbedded(SearchError):
+    """The product has no embedding under the active model yet."""
 
 __all__ = [
     "active_model",
@@ -45,7 +65,7 @@ def matching(filters: Mapping[str, Any] | None, schema: FilterSchema = DEFAULT_S
 def active_model(session: Session) -> Model:
     model = session.scalars(select(Model).where(Model.state == "active")).one_or_none()
     if model is None:
-        raise SearchError("no model is active: run `ynet-db model activate NAME` once its embeddings exist")
+        raise NoActiveModel(NO_ACTIVE_MODEL)
     return model
 
 
@@ -59,10 +79,10 @@ def product_by_external_id(session: Session, external_id: str, source: str | Non
         statement = statement.where(Product.source == source)
     found = session.scalars(statement.limit(MAX_SOURCES_SHOWN)).all()
     if not found:
-        raise SearchError(f"no product with external id {external_id!r}" + (f" in {source}" if source else ""))
+        raise ProductNotFound(f"no product with external id {external_id!r}" + (f" in {source}" if source else ""))
     if len(found) > 1:
         sources = ", ".join(product.source for product in found)
-        raise SearchError(
+        raise AmbiguousProduct(
             f"external id {external_id!r} is used by several sources ({sources}): pass source=one of them"
         )
     return found[0]
@@ -94,7 +114,7 @@ def similar_products(
     model = active_model(session)
     vector = product_embedding(session, product, model)
     if vector is None:
-        raise SearchError(f"product {product.external_id!r} has no embedding under the active model yet")
+        raise NotEmbedded(f"product {product.external_id!r} has no embedding under the active model yet")
     distance = nearest_to(vector, model)
     set_local(session.connection(), ann_settings(k + 1))
     statement = (

@@ -45,6 +45,13 @@ class SearchError(RuntimeError):
     """A search that cannot be answered as asked (no active model, the wrong model); says why."""
 
 
+class NoActiveModel(SearchError):
+    """No model is active yet: a state of the deployment, not a fault of the query."""
+
+
+NO_ACTIVE_MODEL = "no model is active: run `ynet-db model activate NAME` once its embeddings exist"
+
+
 @dataclass(frozen=True)
 class ActiveModel:
     id: int
@@ -59,7 +66,7 @@ def active_model(conn: Connection) -> ActiveModel:
         text("SELECT id, version, embedding_dim, config -> 'context_rerank' FROM ynet.models WHERE state = 'active'")
     ).first()
     if row is None:
-        raise SearchError("no model is active: run `ynet-db model activate NAME` once its embeddings exist")
+        raise NoActiveModel(NO_ACTIVE_MODEL)
     return ActiveModel(*row)
 
 

@@ -31,6 +31,7 @@ from ynet_db.fetch import fetch_image_bytes
 from ynet_db.fetch_policy import FetchPolicy
 from ynet_db.filters import MAX_CANDIDATES, MAX_K, FilterError, bounded, compile_filters
 from ynet_db.images import decode_image, to_rgb
+from ynet_db.metrics.definitions import observe_search
 from ynet_db.nn.calibration import CalibrationError, ContextCalibration
 from ynet_db.prefilter import ActiveModel, Candidate, Path_, SearchError, active_model, prefilter
 
@@ -192,10 +193,13 @@ def run_queries(
     pixels = torch.stack([model.preprocess(as_image(q.image)) for q in queries])
     street = model.encode_street(pixels)
     encode_ms = 1000 * (time.perf_counter() - started) / len(queries)
-    return [
+    results = [
         _answer(engine, model, active, query, street.vectors[i].numpy(), street.maps[i], encode_ms)
         for i, query in enumerate(queries)
     ]
+    for result in results:  # in whichever process ran the model: the HTTP service or a search worker
+        observe_search(result.path, result.reranked, result.short, result.candidates_returned, result.timings_ms)
+    return results
 
 
 def _answer(
