@@ -65,7 +65,7 @@ async def search(request: Request) -> dict[str, Any]:
 def answer(service: Service, query: SearchInput) -> SearchResult:
     data, field = (query.image, "image") if query.image is not None else (fetch(service, str(query.url)), "url")
     try:
-        picture = decode_image(data, source=field if field == "image" else str(query.url), limits=service.image_limits)
+        picture = decode_image(data, source="upload" if field == "image" else str(query.url), limits=service.image_limits)
     except ImageError as error:
         raise ApiError(422, str(error), field) from None
     # A worker decodes the bytes itself; in this process the decoded picture is reused.
