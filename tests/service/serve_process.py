@@ -108,8 +108,9 @@ def start_serve(env: Mapping[str, str], log: Path, *options: str) -> ServeProces
         try:
             served.get("/health")
             return served
-        except OSError:
+        except OSError as error:
             if time.monotonic() > deadline:
                 served.stop()
-                raise RuntimeError(f"ynet-db serve did not answer in {STARTUP_TIMEOUT_S} s:\n{served.output()[-4000:]}")
+                log = served.output()[-4000:]
+                raise RuntimeError(f"ynet-db serve did not answer in {STARTUP_TIMEOUT_S} s:\n{log}") from error
             time.sleep(0.2)

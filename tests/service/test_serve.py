@@ -62,10 +62,16 @@ def test_search_by_url_fetches_under_the_policy(
 @pytest.mark.parametrize(
     ("url", "error"),
     [
-        ("http://169.254.169.254/latest/meta-data/", f"image http://169.254.169.254/latest/meta-data/: {REFUSED_ADDRESS}"),
+        (
+            "http://169.254.169.254/latest/meta-data/",
+            f"image http://169.254.169.254/latest/meta-data/: {REFUSED_ADDRESS}",
+        ),
         ("file:///etc/passwd", "url: only http:// and https:// URLs are fetched"),
         ("/etc/passwd", "url: only http:// and https:// URLs are fetched"),
-        ("gopher://example.com/x", "image gopher://example.com/x: has unsupported scheme 'gopher'; use a path, file://, http:// or https://"),
+        (
+            "gopher://example.com/x",
+            "image gopher://example.com/x: has unsupported scheme 'gopher'; use a path, file://, http:// or https://",
+        ),
     ],
 )
 def test_a_url_the_policy_refuses_is_a_422_naming_the_url(served: ServeProcess, url: str, error: str) -> None:
@@ -85,7 +91,11 @@ JSON_ERRORS = [
     ({"url": "http://127.0.0.1/x.png", "k": 201}, "k", "k: Input should be less than or equal to 200"),
     ({"url": "http://127.0.0.1/x.png", "k": "5"}, "k", "k: Input should be a valid integer"),
     ({"url": "http://127.0.0.1/x.png", "k": True}, "k", "k: Input should be a valid integer"),
-    ({"url": "http://127.0.0.1/x.png", "k": 50, "candidates": 10}, "candidates", "candidates: must be at least k (50), got 10"),
+    (
+        {"url": "http://127.0.0.1/x.png", "k": 50, "candidates": 10},
+        "candidates",
+        "candidates: must be at least k (50), got 10",
+    ),
     ({"url": "http://127.0.0.1/x.png", "rerank": "yes"}, "rerank", "rerank: Input should be a valid boolean"),
     ({"url": "http://127.0.0.1/x.png", "colour": "red"}, "colour", "colour: Extra inputs are not permitted"),
     ({"k": 5}, "url", "url: Field required"),
@@ -140,7 +150,13 @@ def test_a_body_of_another_type_is_a_415(served: ServeProcess) -> None:
 FORM_ERRORS = [
     ({"k": "5"}, {}, 422, "image", "image: attach the photo as a file field named 'image'"),
     ({"image": "not a file"}, {}, 422, "image", "image: attach the photo as a file field named 'image'"),
-    ({}, {"image": b"GIF89a nonsense"}, 422, "image", "image upload: is not an image in a supported format; accepted formats: JPEG, PNG, WEBP, GIF, BMP, TIFF"),
+    (
+        {},
+        {"image": b"GIF89a nonsense"},
+        422,
+        "image",
+        "image upload: is not an image in a supported format; accepted formats: JPEG, PNG, WEBP, GIF, BMP, TIFF",
+    ),
     ({}, {"image": b""}, 422, "image", "image upload: is empty (0 bytes); re-upload or re-download it"),
     ({"k": "abc"}, {"image": b"x"}, 422, "k", "k: expected a whole number, got 'abc'"),
     ({"k": "-3"}, {"image": b"x"}, 422, "k", "k: expected a whole number, got '-3'"),
@@ -148,9 +164,27 @@ FORM_ERRORS = [
     ({"candidates": "0"}, {"image": b"x"}, 422, "candidates", "candidates: must be between 1 and 1000, got 0"),
     ({"rerank": "maybe"}, {"image": b"x"}, 422, "rerank", "rerank: expected true or false, got 'maybe'"),
     ({"filters": "{"}, {"image": b"x"}, 422, "filters", None),
-    ({"filters": "[1]"}, {"image": b"x"}, 422, "filters", "filters: expected a JSON object of field to condition, got list"),
-    ({"filters": '{"price": {"lt": 1e999}}'}, {"image": b"x"}, 422, "filters", "filter 'price': expected a finite number, got inf"),
-    ({"colour": "red"}, {"image": b"x"}, 422, "colour", "unknown field 'colour'; allowed: image, k, candidates, rerank, filters"),
+    (
+        {"filters": "[1]"},
+        {"image": b"x"},
+        422,
+        "filters",
+        "filters: expected a JSON object of field to condition, got list",
+    ),
+    (
+        {"filters": '{"price": {"lt": 1e999}}'},
+        {"image": b"x"},
+        422,
+        "filters",
+        "filter 'price': expected a finite number, got inf",
+    ),
+    (
+        {"colour": "red"},
+        {"image": b"x"},
+        422,
+        "colour",
+        "unknown field 'colour'; allowed: image, k, candidates, rerank, filters",
+    ),
 ]
 
 
@@ -169,7 +203,10 @@ def test_every_bad_form_value_is_a_4xx_naming_its_field(
 def test_an_upload_over_the_limit_is_a_413_before_it_is_decoded(served: ServeProcess) -> None:
     limit = 256 * 1024  # YNET_MAX_UPLOAD_BYTES of the served process
     reply = served.post_form("/search", {}, {"image": b"\xff" * (limit + 1)})
-    assert (reply.status, reply.json()) == (413, {"error": f"image: {limit + 1} bytes, over the limit of {limit}", "field": "image"})
+    assert (reply.status, reply.json()) == (
+        413,
+        {"error": f"image: {limit + 1} bytes, over the limit of {limit}", "field": "image"},
+    )
     huge = b"\xff" * (2 * limit)
     reply = served.post_form("/search", {}, {"image": huge})
     assert reply.status == 413 and reply.json()["field"] == "image"
@@ -183,7 +220,10 @@ def test_a_malformed_multipart_body_is_a_400(served: ServeProcess) -> None:
 
 
 def test_routing_errors_are_json_too(served: ServeProcess) -> None:
-    assert (served.get("/nowhere").status, served.get("/nowhere").json()) == (404, {"error": "Not Found", "field": None})
+    assert (served.get("/nowhere").status, served.get("/nowhere").json()) == (
+        404,
+        {"error": "Not Found", "field": None},
+    )
     reply = served.get("/search")
     assert (reply.status, reply.json()) == (405, {"error": "Method Not Allowed", "field": None})
 
@@ -236,12 +276,32 @@ def extra_products(served_engine: Engine) -> Iterator[None]:
     [
         ("/products/nope/similar", 404, "external_id", "no product with external id 'nope'"),
         ("/products/p1/similar?source=public.items", 404, "source", "no product with external id 'p1' in public.items"),
-        ("/products/lonely/similar", 409, "external_id", "product 'lonely' has no embedding under the active model yet"),
-        ("/products/twin/similar", 409, "source", "external id 'twin' is used by several sources (import, public.items): pass source=one of them"),
+        (
+            "/products/lonely/similar",
+            409,
+            "external_id",
+            "product 'lonely' has no embedding under the active model yet",
+        ),
+        (
+            "/products/twin/similar",
+            409,
+            "source",
+            "external id 'twin' is used by several sources (import, public.items): pass source=one of them",
+        ),
         ("/products/p1/similar?k=0", 422, "k", "k: Input should be greater than or equal to 1"),
-        ("/products/p1/similar?k=ten", 422, "k", "k: Input should be a valid integer, unable to parse string as an integer"),
+        (
+            "/products/p1/similar?k=ten",
+            422,
+            "k",
+            "k: Input should be a valid integer, unable to parse string as an integer",
+        ),
         ("/products/p1/similar?filters=%7B", 422, "filters", None),
-        ("/products/p1/similar?filters=%7B%22in_stock%22%3A1%7D", 422, "filters", "filter 'in_stock': expected true or false, got int"),
+        (
+            "/products/p1/similar?filters=%7B%22in_stock%22%3A1%7D",
+            422,
+            "filters",
+            "filter 'in_stock': expected true or false, got int",
+        ),
         ("/products/a%00b/similar", 422, "external_id", "external_id: may not contain NUL characters"),
         ("/products/p1/similar?source=", 422, "source", "source: String should have at least 1 character"),
     ],
@@ -283,7 +343,15 @@ def test_health_status_and_metrics(served: ServeProcess, default_model: Retrieva
     }
     assert samples[("ynet_database_up", ())] == 1
     assert samples[("ynet_products", ())] == 60
-    assert samples[("ynet_active_model_info", (("name", default_model.version.split("@")[0]), ("version", default_model.version)))] == 1
+    assert (
+        samples[
+            (
+                "ynet_active_model_info",
+                (("name", default_model.version.split("@")[0]), ("version", default_model.version)),
+            )
+        ]
+        == 1
+    )
     assert samples[("ynet_jobs", (("state", "done"),))] == 0
     searched = sum(v for (name, _), v in samples.items() if name == "ynet_search_queries_total")
     assert searched >= 1

@@ -39,7 +39,11 @@ def test_searches_handed_to_a_worker_give_the_in_process_answers(
     tmp_path: Path,
 ) -> None:
     catalogue(engine, default_model.version, unit_vectors(40, default_model.embedding_dim, seed=7))
-    env = {"YNET_DATABASE_URL": str(settings.database_url), "YNET_DATA_DIR": str(settings.data_dir), "YNET_BROKER_URL": redis_url}
+    env = {
+        "YNET_DATABASE_URL": str(settings.database_url),
+        "YNET_DATA_DIR": str(settings.data_dir),
+        "YNET_BROKER_URL": redis_url,
+    }
     served = start_serve(env, tmp_path / "serve.log", "--via", "worker")
     try:
         before = served.get("/health").json()

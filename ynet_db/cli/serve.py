@@ -34,7 +34,8 @@ def serve(app: App, host: str, port: int, via: str, log_level: str) -> None:
     service = Service.create(app.settings, app.migrated_engine, via)
     if isinstance(service.runner, ActiveModelRunner):
         _preload(service.runner)
-    click.echo(f"ynet-db serves on http://{host}:{port} (queries run in {'this process' if via == 'process' else 'search workers'})")
+    where = "this process" if via == "process" else "search workers"
+    click.echo(f"ynet-db serves on http://{host}:{port} (queries run in {where})")
     uvicorn.run(create_app(service), host=host, port=port, log_level=log_level, workers=1)
 
 

@@ -60,7 +60,7 @@ class DatabaseCollector(Collector):
         with self.engine.begin() as conn:
             conn.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
             live = f"{LIVE_WITHIN.total_seconds()} seconds"
-            return [tuple(row) for row in conn.execute(SNAPSHOT, {"live_within": live})]  # type: ignore[misc]
+            return [(row[0], row[1], row[2], int(row[3])) for row in conn.execute(SNAPSHOT, {"live_within": live})]
 
 
 def families(rows: list[tuple[str, str | None, str | None, int]]) -> Iterator[Metric]:
@@ -76,7 +76,8 @@ def families(rows: list[tuple[str, str | None, str | None, int]]) -> Iterator[Me
     workers.add_metric([], sum(n for kind, _, _, n in rows if kind == "workers"))
     yield workers
     model = GaugeMetricFamily(
-        "ynet_active_model_info", "The model searches use: 1, with its name and version as labels.",
+        "ynet_active_model_info",
+        "The model searches use: 1, with its name and version as labels.",
         labels=["name", "version"],
     )
     for kind, name, version, _ in rows:

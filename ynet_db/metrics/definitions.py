@@ -58,7 +58,8 @@ SEARCH_QUERIES = Counter(
     ["path", "reranked"],
 )
 SEARCH_SHORT = Counter(
-    "ynet_search_short_total", "Queries whose prefilter returned fewer candidates than asked (the filter matched fewer)."
+    "ynet_search_short_total",
+    "Queries whose prefilter returned fewer candidates than asked (the filter matched fewer).",
 )
 SEARCH_CANDIDATES = Histogram(
     "ynet_search_candidates", "Candidates the prefilter short-listed per query.", buckets=CANDIDATE_COUNTS
@@ -67,11 +68,13 @@ SEARCH_CANDIDATES = Histogram(
 # -- the HTTP service (service/) ---------------------------------------------------------------------
 
 HTTP_REQUESTS = Counter(
-    "ynet_http_requests_total", "HTTP requests answered, by route template, method and status code.",
+    "ynet_http_requests_total",
+    "HTTP requests answered, by route template, method and status code.",
     ["route", "method", "status"],
 )
 HTTP_REQUEST_SECONDS = Histogram(
-    "ynet_http_request_seconds", "Seconds from request to response, by route template and method.",
+    "ynet_http_request_seconds",
+    "Seconds from request to response, by route template and method.",
     ["route", "method"],
     buckets=SECONDS,
 )

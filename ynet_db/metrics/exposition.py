@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
@@ -42,7 +42,9 @@ def start_multiprocess() -> Path:
     inherit it through the environment.
     """
     if DEFINITIONS in sys.modules:
-        raise MetricsError("the metrics were defined before multiprocess mode was set up: call start_multiprocess first")
+        raise MetricsError(
+            "the metrics were defined before multiprocess mode was set up: call start_multiprocess first"
+        )
     directory = Path(tempfile.mkdtemp(prefix="ynet-metrics-"))
     os.environ[MULTIPROCESS_DIR] = str(directory)
     if "prometheus_client.values" in sys.modules:  # imported early (by a library): switch it now
@@ -60,7 +62,7 @@ def stop_multiprocess(directory: Path) -> None:
 class _ProcessRegistry(Collector):
     """The metrics this process defined (the default registry), served beside other collectors."""
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterable[Metric]:
         return REGISTRY.collect()
 
 

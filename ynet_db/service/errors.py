@@ -36,7 +36,9 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
-def error_response(status: int, message: str, field: str | None, headers: Mapping[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, field: str | None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse({"error": message, "field": field}, status_code=status, headers=dict(headers or {}))
 
 

@@ -206,7 +206,9 @@ def as_filters(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise ApiError(422, f"filters: expected a JSON object of field to condition, got {type(value).__name__}", "filters")
+        raise ApiError(
+            422, f"filters: expected a JSON object of field to condition, got {type(value).__name__}", "filters"
+        )
     return value
 
 

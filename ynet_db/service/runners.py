@@ -74,4 +74,5 @@ def worker_runner(settings: Settings, timeout_s: float) -> QueryRunner:
     from ynet_db.workers.app import make_app
     from ynet_db.workers.search_tasks import CeleryRunner
 
-    return CeleryRunner(make_app(settings), timeout_s=timeout_s)
+    runner: QueryRunner = CeleryRunner(make_app(settings), timeout_s=timeout_s)
+    return runner

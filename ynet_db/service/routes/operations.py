@@ -92,7 +92,8 @@ def _workers(service: Service) -> Check:
 def status(request: Request) -> dict[str, Any]:
     """What `ynet-db status` reports: products, jobs by state, throughput, live workers, coverage, recent errors."""
     report = catalogue_status(service_of(request).engine)
-    return _plain(asdict(report)) | {"throughput": [_throughput(t) for t in report.throughput]}
+    plain: dict[str, Any] = _plain(asdict(report))
+    return plain | {"throughput": [_throughput(t) for t in report.throughput]}
 
 
 def _throughput(window: Any) -> dict[str, Any]:

@@ -81,7 +81,12 @@ def similar(
             }
             for rank, (other, distance) in enumerate(found, 1)
         ]
-        return {"external_id": product.external_id, "source": product.source, "model_version": model.version, "rows": rows}
+        return {
+            "external_id": product.external_id,
+            "source": product.source,
+            "model_version": model.version,
+            "rows": rows,
+        }
 
 
 def _no_nul(name: str, value: str) -> None:

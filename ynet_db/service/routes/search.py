@@ -65,7 +65,9 @@ async def search(request: Request) -> dict[str, Any]:
 def answer(service: Service, query: SearchInput) -> SearchResult:
     data, field = (query.image, "image") if query.image is not None else (fetch(service, str(query.url)), "url")
     try:
-        picture = decode_image(data, source="upload" if field == "image" else str(query.url), limits=service.image_limits)
+        picture = decode_image(
+            data, source="upload" if field == "image" else str(query.url), limits=service.image_limits
+        )
     except ImageError as error:
         raise ApiError(422, str(error), field) from None
     # A worker decodes the bytes itself; in this process the decoded picture is reused.
@@ -88,7 +90,9 @@ def fetch(service: Service, url: str) -> bytes:
     try:
         if validate_image_uri(url).is_local:
             raise ApiError(422, "url: only http:// and https:// URLs are fetched", "url")
-        return fetch_image_bytes(url, policy=service.policy, timeout_s=QUERY_FETCH_TIMEOUT_S, limits=service.image_limits)
+        return fetch_image_bytes(
+            url, policy=service.policy, timeout_s=QUERY_FETCH_TIMEOUT_S, limits=service.image_limits
+        )
     except ImageError as error:  # refused by the policy, unreachable, too large, timed out
         raise ApiError(422, str(error), "url") from None
 
