@@ -8,6 +8,7 @@ from ynet_db.cli.context import App, pass_app
 from ynet_db.cli.terminal import safe
 
 VIA = ("process", "worker")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 @click.command()
@@ -20,7 +21,9 @@ VIA = ("process", "worker")
     show_default=True,
     help="Run the query model in this process, or hand queries to search workers (`ynet-db worker --queues search`).",
 )
-@click.option("--log-level", default="info", show_default=True, help="uvicorn's log level.")
+@click.option(
+    "--log-level", type=click.Choice(LOG_LEVELS), default="info", show_default=True, help="uvicorn's log level."
+)
 @pass_app
 def serve(app: App, host: str, port: int, via: str, log_level: str) -> None:
     """Serve the HTTP API: POST /search, GET /products/{id}/similar, /health, /status, /metrics (docs at /docs)."""
