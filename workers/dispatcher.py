@@ -34,6 +34,7 @@ from ynet_db.config import Settings
 from ynet_db.db.engine import engine_from_settings
 from ynet_db.db.server import libpq_dsn
 from ynet_db.ingestion import jobs
+from ynet_db.metrics.definitions import DISPATCH_TASKS_SENT, LEASES_EXPIRED
 from ynet_db.models.registry import promote_if_complete
 
 log = logging.getLogger(__name__)
@@ -59,12 +60,14 @@ def dispatch(engine: Engine, app: Celery, options: DispatchOptions) -> int:
         for _ in range(min(options.fanout, math.ceil(count / options.batch_size))):
             app.send_task(EMBED_TASK, kwargs={"model_id": model_id}, expires=expires)
             sent += 1
+            DISPATCH_TASKS_SENT.inc()
     return sent
 
 
 def housekeeping(engine: Engine) -> None:
     """Return expired leases to the queue, then end a back-fill that covers the catalogue."""
     returned = jobs.sweep(engine)
+    LEASES_EXPIRED.inc(returned)
     if returned:
         log.info("returned %d jobs with expired leases to the queue", returned)
     promoted = promote_if_complete(engine)

@@ -26,6 +26,18 @@ from ynet_db.search.prefilter import active_model as active_record
 
 MAX_SOURCES_SHOWN = 10
 
+
+class ProductNotFound(SearchError):
+    """No product has this external id (in the source asked for)."""
+
+
+class AmbiguousProduct(SearchError):
+    """Several sources use this external id: the caller must name one."""
+
+
+class NotEmbedded(SearchError):
+    """The product has no embedding under the active model yet."""
+
 __all__ = [
     "active_model",
     "embedded_count",
@@ -62,10 +74,10 @@ def product_by_external_id(session: Session, external_id: str, source: str | Non
         statement = statement.where(Product.source == source)
     found = session.scalars(statement.limit(MAX_SOURCES_SHOWN)).all()
     if not found:
-        raise SearchError(f"no product with external id {external_id!r}" + (f" in {source}" if source else ""))
+        raise ProductNotFound(f"no product with external id {external_id!r}" + (f" in {source}" if source else ""))
     if len(found) > 1:
         sources = ", ".join(product.source for product in found)
-        raise SearchError(
+        raise AmbiguousProduct(
             f"external id {external_id!r} is used by several sources ({sources}): pass source=one of them"
         )
     return found[0]
@@ -100,7 +112,7 @@ def similar_products(
     model = active_model(session)
     vector = product_embedding(session, product, model)
     if vector is None:
-        raise SearchError(f"product {product.external_id!r} has no embedding under the active model yet")
+        raise NotEmbedded(f"product {product.external_id!r} has no embedding under the active model yet")
     others = CompiledFilters(wanted.where & (Product.id != product.id), wanted.narrows)
     found = nearest(session.connection(), model, vector, others, k).candidates
     ids = [row.product_id for row in found]

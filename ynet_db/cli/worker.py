@@ -7,6 +7,7 @@ import os
 import sys
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import click
 
@@ -76,6 +77,11 @@ def choose_pool(pool: str, device: str, concurrency: int | None) -> tuple[str, i
     type=click.Choice(DEVICES),
     help="Where the encoders run (default: YNET_DEVICE); cuda: one process owns the GPU, fp16 (YNET_RUNTIME=auto).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics of this worker, its processes and its dispatcher on this port (default: off).",
+)
 @click.option("--loglevel", default="info", show_default=True)
 @pass_app
 def worker(
@@ -88,9 +94,33 @@ def worker(
     dispatcher: bool,
     queues: tuple[str, ...],
     device: str | None,
+    metrics_port: int | None,
     loglevel: str,
 ) -> None:
     """Embed catalogue images as jobs arrive (Ctrl-C once: write what was fetched, hand the rest back, stop)."""
+    metrics_dir = _start_metrics_dir() if metrics_port else None
+    try:
+        _run(app, pool, concurrency, batch_size, lease, tick, dispatcher, queues, device, metrics_port, loglevel)
+    finally:
+        if metrics_dir is not None:
+            from ynet_db.metrics.exposition import stop_multiprocess
+
+            stop_multiprocess(metrics_dir)
+
+
+def _run(
+    app: App,
+    pool: str,
+    concurrency: int | None,
+    batch_size: int,
+    lease: float,
+    tick: float,
+    dispatcher: bool,
+    queues: tuple[str, ...],
+    device: str | None,
+    metrics_port: int | None,
+    loglevel: str,
+) -> None:
     from ynet_db.workers.app import QUEUES, UnsafeSettings, WorkerOptions, check_settings, make_app
     from ynet_db.workers.dispatcher import DispatchOptions, run_process
 
@@ -106,6 +136,8 @@ def worker(
     except UnsafeSettings as error:
         raise click.ClickException(str(error)) from error
     app.close()  # nothing pooled may survive into the forked children
+    if metrics_port:
+        _serve_metrics(settings, metrics_port)
     helper = None
     if dispatcher:
         # spawn, not fork: the dispatcher starts clean and holds its own LISTEN connection.
@@ -141,6 +173,31 @@ def worker(
     if failure is not None:
         sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__  # Celery sent them to its logger
         raise click.ClickException(failure)
+
+
+def _start_metrics_dir() -> Path:
+    """Multiprocess metrics, set up before anything defines a metric (see ynet_db/metrics/exposition.py)."""
+    from ynet_db.metrics.exposition import MetricsError, start_multiprocess
+
+    try:
+        return start_multiprocess()
+    except MetricsError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _serve_metrics(settings: Settings, port: int) -> None:
+    """The parent serves every process's metrics. Its database gauges use an engine without a pool, so no
+    connection is held open when the pool forks its children."""
+    from sqlalchemy.pool import NullPool
+
+    from ynet_db.db.engine import make_engine
+    from ynet_db.db.server import database_url
+    from ynet_db.metrics.exposition import MetricsError, registry, serve
+
+    try:
+        serve(port, registry(make_engine(database_url(settings), poolclass=NullPool)))
+    except MetricsError as error:
+        raise click.ClickException(str(error)) from error
 
 
 def _check_model(settings: Settings) -> None:

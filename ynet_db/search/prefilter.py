@@ -22,7 +22,8 @@ from sqlalchemy.sql import ColumnElement, Select
 
 from ynet_db.db.tables import Embedding, Product
 from ynet_db.db.vectors import stored_vectors, vector_text
-from ynet_db.models.registry import ModelRecord, NoActiveModel, active
+from ynet_db.models import registry
+from ynet_db.models.registry import ModelRecord
 from ynet_db.search import policy
 from ynet_db.search.filters import DEFAULT_SCHEMA, CompiledFilters, FilterSchema
 
@@ -37,12 +38,16 @@ ActiveModel = ModelRecord
 """Search's name for the registry's record of the model that serves."""
 
 
+class NoActiveModel(SearchError):
+    """No model serves yet: a state of the deployment, not a fault of the query (HTTP answers 503)."""
+
+
 def active_model(conn: Connection) -> ModelRecord:
-    """The registry's active model; its absence is a `SearchError` to a searcher."""
+    """The registry's active model; its absence is a `NoActiveModel` search error to a searcher."""
     try:
-        return active(conn)
-    except NoActiveModel as error:
-        raise SearchError(str(error)) from error
+        return registry.active(conn)
+    except registry.NoActiveModel as error:
+        raise NoActiveModel(str(error)) from error
 
 
 class IndexedModel(Protocol):

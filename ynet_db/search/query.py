@@ -31,6 +31,7 @@ from sqlalchemy import Engine
 
 from ynet_db.images.decode import ImageError
 from ynet_db.images.policy import FetchPolicy
+from ynet_db.metrics.definitions import observe_search
 from ynet_db.nn.calibration import CalibrationError, ContextCalibration
 from ynet_db.search.filters import MAX_CANDIDATES, MAX_K, CompiledFilters, FilterError, bounded
 from ynet_db.search.prefilter import ActiveModel, Path_, SearchError, SearchRow, active_model, prefilter
@@ -166,10 +167,13 @@ def run_queries(
     pixels = torch.stack([model.preprocess(as_image(q.image)) for q in queries])
     street = model.encode_street(pixels)
     encode_ms = 1000 * (time.perf_counter() - started) / len(queries)
-    return [
+    results = [
         _answer(engine, model, active, query, street.vectors[i].numpy(), street.maps[i], encode_ms)
         for i, query in enumerate(queries)
     ]
+    for result in results:  # in whichever process ran the model: the HTTP service or a search worker
+        observe_search(result.path, result.reranked, result.short, result.candidates_returned, result.timings_ms)
+    return results
 
 
 def _answer(
