@@ -91,15 +91,16 @@ def _create_requests() -> None:
         sa.Column("short", sa.Boolean, comment="Fewer candidates than asked came back."),
         sa.Column("reranked", sa.Boolean),
         sa.PrimaryKeyConstraint("id", name="pk_search_requests"),
-        sa.CheckConstraint(f"state IN {STATES}", name="ck_search_requests_state"),
-        sa.CheckConstraint("(image IS NULL) <> (image_url IS NULL)", name="ck_search_requests_one_image"),
-        sa.CheckConstraint(f"k BETWEEN 1 AND {MAX_K}", name="ck_search_requests_k"),
-        sa.CheckConstraint(f"octet_length(image) <= {MAX_IMAGE_BYTES}", name="ck_search_requests_image_size"),
+        sa.CheckConstraint(f"state IN {STATES}", name=op.f("ck_search_requests_state")),
+        sa.CheckConstraint("(image IS NULL) <> (image_url IS NULL)", name=op.f("ck_search_requests_one_image")),
+        sa.CheckConstraint(f"k BETWEEN 1 AND {MAX_K}", name=op.f("ck_search_requests_k")),
+        sa.CheckConstraint(f"octet_length(image) <= {MAX_IMAGE_BYTES}", name=op.f("ck_search_requests_image_size")),
         sa.CheckConstraint(
-            f"image_url ~* '^https?://' AND length(image_url) <= {MAX_URL_LENGTH}", name="ck_search_requests_image_url"
+            f"image_url ~* '^https?://' AND length(image_url) <= {MAX_URL_LENGTH}",
+            name=op.f("ck_search_requests_image_url"),
         ),
         sa.CheckConstraint(
-            f"octet_length(filters::text) <= {MAX_FILTER_BYTES}", name="ck_search_requests_filters_size"
+            f"octet_length(filters::text) <= {MAX_FILTER_BYTES}", name=op.f("ck_search_requests_filters_size")
         ),
         schema=S,
     )

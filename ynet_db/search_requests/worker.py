@@ -156,11 +156,17 @@ class RequestWorker:
                 if self.serve_batch(stop):
                     continue  # more may be waiting: look again before sleeping
                 self.liveness.beat()
-                # A wake-up or the poll interval; at most 1 s at a time, so `stop` is seen.
-                waited = conn.notifies(timeout=min(self.options.poll_s, 1.0), stop_after=1)
-                if any(True for _ in waited):
+                if self._woken(conn):
                     for _ in conn.notifies(timeout=0.0):  # one round answers every insert so far
                         pass
+
+    def _woken(self, conn: psycopg.Connection) -> bool:
+        """A wake-up within the poll interval (at most 1 s, so `stop` is seen)."""
+        waiting = conn.notifies(timeout=min(self.options.poll_s, 1.0), stop_after=1)
+        try:
+            return next(waiting, None) is not None
+        finally:
+            waiting.close()  # a suspended generator holds the connection's lock: the next call would hang
 
     def sweep(self) -> queue.Sweep:
         swept = queue.sweep(self.engine, self.options.retention)
