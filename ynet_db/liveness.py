@@ -10,24 +10,26 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class Liveness:
     """The time of the loop's last good round; `stale_after_s` is how long a round may take at most."""
 
-    def __init__(self, stale_after_s: float) -> None:
+    def __init__(self, stale_after_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.stale_after_s = stale_after_s
-        self._last = time.monotonic()
+        self._clock = clock
+        self._last = clock()
         self._lock = threading.Lock()
 
     def beat(self) -> None:
         with self._lock:
-            self._last = time.monotonic()
+            self._last = self._clock()
 
     def age_s(self) -> float:
         with self._lock:
-            return time.monotonic() - self._last
+            return self._clock() - self._last
 
     def healthy(self) -> bool:
         return self.age_s() <= self.stale_after_s
