@@ -14,6 +14,9 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+HEALTH_PATH = "/health"
+
+
 class Liveness:
     """The time of the loop's last good round; `stale_after_s` is how long a round may take at most."""
 
@@ -46,7 +49,7 @@ def serve_health(liveness: Liveness, port: int, host: str = "0.0.0.0") -> Thread
 def _handler(liveness: Liveness) -> type[BaseHTTPRequestHandler]:
     class Health(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 (the name http.server calls)
-            if self.path.split("?", 1)[0] != "/health":
+            if self.path.split("?", 1)[0] != HEALTH_PATH:
                 self._answer(404, {"error": "not found", "field": "path"})
                 return
             age = round(liveness.age_s(), 3)
