@@ -74,7 +74,6 @@ def test_every_command_of_the_installed_entry_point_answers_help(installed: Path
     environment = {key: value for key, value in os.environ.items() if not key.startswith("YNET_")}
     environment["YNET_DATA_DIR"] = str(tmp_path)  # `--help` must touch no data, but if it did, not the user's
     commands = list(command_paths(main))
-    assert ("search-worker",) in commands and ("dispatcher",) in commands and ("serve",) in commands
     for words in commands:
         done = subprocess.run(
             [str(installed), *words, "--help"],
@@ -87,3 +86,5 @@ def test_every_command_of_the_installed_entry_point_answers_help(installed: Path
         assert done.returncode == 0, f"ynet-db {' '.join(words)} --help:\n{done.stdout}{done.stderr}"
         assert done.stdout.startswith("Usage: ynet-db"), done.stdout
     assert list(tmp_path.iterdir()) == []
+    # The long-running commands docker-compose.yml starts are among them.
+    assert {("dispatcher",), ("worker",), ("search-worker",), ("serve",)} <= set(commands)

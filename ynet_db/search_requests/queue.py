@@ -159,13 +159,16 @@ def release(engine: Engine, worker: str, request_ids: Sequence[int]) -> int:
 
 
 # A running request is expired or given up only once its lease has passed: until then its worker may
-# still answer it, and the client is better served late than not at all.
+# still answer it, and the client is better served late than not at all. Every search worker sweeps; rows
+# another one is sweeping (or answering) are skipped, not waited for.
 EXPIRE = text(
     """
     UPDATE ynet.search_requests
        SET state = 'expired', finished_at = now(), lease_expires_at = NULL
-     WHERE state IN ('pending', 'running') AND expires_at <= now()
-       AND (state = 'pending' OR lease_expires_at < now())
+     WHERE id IN (SELECT id FROM ynet.search_requests
+                   WHERE state IN ('pending', 'running') AND expires_at <= now()
+                     AND (state = 'pending' OR lease_expires_at < now())
+                     FOR UPDATE SKIP LOCKED)
     """
 )
 
@@ -174,14 +177,18 @@ GIVE_UP = text(
     UPDATE ynet.search_requests
        SET state = 'failed', finished_at = now(), lease_expires_at = NULL,
            error = format('given up after %s attempts: every worker that took it stopped before answering', attempts)
-     WHERE state = 'running' AND lease_expires_at < now() AND attempts >= max_attempts
+     WHERE id IN (SELECT id FROM ynet.search_requests
+                   WHERE state = 'running' AND lease_expires_at < now() AND attempts >= max_attempts
+                     FOR UPDATE SKIP LOCKED)
     """
 )
 
 DELETE_FINISHED = text(
     """
     DELETE FROM ynet.search_requests
-     WHERE state IN ('done', 'failed', 'expired') AND finished_at < now() - :retention
+     WHERE id IN (SELECT id FROM ynet.search_requests
+                   WHERE state IN ('done', 'failed', 'expired') AND finished_at < now() - :retention
+                     FOR UPDATE SKIP LOCKED)
     """
 )
 
