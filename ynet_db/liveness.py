@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-
 HEALTH_PATH = "/health"
 
 
