@@ -23,6 +23,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
@@ -75,18 +76,31 @@ def housekeeping(engine: Engine) -> None:
         log.info("model %s covers the catalogue and is now active", promoted.version)
 
 
-def run(engine: Engine, app: Celery, options: DispatchOptions, stop: threading.Event | None = None) -> None:
-    """Listen and dispatch until `stop` is set; survives database and broker outages."""
+def run(
+    engine: Engine,
+    app: Celery,
+    options: DispatchOptions,
+    stop: threading.Event | None = None,
+    on_round: Callable[[], None] | None = None,
+) -> None:
+    """Listen and dispatch until `stop` is set; survives database and broker outages. `on_round` is called
+    each time the loop goes round with the database answering (`ynet-db dispatcher --health-port`)."""
     stop = stop or threading.Event()
     while not stop.is_set():
         try:
-            _listen(engine, app, options, stop)
+            _listen(engine, app, options, stop, on_round or _nothing)
         except (psycopg.OperationalError, OSError) as error:
             log.warning("dispatcher lost the database (%s); reconnecting in %g s", error, RECONNECT_DELAY_S)
             stop.wait(RECONNECT_DELAY_S)
 
 
-def _listen(engine: Engine, app: Celery, options: DispatchOptions, stop: threading.Event) -> None:
+def _nothing() -> None:
+    pass
+
+
+def _listen(
+    engine: Engine, app: Celery, options: DispatchOptions, stop: threading.Event, on_round: Callable[[], None]
+) -> None:
     with psycopg.connect(libpq_dsn(engine.url), autocommit=True) as conn:
         conn.execute(f"LISTEN {jobs.CHANNEL}")
         next_tick, woken = 0.0, False  # a tick at once: whatever was committed while nobody listened
@@ -98,6 +112,7 @@ def _listen(engine: Engine, app: Celery, options: DispatchOptions, stop: threadi
                 woken = True
             if woken:
                 _guarded(dispatch, engine, app, options)
+            on_round()
             # Wait for a notification or the next tick; at most 1 s at a time so `stop` is seen.
             timeout = min(max(next_tick - time.monotonic(), 0.05), 1.0)
             woken = any(True for _ in conn.notifies(timeout=timeout, stop_after=1))

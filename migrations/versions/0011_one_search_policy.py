@@ -20,7 +20,7 @@ from alembic import op
 from ynet_db.search.nearest_sql import nearest_products_function
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 
