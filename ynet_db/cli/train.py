@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import click
 
 from ynet_db.cli.options import crop_option, device_option
 from ynet_db.cli.terminal import safe
+
+if TYPE_CHECKING:
+    from ynet_db.nn.config import ContextForm
+    from ynet_db.nn.losses import Mining
+    from ynet_db.nn.training import Stage
 
 STAGE_CHOICES = ("ynet", "tagynet", "ctxynet")
 
@@ -96,19 +102,19 @@ def train(
             f"{dataset} is a file: a dataset is a folder (or add --from-catalogue)", param_hint="DATASET"
         )
     plan = FitPlan(
-        stages=stages or ("tagynet", "ctxynet"),
+        stages=cast("tuple[Stage, ...]", stages) or ("tagynet", "ctxynet"),
         epochs=epochs,
         ctx_epochs=ctx_epochs,
-        embedding_dim=embedding_dim,  # type: ignore[arg-type]
+        embedding_dim=embedding_dim,
         views=views,
-        context_form=context_form,
+        context_form=cast("ContextForm", context_form),  # click.Choice checked it
         name=name,
         batch_size=batch_size,
         lr=lr,
-        margin=margin,  # type: ignore[arg-type]
-        mining=mining,
+        margin=margin,
+        mining=cast("Mining", mining),
         seed=seed,
-        crop=crop,  # type: ignore[arg-type]
+        crop=crop,
     )
     checkpoint = fit(
         load_dataset(dataset), out_dir, plan, device=resolve_device(device), cache_dir=cache_dir or out_dir / "cache"

@@ -235,7 +235,8 @@ def catalogue_queries(products: Mapping[str, Product], seed: int = 0) -> tuple[l
     with one photo gives an augmentation-made street view of it (a crop, mirror, light change), and
     the photo stays. Deterministic for a seed.
     """
-    queries, gallery = [], []
+    queries: list[QueryImage] = []
+    gallery: list[GalleryImage] = []
     for item, product in sorted(products.items()):
         images = [uncropped(ref) for ref in product.shop_images]
         if not images:

@@ -43,9 +43,9 @@ class ActiveModelRunner:
             return loaded[1]
         with self._lock:  # one load; the queries that arrive meanwhile wait for it
             if self._loaded is None or self._loaded[0] != active.id:
-                from ynet_db.nn.runtime import load_registered
+                from ynet_db.models.serving import load_record
 
-                model = load_registered(self.engine, active.id, self.settings)
+                model = load_record(active, self.settings)
                 log.info("serving model %s (id %s), encoders on %s", model.version, active.id, model.runtime)
                 self._loaded = (active.id, model)
             return self._loaded[1]
