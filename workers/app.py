@@ -69,7 +69,7 @@ class StartupFailure:
         return self._text.value.decode(errors="replace") or None
 
 
-class WorkerApp(Celery):  # type: ignore[misc]
+class WorkerApp(Celery):
     """A Celery app that carries the ynet settings its worker processes start from."""
 
     def __init__(self, settings: Settings, options: WorkerOptions, **kwargs: object) -> None:

@@ -19,14 +19,14 @@ from ynet_db.search.prefilter import SearchError, active_model
 from ynet_db.search.query import SearchQuery, run_queries
 
 
-class SearchTask(Task):  # type: ignore[misc]
+class SearchTask(Task):
     """A task with its own result store: the app's embedding tasks ignore results and have none."""
 
     ignore_result = False
     _search_backend: Any = None
 
     @property
-    def backend(self) -> Any:  # type: ignore[override]
+    def backend(self) -> Any:
         if self._search_backend is None:
             self._search_backend = search_backend(self._get_app())
         return self._search_backend

@@ -38,6 +38,7 @@ class AmbiguousProduct(SearchError):
 class NotEmbedded(SearchError):
     """The product has no embedding under the active model yet."""
 
+
 __all__ = [
     "active_model",
     "embedded_count",

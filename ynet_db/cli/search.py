@@ -43,7 +43,8 @@ def search(
     from ynet_db.images.decode import ImageError
     from ynet_db.images.policy import FetchPolicy
     from ynet_db.search.filters import FilterError
-    from ynet_db.search.query import SearchError, SearchQuery, search_many_queries
+    from ynet_db.search.prefilter import SearchError
+    from ynet_db.search.query import SearchQuery, search_many_queries
     from ynet_db.search.query_image import as_image
 
     filters: dict[str, object] = {}

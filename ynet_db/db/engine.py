@@ -12,7 +12,7 @@ from ynet_db.db.server import database_url
 
 def make_engine(url: URL | str, **options: object) -> Engine:
     # pre_ping: a pooled connection may have died with a database restart.
-    return create_engine(url, pool_pre_ping=True, **options)  # type: ignore[arg-type]
+    return create_engine(url, pool_pre_ping=True, **options)
 
 
 def engine_from_settings(settings: Settings) -> Engine:

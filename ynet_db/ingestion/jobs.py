@@ -190,8 +190,10 @@ FAIL = text(
 
 def backoff(attempts: int, rng: random.Random | None = None) -> timedelta:
     """Exponential backoff with jitter, so a burst of failures does not come back as a burst."""
-    delay = min(BACKOFF_BASE * (2 ** max(attempts - 1, 0)), BACKOFF_CAP)
-    return delay * (0.5 + (rng or random).random() / 2)
+    doublings: int = 2 ** max(attempts - 1, 0)
+    delay = min(BACKOFF_BASE * doublings, BACKOFF_CAP)
+    jitter: float = (rng or random).random()
+    return delay * (0.5 + jitter / 2)
 
 
 def fail(engine: Engine, job: ClaimedJob, worker: str, error: str, *, permanent: bool = False) -> str | None:

@@ -84,7 +84,7 @@ class ContextEvidence:
 
 def rerank_helps(plain: dict[str, object], reranked: dict[str, object]) -> bool:
     """Top-1 better by more than one standard error, top-20 not worse."""
-    p, r, se = plain["top_k"], reranked["top_k"], plain["standard_error"]  # type: ignore[index]
+    p, r, se = plain["top_k"], reranked["top_k"], plain["standard_error"]
     return bool(r["1"] - p["1"] > se["1"] and r["20"] >= p["20"])  # type: ignore[index]
 
 

@@ -6,7 +6,7 @@ filtered (`filters`) and re-ranked (`query`). `client` hands queries to search w
 """
 
 from ynet_db.search.filters import FilterError
-from ynet_db.search.prefilter import SearchError
-from ynet_db.search.query import SearchQuery, SearchResult, SearchRow, search, search_many_queries
+from ynet_db.search.prefilter import SearchError, SearchRow
+from ynet_db.search.query import SearchQuery, SearchResult, search, search_many_queries
 
 __all__ = ["FilterError", "SearchError", "SearchQuery", "SearchResult", "SearchRow", "search", "search_many_queries"]
