@@ -28,6 +28,9 @@ SEARCH_TASK = "ynet.search_query"
 EMBED_QUEUE = "ynet"
 SEARCH_QUEUE = "ynet.search"
 QUEUES = {"embed": EMBED_QUEUE, "search": SEARCH_QUEUE}
+DEFAULT_TICK_S = 10.0
+"""Seconds between the dispatcher's rounds. Here, not in the dispatcher, so that the CLI can show it without
+importing the dispatcher (and its metrics) before a worker has set up multiprocess metrics."""
 # Transports that redeliver an unacknowledged message after a visibility timeout.
 VISIBILITY_TRANSPORTS = ("redis", "rediss", "sqs", "sentinel")
 REDIS_DEFAULT_VISIBILITY_S = 3600

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import psycopg
 from celery import Celery
 from sqlalchemy import Engine
-from ynet_db.workers.app import EMBED_TASK, WorkerOptions, make_app
+from ynet_db.workers.app import DEFAULT_TICK_S, EMBED_TASK, WorkerOptions, make_app
 
 from ynet_db.config import Settings
 from ynet_db.db.engine import engine_from_settings
@@ -41,7 +41,6 @@ from ynet_db.models.registry import promote_if_complete
 log = logging.getLogger(__name__)
 
 RECONNECT_DELAY_S = 2.0
-DEFAULT_TICK_S = 10.0
 
 
 @dataclass(frozen=True)

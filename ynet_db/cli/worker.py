@@ -15,7 +15,7 @@ from ynet_db.cli.context import App, pass_app
 from ynet_db.config import DEVICES, Settings
 from ynet_db.ingestion import jobs
 from ynet_db.nn.runtime_threads import threads_per_process, usable_cores
-from ynet_db.workers.dispatcher import DEFAULT_TICK_S
+from ynet_db.workers.app import DEFAULT_TICK_S
 
 POOLS = ("auto", "prefork", "solo")
 

@@ -1,6 +1,6 @@
 """Gauges read from the database when Prometheus scrapes: jobs by state, products, live workers, the
-active model. The database is the truth (docs/design.md#1-the-truth-lives-in-postgresql), so these are never counted in a process:
-every exporter reports the same numbers, and a restart loses nothing.
+active model. The database is the truth (docs/design.md#1-the-truth-lives-in-postgresql), so these are
+never counted in a process: every exporter reports the same numbers, and a restart loses nothing.
 
 A scrape that cannot reach the database still answers, with `ynet_database_up 0`: an alert on that is
 more useful than a failed scrape.
