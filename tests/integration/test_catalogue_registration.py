@@ -81,13 +81,13 @@ def shop(engine: Engine, tmp_path: Path) -> Path:
     return root
 
 
-def poor_checkpoint(path: Path) -> Path:
+def poor_checkpoint(path: Path, seed: int = 5) -> Path:
     """A deliberately poor model: the street and shop branches project onto unrelated random directions,
     so a photo's vector says nothing about its product's stored one (chance level)."""
     config = ModelConfig(name="poor", projection="linear", embedding_dim=16)
     network = build_network(config, 0)
     base = {k: v.clone() for k, v in network.state_dict().items()}
-    g = torch.Generator().manual_seed(5)
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for projection in (network.street_projection, network.shop_projection):
             projection.linear.weight.copy_(torch.randn(projection.linear.weight.shape, generator=g))
@@ -126,7 +126,9 @@ def held_out(photos: Path, count: int) -> dict[str, Product]:
     return {f"p{i}": Product(f"p{i}", "top", (), (ImageRef(p),)) for i, p in enumerate(paths)}
 
 
-SPLIT = Split(seed=0, held_out_share=0.2, held_out_products=6, trained_products=24, catalogue_sha256="0" * 64, source="test")
+SPLIT = Split(
+    seed=0, held_out_share=0.2, held_out_products=6, trained_products=24, catalogue_sha256="0" * 64, source="test"
+)
 
 
 def test_the_database_catalogue_is_read_under_the_fetch_policy_and_skips_are_named(
@@ -189,14 +191,18 @@ def test_a_model_that_loses_to_the_active_one_is_registered_but_not_activated(
     assert outcome.decision.reason.startswith(f"does not beat the active model {active}: the top-1 gain -")
     assert states(engine) == {active: "active", outcome.record.version: "registered"}
     with engine.connect() as conn:
-        queued = conn.execute(text("SELECT count(*) FROM ynet.embedding_jobs WHERE model_id = :id"), {"id": outcome.record.id})
+        queued = conn.execute(
+            text("SELECT count(*) FROM ynet.embedding_jobs WHERE model_id = :id"), {"id": outcome.record.id}
+        )
     assert queued.scalar() == 0  # no back-fill for a model that is not activated
     listing = model_list(monkeypatch, settings)
     assert f"vs active {judged.baseline.top_k['1']:.3f}" in listing
     assert f"not activated ({outcome.decision.reason})" in listing
 
 
-def test_with_no_active_model_the_check_is_against_the_shipped_default(engine: Engine, shop: Path, tmp_path: Path) -> None:
+def test_with_no_active_model_the_check_is_against_the_shipped_default(
+    engine: Engine, shop: Path, tmp_path: Path
+) -> None:
     poor = poor_checkpoint(tmp_path / "poor" / "model.safetensors")
     outcome = register_checked(engine, poor, held_out(shop, 6), SPLIT, progress=False)
     judged = outcome.decision.evidence
@@ -209,7 +215,7 @@ def test_with_no_active_model_the_check_is_against_the_shipped_default(engine: E
 def test_an_active_model_that_cannot_be_loaded_keeps_the_new_one_back_with_the_reason(
     engine: Engine, shop: Path, tmp_path: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gone = poor_checkpoint(tmp_path / "gone" / "model.safetensors")
+    gone = poor_checkpoint(tmp_path / "gone" / "model.safetensors", seed=6)
     active = register_active(engine, RetrievalModel.load(gone), gone)
     gone.unlink()
     candidate = poor_checkpoint(tmp_path / "candidate" / "model.safetensors")

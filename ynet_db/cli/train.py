@@ -111,7 +111,7 @@ def train(
     if register_result and not from_catalogue:
         raise click.UsageError("--register goes with --from-catalogue (a pair-trained model: `ynet-db model register`)")
     if from_catalogue:
-        plan = CataloguePlan(
+        catalogue_plan = CataloguePlan(
             epochs=epochs,
             embedding_dim=embedding_dim,
             lr=lr,
@@ -120,7 +120,7 @@ def train(
             name=name if name != "ynet-lite0-trained" else "ynet-lite0-catalogue",
             seed=seed,
         )
-        train_from_catalogue_(app, dataset, out_dir, plan, device, register_result)
+        train_from_catalogue_(app, dataset, out_dir, catalogue_plan, device, register_result)
         return
     if dataset is None:
         raise click.BadParameter(
