@@ -107,7 +107,7 @@ def describe(image: Any) -> str:
 
 
 def read(image: Any) -> Any:
-    from ynet_db.images.decode import read_image
+    from ynet_db.images.dataset import read_image
 
     return image.read() if isinstance(image, QueryImage) else read_image(image.ref)
 

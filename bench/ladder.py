@@ -9,11 +9,14 @@ Rows, each beside its matched control (the previous stage trained the same way f
   CtxYNet        TagYNet's top 256 re-ranked by the context attention  | control: TagYNet itself,
                  trained on the frozen TagYNet (held-out products),      unchanged (the first stage
                  lr and epochs (<= C) chosen on other held-out ones      it re-ranks)
-The models come from `fit_network`, the entry point `ynet-db train` uses. The CtxYNet row is the
-re-ranker as the checkpoint would ship it (zero attention, i.e. TagYNet, where its held-out judge said
-it did not help); the chosen attention before that gate is reported beside it. Then the shop
-encoder's throughput against the bare backbone (batch 32) and the re-rank cost of 256 candidates.
-Every stage trains on cached trunk features; the test split is never trained on nor used for a choice.
+Each model is trained by `ynet_db.nn.fit.fit`, the entry point of `ynet-db train`, into OUT/ynet and
+OUT/tagynet (as `ynet-db train DATASET --out OUT/tagynet --stage tagynet --stage ctxynet` would write it,
+resumable the same way), and measured as loaded back from that checkpoint, the file `ynet-db evaluate`
+reads and a worker serves. The CtxYNet row is the re-ranker as the checkpoint ships it (zero attention,
+i.e. TagYNet, where its held-out judge said it did not help); the chosen attention before that gate is
+reported beside it. Then the shop encoder's throughput against the bare backbone (batch 32) and the
+re-rank cost of 256 candidates. Every stage trains on cached trunk features; the test split is never
+trained on nor used for a choice.
 """
 
 from __future__ import annotations
@@ -142,8 +145,8 @@ def ladder(
     from ynet_db.data import load_dataset
     from ynet_db.models.evaluate import plot_topk, report, write_json
     from ynet_db.nn.config import ModelConfig
-    from ynet_db.nn.fit import FitPlan, cache_split, cached_ranking, fit_network
-    from ynet_db.nn.model import build_network, resolve_device
+    from ynet_db.nn.fit import FitPlan, Trained, cache_split, cached_ranking, fit
+    from ynet_db.nn.model import RetrievalModel, build_network, resolve_device
     from ynet_db.nn.tags import TagVocabulary
 
     torch.set_num_threads(threads)
@@ -165,18 +168,16 @@ def ladder(
     )
     results: dict[str, Any] = {}
     timings: dict[str, float] = {}
-    fitted = {}
+    trained: dict[str, Trained] = {}
+    served: dict[str, RetrievalModel] = {}
     for stage in ("ynet", "tagynet"):
         began = time.perf_counter()
-        fitted[stage] = fit_network(
-            data,
-            replace(plan, stages=(stage, "ctxynet")),
-            device=run_device,
-            cache_dir=cache,  # type: ignore[arg-type]
-        )
+        stage_plan = replace(plan, stages=(stage, "ctxynet"))
+        trained[stage] = fit(data, out_dir / stage, stage_plan, device=run_device, cache_dir=cache)
         timings[stage] = time.perf_counter() - began
-    vocabulary: TagVocabulary = fitted["tagynet"].vocabulary
-    cached_test = cache_split(fitted["tagynet"].network, test, views=1, crop=False, cache_dir=cache, device=run_device)
+        served[stage] = RetrievalModel.load(out_dir / stage / "model.safetensors", device=run_device)
+    vocabulary: TagVocabulary = served["tagynet"].vocabulary
+    cached_test = cache_split(served["tagynet"].network, test, views=1, crop=False, cache_dir=cache, device=run_device)
 
     def evaluate(name: str, network: Any, **kw: Any) -> None:
         results[name] = report(cached_ranking(network, cached_test, vocabulary, device=run_device, **kw))
@@ -185,11 +186,11 @@ def ladder(
     click.echo("| model | top-1 | top-5 | top-10 | top-20 | top-50 |\n|---|---|---|---|---|---|")
     identity = build_network(ModelConfig(), 0).to(run_device)
     evaluate("pretrained (1280-d, average pooling)", identity, use_tags=False)
-    evaluate("Y-Net", fitted["ynet"].network, use_tags=False)
-    evaluate(TAGYNET, fitted["tagynet"].network)
-    evaluate(CTXYNET, fitted["tagynet"].network, rerank=True)
-    evidence = fitted["tagynet"].context
-    ungated = copy.deepcopy(fitted["tagynet"].network)
+    evaluate("Y-Net", served["ynet"].network, use_tags=False)
+    evaluate(TAGYNET, served["tagynet"].network)
+    evaluate(CTXYNET, served["tagynet"].network, rerank=True)
+    evidence = trained["tagynet"].context
+    ungated = copy.deepcopy(served["tagynet"].network)
     if evidence is not None and evidence.chosen:
         ungated.context_attention.load_state_dict(evidence.chosen)
     evaluate("CtxYNet, the chosen attention before the gate", ungated, rerank=True)
@@ -200,8 +201,9 @@ def ladder(
     speed = throughput(32, speed_repeats)
     click.echo(f"\nTagYNet / control top-1: {tag_gain:.2f}x (target >= 1.15)")
     click.echo(f"CtxYNet - TagYNet (its unchanged first stage) top-1: {ctx_over_tag:+.3f}")
-    for stage, result in fitted.items():
-        click.echo(f"context stage on {stage}: {json.dumps(result.metrics.get('context_stage'))}")
+    metrics = {stage: result.checkpoint.info.metrics for stage, result in trained.items()}
+    for stage, recorded in metrics.items():
+        click.echo(f"context stage on {stage}: {json.dumps(recorded.get('context_stage'))}")
     click.echo(
         f"shop encoder {speed['shop_encoder_images_per_s']:.1f} img/s vs bare backbone "
         f"{speed['backbone_images_per_s']:.1f} img/s at batch 32: ratio {speed['ratio']:.2f} (target >= 0.9)"
@@ -214,7 +216,8 @@ def ladder(
         "results": results,
         "tag_gain_top1": tag_gain,
         "ctx_over_tagynet_top1": ctx_over_tag,
-        "context_stage": {stage: result.metrics.get("context_stage") for stage, result in fitted.items()},
+        "context_stage": {stage: recorded.get("context_stage") for stage, recorded in metrics.items()},
+        "checkpoints": {stage: result.checkpoint.version for stage, result in trained.items()},
         "throughput": speed,
         "rerank_cost": cost,
         "train_seconds": timings,

@@ -50,9 +50,10 @@ from ynet_db.db import migrate
 from ynet_db.db.engine import make_engine
 from ynet_db.db.server import libpq_dsn, start_embedded, stop_embedded
 from ynet_db.images.decode import decode_image
+from ynet_db.ingestion import jobs
 from ynet_db.models.registry import ModelIdentity, activate, register
+from ynet_db.models.serving import load_serving
 from ynet_db.nn.model import RetrievalModel
-from ynet_db.nn.runtime import load_serving
 
 POLL_S = 0.01
 """Polling for one product's embedding (light load): cheap, and the latency's resolution."""
@@ -201,7 +202,7 @@ def latency(engine: Engine, items: list[Item], samples: int, interval_s: float) 
 @click.option(
     "--workers", "worker_counts", type=click.IntRange(min=1), multiple=True, default=(1, 2), show_default=True
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=jobs.DEFAULT_BATCH_SIZE, show_default=True)
 @click.option("--images", type=click.Path(file_okay=False, path_type=Path), help="Folder to draw into or reuse.")
 @click.option("--latency-samples", type=click.IntRange(min=1), default=30, show_default=True)
 @click.option("--latency-interval", type=click.FloatRange(min=0), default=1.0, show_default=True)

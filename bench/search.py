@@ -17,7 +17,8 @@ is built after loading, as a bulk import would.
 Measured, per size:
 - ANN recall of the 256-candidate list against exact search, default settings, and the share of the
   exact top 20 among those candidates (what re-ranking can still put first); prefilter latency;
-- filters matching 10%, 1% and 0.1% of the catalogue: rows returned (k = 20) and latency, path taken;
+- filters matching 10%, 1% and 0.1% of the catalogue: rows returned (k = 20) and latency, path taken
+  and whether the planner scanned the HNSW index for it;
 - CtxYNet re-rank of 256 candidates (the default model, or a 256-d one with --dim 256);
 - end-to-end in-process query latency (encode a 224x224 photo, prefilter, re-rank);
 - throughput with 4 and 16 concurrent in-process clients;
@@ -180,7 +181,7 @@ def filtered(engine: Engine, queries: np.ndarray, n: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for share, every in FILTER_SHARES.items():
         matches = len(range(0, n, every))
-        rows, latencies, paths = [], [], set()
+        rows, latencies, paths, index_used = [], [], set(), set()
         for query in queries:
             found, seconds = timed(
                 lambda q=query, tag=f"f{every}": prefilter(engine, q, candidates=CANDIDATES, filters={"tags": [tag]})
@@ -188,11 +189,13 @@ def filtered(engine: Engine, queries: np.ndarray, n: int) -> dict[str, Any]:
             rows.append(min(K, len(found.candidates)))
             latencies.append(seconds)
             paths.add(found.path)
+            index_used.add(str(found.index_scanned))  # whether the planner really walked the HNSW index
         out[share] = {
             "matching": matches,
             "rows_min": min(rows),
             "k_when_k_exist": min(rows) == min(K, matches),
             "paths": sorted(paths),
+            "hnsw_index_scanned": sorted(index_used),
             **stats(latencies),
         }
     return out

@@ -21,9 +21,9 @@ from celery import Celery
 
 from ynet_db.config import Settings
 from ynet_db.db.server import database_url
+from ynet_db.ingestion import jobs
 
 EMBED_TASK = "ynet.embed_pending"
-SWEEP_TASK = "ynet.sweep"
 SEARCH_TASK = "ynet.search_query"
 EMBED_QUEUE = "ynet"
 SEARCH_QUEUE = "ynet.search"
@@ -42,8 +42,8 @@ class UnsafeSettings(ValueError):
 
 @dataclass(frozen=True)
 class WorkerOptions:
-    batch_size: int = 16
-    lease: timedelta = timedelta(minutes=5)
+    batch_size: int = jobs.DEFAULT_BATCH_SIZE
+    lease: timedelta = jobs.DEFAULT_LEASE
     """How long a claimed job stays this worker's; a dead worker's jobs return after it."""
     drain_s: float = 240.0
     """A task claims batches until no work is left or this long has passed, then returns."""

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, TextClause, text
 from sqlalchemy.exc import DBAPIError
 
 from ynet_db.ingestion import jobs
@@ -100,7 +100,7 @@ class Heartbeat:
             with self._lock:
                 job_ids = sorted({job_id for in_hand in self._held for job_id in in_hand.ids()})
             if job_ids:
-                self._write(jobs.RENEW, {"worker": self.identity.id, "lease": self.lease, "job_ids": job_ids})
+                self._renew(job_ids, self.lease)
 
     def stop(self) -> None:
         """Mark the row stopped: a clean exit, as opposed to a heartbeat that just ceases."""
@@ -113,10 +113,20 @@ class Heartbeat:
         while not self._stopped.wait(self.interval_s):
             self.beat()
 
-    def _write(self, statement: object, params: dict[str, object]) -> None:
+    def _renew(self, job_ids: list[int], lease: timedelta) -> None:
+        self._guarded("leases", lambda: jobs.renew(self.engine, self.identity.id, job_ids, lease))
+
+    def _write(self, statement: TextClause, params: dict[str, object]) -> None:
+        self._guarded("heartbeat", lambda: self._execute(statement, params))
+
+    def _execute(self, statement: TextClause, params: dict[str, object]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(statement, params)
+
+    def _guarded(self, what: str, write: Callable[[], object]) -> None:
+        """A write that cannot reach the database is logged and skipped; the next beat repeats it."""
         with self._lock:
             try:
-                with self.engine.begin() as conn:
-                    conn.execute(statement, params)  # type: ignore[call-overload]
+                write()
             except DBAPIError as error:
-                log.warning("heartbeat of %s not written: %s", self.identity.id, error.orig or error)
+                log.warning("%s of %s not written: %s", what, self.identity.id, error.orig or error)

@@ -16,10 +16,10 @@ A warm shutdown (SIGTERM, Ctrl-C) is announced in the parent; `app.ynet_stopping
 children inherit, tells a draining task to cut its fetch in flight, finish what it fetched and take
 no other batch.
 
-A worker that cannot serve its model must not say "ready" and idle: `check_model` reads and verifies
-the checkpoint in the main process before Celery starts, and a child that still fails to start (the
-network cannot be built from it, the database refuses the registration) reports why and stops the
-worker, which exits non-zero with that reason.
+A worker that cannot serve its model must not say "ready" and idle: `ynet-db worker` reads and verifies
+the checkpoint in the main process before Celery starts (`ynet_db.models.serving.verify_configured`),
+and a child that still fails to start (the network cannot be built from it, the database refuses the
+registration) reports why and stops the worker, which exits non-zero with that reason.
 """
 
 from __future__ import annotations
@@ -40,10 +40,8 @@ from ynet_db.workers.heartbeat import Heartbeat, WorkerIdentity
 from ynet_db.config import Settings
 from ynet_db.db.engine import engine_from_settings
 from ynet_db.models.registry import ModelIdentity, ModelRecord, register
-from ynet_db.nn import runtime
-from ynet_db.nn.checkpoint import load_checkpoint
+from ynet_db.models.serving import load_configured, load_registered
 from ynet_db.nn.model import RetrievalModel
-from ynet_db.nn.runtime import load_serving
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +72,16 @@ class WorkerResources:
             return self.model
         if model_id not in self.others:
             self.others.clear()  # at most one model beside the process's own: the one being filled or served
-            self.others[model_id] = load_registered(self.engine, model_id, self.settings)
+            model = load_registered(self.engine, model_id, self.settings)
+            log.info(
+                "worker process %s loaded model %s (id %s) on demand, encoders on %s",
+                os.getpid(),
+                model.version,
+                model_id,
+                model.runtime,
+            )
+            self.others[model_id] = model
         return self.others[model_id]
-
-
-def load_registered(engine: Engine, model_id: int, settings: Settings) -> RetrievalModel:
-    model = runtime.load_registered(engine, model_id, settings)
-    log.info(
-        "worker process %s loaded model %s (id %s) on demand, encoders on %s",
-        os.getpid(),
-        model.version,
-        model_id,
-        model.runtime,
-    )
-    return model
 
 
 _current: WorkerResources | None = None
@@ -99,19 +93,6 @@ def current() -> WorkerResources:
     return _current
 
 
-def load_model(settings: Settings) -> RetrievalModel:
-    """YNET_MODEL (or the default model), its encoders on the runtime YNET_RUNTIME chooses."""
-    return load_serving(settings, settings.model_path)
-
-
-def check_model(settings: Settings) -> None:
-    """Read and verify the checkpoint the worker processes will load (raises `CheckpointError` or
-    `OSError`). Only the file is read here, no network is built: the main process forks the pool
-    afterwards and must not have run torch's thread pools."""
-    if settings.model_path is not None:
-        load_checkpoint(settings.model_path)
-
-
 def start(settings: Settings, torch_threads: int | None = None, lease: timedelta | None = None) -> WorkerResources:
     """Build this process's engine and model, and make sure the model is registered."""
     global _current
@@ -120,7 +101,7 @@ def start(settings: Settings, torch_threads: int | None = None, lease: timedelta
         torch.set_num_threads(torch_threads)  # ONNX Runtime's sessions take the same number
     engine = engine_from_settings(settings)
     event.listen(engine, "do_connect", _name_connection)
-    model = load_model(settings)
+    model = load_configured(settings)
     record = register(engine, ModelIdentity.of(model, settings.model_path))
     if record.state not in ("active", "backfilling"):
         log.warning(

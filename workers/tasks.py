@@ -11,12 +11,10 @@ import time
 
 from celery import shared_task
 from ynet_db.workers import process
-from ynet_db.workers.app import EMBED_TASK, SWEEP_TASK
+from ynet_db.workers.app import EMBED_TASK
 
 from ynet_db.images.policy import FetchPolicy
-from ynet_db.ingestion import jobs
 from ynet_db.ingestion.embed import drain, policy_fetch
-from ynet_db.models.registry import promote_if_complete
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +56,3 @@ def embed_pending(model_id: int | None = None) -> int:
         total.released,
     )
     return total.done
-
-
-@shared_task(name=SWEEP_TASK)
-def sweep() -> int:
-    """Return expired leases to the queue and switch to a back-filled model when it is complete."""
-    engine = process.current().engine
-    returned = jobs.sweep(engine)
-    promote_if_complete(engine)
-    return returned

@@ -7,16 +7,19 @@ directory holds the catalogue and also serves as Celery's broker and result stor
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import platformdirs
 
 DEVICES = ("auto", "cpu", "cuda")
 RUNTIMES = ("auto", "onnxruntime", "torch")
+MAX_SEARCH_WAIT_S = 60.0
 
 # A DNS name as a URL carries it: ASCII labels (IDNA-encoded) of letters, digits and hyphens.
 HOST_NAME = re.compile(
@@ -47,6 +50,12 @@ class Settings:
     """Folders under which local image files may be read; none means no local file (see fetch_policy.py)."""
     allowed_hosts: tuple[str, ...] = ()
     """Host names, IP addresses or CIDR ranges that image URLs may reach although they are not public."""
+    max_upload_bytes: int = 16 * 1024 * 1024
+    """The HTTP service's largest query image, uploaded or fetched from a URL."""
+    max_concurrent_searches: int = 4
+    """Searches the HTTP service runs at once; more wait for a slot (see search_wait_s)."""
+    search_wait_s: float = 2.0
+    """How long a search waits for a slot before the HTTP service answers 429 with Retry-After."""
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -58,6 +67,16 @@ class Settings:
                 raise SettingsError(f"YNET_IMAGE_ROOTS: {str(root)!r} is not an absolute path")
         for host in self.allowed_hosts:
             _check_allowed_host(host)
+        for name, value in (
+            ("YNET_MAX_UPLOAD_BYTES", self.max_upload_bytes),
+            ("YNET_MAX_CONCURRENT_SEARCHES", self.max_concurrent_searches),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise SettingsError(f"{name}={value!r}: expected a whole number of at least 1")
+        if not (isinstance(self.search_wait_s, int | float) and 0 <= self.search_wait_s <= MAX_SEARCH_WAIT_S):
+            raise SettingsError(
+                f"YNET_SEARCH_WAIT_S={self.search_wait_s!r}: expected seconds from 0 to {MAX_SEARCH_WAIT_S:g}"
+            )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -73,11 +92,31 @@ class Settings:
             test_database_url=env.get("YNET_TEST_DATABASE_URL") or None,
             image_roots=_image_roots(env.get("YNET_IMAGE_ROOTS", "")),
             allowed_hosts=tuple(h.strip().lower() for h in env.get("YNET_ALLOWED_HOSTS", "").split(",") if h.strip()),
+            max_upload_bytes=_number(env, "YNET_MAX_UPLOAD_BYTES", int, defaults.max_upload_bytes),
+            max_concurrent_searches=_number(env, "YNET_MAX_CONCURRENT_SEARCHES", int, defaults.max_concurrent_searches),
+            search_wait_s=_number(env, "YNET_SEARCH_WAIT_S", float, defaults.search_wait_s),
         )
 
     @property
     def pgdata(self) -> Path:
         return self.data_dir / "pgdata"
+
+
+Number = TypeVar("Number", int, float)
+
+
+def _number(env: Mapping[str, str], name: str, kind: type[Number], default: Number) -> Number:
+    """A numeric variable; its range is checked by `Settings.__post_init__`."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = kind(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r}: expected a {'whole ' if kind is int else ''}number") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise SettingsError(f"{name}={value!r}: expected a finite number")
+    return number
 
 
 def _image_roots(value: str) -> tuple[Path, ...]:

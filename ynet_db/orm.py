@@ -20,10 +20,23 @@ from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session
 
 from ynet_db.db.tables import Embedding, Model, Product
-from ynet_db.search.filters import DEFAULT_SCHEMA, MAX_K, FilterSchema, bounded, compile_filters
-from ynet_db.search.prefilter import SearchError, ann_settings, distance_to, model_constant, set_local
+from ynet_db.search.filters import DEFAULT_SCHEMA, MAX_K, CompiledFilters, FilterSchema, bounded, compile_filters
+from ynet_db.search.prefilter import SearchError, distance_to, model_constant, nearest
+from ynet_db.search.prefilter import active_model as active_record
 
 MAX_SOURCES_SHOWN = 10
+
+
+class ProductNotFound(SearchError):
+    """No product has this external id (in the source asked for)."""
+
+
+class AmbiguousProduct(SearchError):
+    """Several sources use this external id: the caller must name one."""
+
+
+class NotEmbedded(SearchError):
+    """The product has no embedding under the active model yet."""
 
 __all__ = [
     "active_model",
@@ -43,9 +56,11 @@ def matching(filters: Mapping[str, Any] | None, schema: FilterSchema = DEFAULT_S
 
 
 def active_model(session: Session) -> Model:
-    model = session.scalars(select(Model).where(Model.state == "active")).one_or_none()
-    if model is None:
-        raise SearchError("no model is active: run `ynet-db model activate NAME` once its embeddings exist")
+    """The registry's active model (`ynet_db.search.prefilter.active_model`) as an ORM object."""
+    record = active_record(session.connection())
+    model = session.get(Model, record.id)
+    if model is None:  # deleted since the record was read, in another transaction
+        raise SearchError(f"model {record.version} is no longer registered")
     return model
 
 
@@ -59,10 +74,10 @@ def product_by_external_id(session: Session, external_id: str, source: str | Non
         statement = statement.where(Product.source == source)
     found = session.scalars(statement.limit(MAX_SOURCES_SHOWN)).all()
     if not found:
-        raise SearchError(f"no product with external id {external_id!r}" + (f" in {source}" if source else ""))
+        raise ProductNotFound(f"no product with external id {external_id!r}" + (f" in {source}" if source else ""))
     if len(found) > 1:
         sources = ", ".join(product.source for product in found)
-        raise SearchError(
+        raise AmbiguousProduct(
             f"external id {external_id!r} is used by several sources ({sources}): pass source=one of them"
         )
     return found[0]
@@ -89,24 +104,20 @@ def similar_products(
     k: int = 10,
     filters: Mapping[str, Any] | None = None,
 ) -> list[tuple[Product, float]]:
-    """The k products whose stored vectors (active model) are nearest to this product's, itself excluded."""
+    """The k products whose stored vectors (active model) are nearest to this product's, itself excluded,
+    by the same policy as every search (`ynet_db.search.policy`: exact search for a filter matching few
+    products, and when the index scan comes back short), so they are `ynet.more_like_this`'s rows."""
     bounded("k", k, MAX_K)
+    wanted = CompiledFilters.of(filters)
     model = active_model(session)
     vector = product_embedding(session, product, model)
     if vector is None:
-        raise SearchError(f"product {product.external_id!r} has no embedding under the active model yet")
-    distance = nearest_to(vector, model)
-    set_local(session.connection(), ann_settings(k + 1))
-    statement = (
-        select(Product, distance.label("distance"))
-        .join(Embedding, Embedding.product_id == Product.id)
-        .where(Embedding.model_id == model_constant(model.id), Product.id != product.id, matching(filters))
-        .order_by(distance)
-        .limit(k)
-    )
-    rows = session.execute(statement).all()
-    # relaxed_order iterative scans may return neighbours slightly out of order.
-    return sorted(((row[0], float(row[1])) for row in rows), key=lambda pair: (pair[1], pair[0].id))
+        raise NotEmbedded(f"product {product.external_id!r} has no embedding under the active model yet")
+    others = CompiledFilters(wanted.where & (Product.id != product.id), wanted.narrows)
+    found = nearest(session.connection(), model, vector, others, k).candidates
+    ids = [row.product_id for row in found]
+    products = {p.id: p for p in session.scalars(select(Product).where(Product.id.in_(ids)))}
+    return [(products[row.product_id], row.distance) for row in found]
 
 
 def embedded_count(session: Session, filters: Mapping[str, Any] | None = None) -> int:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import timedelta
 from threading import Barrier, Thread
 
+import psycopg
 import pytest
 from sqlalchemy import Engine, func, select, text, update
 from sqlalchemy.orm import Session
 
+from ynet_db.db.server import libpq_dsn
 from ynet_db.db.tables import Embedding, EmbeddingJob, Model, Product
 from ynet_db.ingestion import jobs
 
@@ -219,3 +221,63 @@ def test_each_completion_is_counted_and_a_late_one_is_not(catalogue: Engine) -> 
         counts = dict(session.execute(select(EmbeddingJob.id, EmbeddingJob.completions)).all())
     assert [counts.pop(job.id) for job in batch] == [1, 1]
     assert set(counts.values()) == {0}
+
+
+def test_the_channel_is_the_one_the_trigger_notifies(catalogue: Engine) -> None:
+    """Migration 0001's trigger names the channel as a literal (a migration is history): it must be `CHANNEL`."""
+    with psycopg.connect(libpq_dsn(catalogue.url), autocommit=True) as listener:
+        listener.execute(f"LISTEN {jobs.CHANNEL}")
+        with Session(catalogue) as session:
+            session.add(Product(external_id="new", category="dress", image_uri="/img/new.jpg"))
+            session.commit()
+        notices = list(listener.notifies(timeout=5, stop_after=1))
+    assert [n.channel for n in notices] == [jobs.CHANNEL]
+
+
+def test_returned_work_wakes_the_same_channel(catalogue: Engine) -> None:
+    (job,) = jobs.claim(catalogue, "w1", 1)
+    with psycopg.connect(libpq_dsn(catalogue.url), autocommit=True) as listener:
+        listener.execute(f"LISTEN {jobs.CHANNEL}")
+        assert jobs.release(catalogue, "w1", [job.id]) == 1
+        notices = list(listener.notifies(timeout=5, stop_after=1))
+    assert [n.channel for n in notices] == [jobs.CHANNEL]
+
+
+def test_ready_work_is_counted_per_model_and_excludes_running_and_backed_off_jobs(catalogue: Engine) -> None:
+    claimed = jobs.claim(catalogue, "w1", 3)
+    jobs.fail(catalogue, claimed[0], "w1", "HTTP 503")  # retry, but only after its backoff
+    assert jobs.ready_by_model(catalogue) == [(1, 7)]
+    jobs.sweep(catalogue)  # nothing expired: the count stays
+    assert jobs.ready_by_model(catalogue) == [(1, 7)]
+
+
+def test_a_backfill_queues_only_what_a_model_lacks_and_supersede_drops_only_queued_work(catalogue: Engine) -> None:
+    with Session(catalogue) as session:
+        session.add(Model(name="m", version="m@2", embedding_dim=3, weights_sha256="0" * 64))
+        session.commit()
+    with catalogue.begin() as conn:
+        assert jobs.backfill(conn, 2) == 10
+        assert jobs.backfill(conn, 2) == 0, "already queued"
+    (running,) = jobs.claim(catalogue, "w1", 1, model_id=2)
+    with catalogue.begin() as conn:
+        assert jobs.supersede(conn, [2]) == 9, "the running job is left to its worker"
+        assert jobs.backlog(conn, [1, 2]) == {1: jobs.Backlog(open=10, dead=0), 2: jobs.Backlog(open=1, dead=0)}
+    assert jobs.fail(catalogue, running, "w1", "cannot decode", permanent=True) == "dead"
+    with catalogue.connect() as conn:
+        assert jobs.backlog(conn, [2]) == {2: jobs.Backlog(open=0, dead=1)}
+    with catalogue.begin() as conn:
+        assert jobs.backfill(conn, 2) == 10, "a dead or superseded job is no longer queued work"
+        assert jobs.backlog(conn, [2]) == {2: jobs.Backlog(open=10, dead=0)}, "a re-queued product is not dead"
+
+
+def test_the_operator_views_read_states_throughput_and_errors(catalogue: Engine) -> None:
+    first, second = jobs.claim(catalogue, "w1", 2)
+    assert jobs.complete(catalogue, first, "w1", [1.0, 0.0, 0.0], "a" * 64)
+    jobs.fail(catalogue, second, "w1", "HTTP 404", permanent=True)
+    with catalogue.connect() as conn:
+        assert jobs.counts_by_state(conn) == {"pending": 8, "done": 1, "dead": 1}
+        assert jobs.done_within(conn, timedelta(minutes=1)) == 1
+        assert jobs.recent_errors(conn, 5) == [("p1", "dead", 1, "HTTP 404")]
+        (row,) = jobs.recent(conn, state="dead", model_id=1, limit=5)
+    assert row[:7] == (second.id, "import", "p1", "m@1", "dead", 1, 5)
+    assert row[8] == "HTTP 404"

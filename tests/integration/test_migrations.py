@@ -12,7 +12,16 @@ from sqlalchemy.exc import DBAPIError
 from ynet_db.db import migrate
 from ynet_db.db.tables import SCHEMA, Base
 
-TABLES = {"products", "models", "embeddings", "embedding_jobs", "workers", "attachments"}
+TABLES = {
+    "products",
+    "models",
+    "embeddings",
+    "embedding_jobs",
+    "workers",
+    "attachments",
+    "search_requests",
+    "search_results",
+}
 
 
 def _tables(engine: Engine) -> set[str]:

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from threading import Thread
 
 import psycopg
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+from ynet_db.workers.dispatcher import housekeeping
 
+from ynet_db import orm
 from ynet_db.cli import main
 from ynet_db.config import Settings
 from ynet_db.db.server import libpq_dsn
@@ -18,13 +22,20 @@ from ynet_db.ingestion import jobs
 from ynet_db.models.registry import (
     Activation,
     ModelIdentity,
+    NoActiveModel,
     RegistryError,
     activate,
+    active,
     cancel,
     coverage,
+    get,
     promote_if_complete,
     register,
+    store_calibration,
 )
+from ynet_db.presentation.demo import wait_until_serving
+from ynet_db.search import prefilter
+from ynet_db.search.prefilter import SearchError
 
 
 def identity(version: str) -> ModelIdentity:
@@ -77,14 +88,19 @@ def test_a_dead_job_does_not_block_the_switch_and_is_reported(
     kill(engine, second)
     monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
     monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    listed = CliRunner().invoke(main, ["model", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "m@2                              backfilling 2/3 embedded (66.7%), 0 queued, 1 dead" in listed.output
+    assert states(engine) == {"m@1": "active", "m@2": "backfilling"}, "a listing switches nothing"
+    housekeeping(engine)  # the dispatcher's tick
+    assert states(engine) == {"m@1": "retired", "m@2": "active"}
     result = CliRunner().invoke(main, ["model", "list"])
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines()[0] == (
-        "m@2 finished its back-fill and is now active; 1 products have no embedding under it, their jobs dead: "
+    assert "m@2                              active      2/3 embedded (66.7%), 0 queued, 1 dead" in result.output
+    assert result.output.splitlines()[-1] == (
+        "m@2: 1 products have no embedding, their jobs dead: "
         "`ynet-db jobs list --state dead --model m@2` shows why, `ynet-db jobs retry` re-drives"
     )
-    assert "m@2                              active      2/3 embedded (66.7%), 0 queued, 1 dead" in result.output
-    assert states(engine) == {"m@1": "retired", "m@2": "active"}
 
 
 def test_a_model_that_embedded_nothing_is_not_switched_to(engine: Engine, switching: tuple[int, int]) -> None:
@@ -197,3 +213,88 @@ def test_cancelling_a_back_fill_drops_its_work_and_keeps_search_on_the_active_mo
         cancel(engine, "m@2")
     again = activate(engine, "m@2")
     assert (again.model.state, again.backfill_jobs) == ("backfilling", 3), "b, c and d: a was embedded before"
+
+
+def test_every_caller_asks_the_registry_which_model_serves(engine: Engine, switching: tuple[int, int]) -> None:
+    first, _ = switching
+    store_calibration(engine, first, {"beta": 2.0})
+    with engine.connect() as conn:
+        record = active(conn)
+        assert prefilter.active_model(conn) == record
+    assert (record.id, record.version, record.state, record.embedding_dim) == (first, "m@1", "active", 2)
+    assert record.context_rerank == {"beta": 2.0}
+    with Session(engine) as session:
+        assert orm.active_model(session).version == "m@1"
+
+
+def test_without_an_active_model_every_caller_says_what_to_do(engine: Engine) -> None:
+    register(engine, identity("m@1"))
+    message = "no model is active: run `ynet-db model activate NAME` once its embeddings exist"
+    with engine.connect() as conn:
+        with pytest.raises(NoActiveModel) as registry_error:
+            active(conn)
+        with pytest.raises(SearchError) as search_error:
+            prefilter.active_model(conn)
+    with Session(engine) as session, pytest.raises(SearchError) as orm_error:
+        orm.active_model(session)
+    assert str(registry_error.value) == str(search_error.value) == str(orm_error.value) == message
+
+
+def test_a_record_says_what_to_load(engine: Engine, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "m.safetensors"
+    from_file = register(engine, ModelIdentity("m", "m@1", 2, "0" * 64, {"checkpoint": str(checkpoint)}))
+    default = register(engine, ModelIdentity("d", "d@1", 2, "0" * 64, {"model": {"pooling_power": 3.0}}))
+    with engine.connect() as conn:
+        assert get(conn, from_file.id) == from_file
+        with pytest.raises(RegistryError, match="^model 999 is not registered$"):
+            get(conn, 999)
+    assert (from_file.checkpoint, from_file.model_config) == (checkpoint, None)
+    assert (default.checkpoint, default.model_config) == (None, {"pooling_power": 3.0})
+
+
+def test_coverage_of_one_version_and_a_settled_model_that_embedded_nothing(
+    engine: Engine, switching: tuple[int, int]
+) -> None:
+    _, second = switching
+    for _ in range(3):
+        kill(engine, second)
+    with engine.connect() as conn:
+        (row,) = coverage(conn, version="m@2")
+        assert [r.model.version for r in coverage(conn)] == ["m@1", "m@2"]
+    assert (row.model.version, row.embedded, row.dead, row.open_jobs) == ("m@2", 0, 3, 0)
+    assert (row.settled, row.complete) == (True, False)
+
+
+class FakeWorker:
+    """Stands in for the demo's worker process: counts how often the demo looked at it."""
+
+    def __init__(self, returncode: int | None = None) -> None:
+        self.returncode = returncode
+        self.polls = 0
+
+    def poll(self) -> int | None:
+        self.polls += 1
+        return self.returncode
+
+
+def test_the_demo_waits_for_the_dispatchers_switch_not_only_for_the_embeddings(
+    engine: Engine, switching: tuple[int, int], tmp_path: Path
+) -> None:
+    _, second = switching
+    assert embed(engine, second) == 3
+    worker, embedded = FakeWorker(), []
+    waiting = Thread(target=lambda: embedded.append(wait_until_serving(engine, "m@2", worker, tmp_path / "log")))
+    waiting.start()
+    wait_for(lambda: worker.polls > 0)  # every product embedded, and the demo still waits
+    assert waiting.is_alive() and states(engine)["m@2"] == "backfilling"
+    housekeeping(engine)
+    waiting.join()
+    assert embedded == [3]
+
+
+def test_the_demo_stops_waiting_when_its_worker_exits(
+    engine: Engine, switching: tuple[int, int], tmp_path: Path
+) -> None:
+    with pytest.raises(RuntimeError) as raised:
+        wait_until_serving(engine, "m@2", FakeWorker(returncode=1), tmp_path / "log")
+    assert str(raised.value) == f"the worker exited with status 1; see {tmp_path / 'log'}"

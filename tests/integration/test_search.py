@@ -30,7 +30,7 @@ from ynet_db.db.tables import Product
 from ynet_db.ingestion.embed import run_once
 from ynet_db.models.registry import ModelIdentity, activate, register
 from ynet_db.nn.model import RetrievalModel
-from ynet_db.search import prefilter as prefilter_module
+from ynet_db.search import policy
 from ynet_db.search.filters import FilterError, compile_filters
 from ynet_db.search.prefilter import ActiveModel, SearchError, prefilter, prefilter_statement
 from ynet_db.search.query import search
@@ -181,7 +181,7 @@ def test_a_filter_matching_fewer_than_asked_is_reported_short(tagged_engine: Eng
 @pytest.fixture
 def exact_below_2000(monkeypatch: pytest.MonkeyPatch) -> None:
     """The tagged catalogue's 3,000 products would all be searched exactly under the default threshold."""
-    monkeypatch.setattr(prefilter_module, "EXACT_BELOW", 2000)
+    monkeypatch.setattr(policy, "EXACT_BELOW", 2000)
 
 
 @pytest.mark.usefixtures("exact_below_2000")

@@ -130,10 +130,9 @@ def test_calibrate_refuses_a_catalogue_too_small_to_measure(
 
 def test_the_default_of_an_earlier_release_still_loads_from_its_registration(engine: Engine) -> None:
     """The default's pooling changed its version: workers must still serve the old one while the new back-fills."""
-    from ynet_db.workers.process import load_registered
-
     from ynet_db.models.calibrate import load_registered_model
     from ynet_db.models.registry import ModelIdentity, register
+    from ynet_db.models.serving import load_registered
     from ynet_db.nn.config import ModelConfig
 
     earlier = RetrievalModel.load_default(config=ModelConfig())  # average pooling, as main shipped it

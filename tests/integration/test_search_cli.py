@@ -14,7 +14,9 @@ from sqlalchemy import Engine, text
 
 from ynet_db.cli import main
 from ynet_db.config import Settings
+from ynet_db.db.tables import Product
 from ynet_db.nn.model import RetrievalModel
+from ynet_db.search.filters import DEFAULT_SCHEMA, TEXT_OPS, Field, Op, text_value
 
 
 def test_search_prints_a_table_and_writes_a_page(
@@ -151,3 +153,31 @@ def test_the_page_inlines_only_images_the_fetch_policy_allows(
     # The query, an attention map per result, and one thumbnail: the shop image under the root.
     assert page.count("data:image/jpeg;base64,") == 1 + 30 + 1
     assert page.count('class="missing"') == 29
+
+
+def test_search_checks_and_compiles_its_filter_once(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command builds its query once, before loading a model, and every step after uses its compiled filter."""
+    model = RetrievalModel.load_default()
+    catalogue(engine, model.version, unit_vectors(30, model.embedding_dim, seed=1))
+    checked: list[object] = []
+
+    def counted(name: str, value: object) -> str:
+        checked.append(value)
+        return text_value(name, value)
+
+    monkeypatch.setitem(
+        DEFAULT_SCHEMA.fields, "category", Field(Product.category, {"eq": Op(counted, TEXT_OPS["eq"].build)})
+    )
+    query = tmp_path / "query.png"
+    photo(4).save(query)
+    monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
+    monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    result = CliRunner().invoke(main, ["search", str(query), "--k", "3", "--category", "dress", "--no-rerank"])
+    assert result.exit_code == 0, result.output
+    assert (
+        result.output.splitlines()[0]
+        == f"model {model.version}, exact prefilter, 15/256 candidates (short), not re-ranked"
+    )
+    assert checked == ["dress"]

@@ -17,3 +17,34 @@ def test_settings_from_environment(tmp_path: Path) -> None:
     assert Settings.from_env({}).database_url is None
     with pytest.raises(SettingsError, match="YNET_DEVICE='tpu': expected one of auto, cpu, cuda"):
         Settings.from_env({"YNET_DEVICE": "tpu"})
+
+
+def test_http_service_bounds_from_environment() -> None:
+    settings = Settings.from_env(
+        {"YNET_MAX_UPLOAD_BYTES": "1048576", "YNET_MAX_CONCURRENT_SEARCHES": "8", "YNET_SEARCH_WAIT_S": "0.5"}
+    )
+    assert (settings.max_upload_bytes, settings.max_concurrent_searches, settings.search_wait_s) == (1048576, 8, 0.5)
+    defaults = Settings.from_env({})
+    assert (defaults.max_upload_bytes, defaults.max_concurrent_searches, defaults.search_wait_s) == (16 << 20, 4, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("YNET_MAX_UPLOAD_BYTES", "16MB", "YNET_MAX_UPLOAD_BYTES='16MB': expected a whole number"),
+        ("YNET_MAX_UPLOAD_BYTES", "0", "YNET_MAX_UPLOAD_BYTES=0: expected a whole number of at least 1"),
+        ("YNET_MAX_CONCURRENT_SEARCHES", "1.5", "YNET_MAX_CONCURRENT_SEARCHES='1.5': expected a whole number"),
+        (
+            "YNET_MAX_CONCURRENT_SEARCHES",
+            "-2",
+            "YNET_MAX_CONCURRENT_SEARCHES=-2: expected a whole number of at least 1",
+        ),
+        ("YNET_SEARCH_WAIT_S", "soon", "YNET_SEARCH_WAIT_S='soon': expected a number"),
+        ("YNET_SEARCH_WAIT_S", "inf", "YNET_SEARCH_WAIT_S='inf': expected a finite number"),
+        ("YNET_SEARCH_WAIT_S", "61", "YNET_SEARCH_WAIT_S=61.0: expected seconds from 0 to 60"),
+    ],
+)
+def test_http_service_bounds_are_refused_naming_the_variable(variable: str, value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({variable: value})
+    assert str(caught.value) == message

@@ -14,6 +14,7 @@ from ynet_db.search.filters import (
     DEFAULT_SCHEMA,
     MAX_STRING,
     TEXT_OPS,
+    CompiledFilters,
     Field,
     FilterError,
     bounded,
@@ -125,3 +126,16 @@ def test_k_is_bounded(value: Any, message: str) -> None:
         bounded("k", value, 200)
     assert str(raised.value) == message
     assert bounded("k", 200, 200) == 200
+
+
+def test_a_filter_is_compiled_once_with_whether_it_narrows() -> None:
+    assert [CompiledFilters.of(spec).narrows for spec in (None, {}, {"category": "dress"})] == [False, False, True]
+    assert sql_of_compiled(CompiledFilters.of({"category": "dress"}).where) == sql_of_compiled(
+        compile_filters({"category": "dress"})
+    )
+    with pytest.raises(FilterError, match="unknown filter field 'title'"):
+        CompiledFilters.of({"title": "x"})
+
+
+def sql_of_compiled(where: Any) -> str:
+    return str(select(Product.id).where(where).compile(dialect=postgresql.dialect()))

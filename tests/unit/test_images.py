@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
 import threading
 import time
@@ -15,8 +16,9 @@ from PIL import Image
 
 from ynet_db.config import Settings
 from ynet_db.data.records import Box, ImageRef
-from ynet_db.images.decode import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image, read_image
-from ynet_db.images.fetch import fetch_image_bytes
+from ynet_db.images.dataset import read_image
+from ynet_db.images.decode import DEFAULT_LIMITS, ImageError, ImageLimits, decode_image
+from ynet_db.images.fetch import NOT_REGULAR_HINT, fetch_image_bytes
 from ynet_db.images.policy import FetchPolicy
 
 # The test servers listen on loopback, which the fetch policy refuses unless the settings allow it.
@@ -181,6 +183,25 @@ def test_read_image_box_outside_the_image(tmp_path: Path) -> None:
 def test_read_image_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ImageError, match=r"missing.jpg: does not exist; check the path"):
         read_image(ImageRef(tmp_path / "missing.jpg"))
+
+
+def test_read_image_refuses_what_is_not_a_regular_file_without_blocking(tmp_path: Path) -> None:
+    """A dataset's images are read through the fetch module's reader: a FIFO (opening it would wait for a
+    writer) and a folder named like an image are refused, as a catalogue image would be."""
+    os.mkfifo(tmp_path / "street.jpg")
+    (tmp_path / "shop.jpg").mkdir()
+    for name in ("street.jpg", "shop.jpg"):
+        with pytest.raises(ImageError) as caught:
+            read_image(ImageRef(tmp_path / name))
+        assert str(caught.value) == f"image {tmp_path / name}: is not a regular file; {NOT_REGULAR_HINT}"
+
+
+def test_read_image_keeps_the_byte_limit(tmp_path: Path) -> None:
+    path = tmp_path / "big.png"
+    Image.new("RGB", (40, 20)).save(path)
+    assert path.stat().st_size > 50
+    with pytest.raises(ImageError, match=r"big.png: is larger than the limit of 50 bytes"):
+        read_image(ImageRef(path), ImageLimits(max_bytes=50))
 
 
 def test_fetch_plain_path_and_file_url(tmp_path: Path) -> None:

@@ -72,3 +72,28 @@ def test_every_problem_is_listed_at_once() -> None:
     with pytest.raises(UnsafeSettings) as refused:
         check_settings(make_app(REDIS, WorkerOptions(lease=timedelta(0), extra_conf={"task_acks_late": False})))
     assert str(refused.value).count("\n- ") == 2
+
+
+def test_the_queue_defaults_are_the_queue_modules() -> None:
+    from ynet_db.workers.dispatcher import DispatchOptions
+
+    from ynet_db.cli.worker import worker
+    from ynet_db.ingestion import jobs
+
+    options = {param.name: param.default for param in worker.params}
+    assert (WorkerOptions().lease, WorkerOptions().batch_size) == (jobs.DEFAULT_LEASE, jobs.DEFAULT_BATCH_SIZE)
+    assert DispatchOptions().batch_size == jobs.DEFAULT_BATCH_SIZE
+    assert (options["lease"], options["batch_size"], options["tick"]) == (
+        jobs.DEFAULT_LEASE.total_seconds(),
+        jobs.DEFAULT_BATCH_SIZE,
+        DispatchOptions().tick_s,
+    )
+
+
+def test_every_task_a_worker_registers_is_one_that_is_sent() -> None:
+    """The sweep and the promotion run on the dispatcher's tick: no task is registered for them."""
+    from ynet_db.workers.app import EMBED_TASK, SEARCH_TASK
+
+    app = app_with()
+    app.loader.import_default_modules()
+    assert sorted(name for name in app.tasks if name.startswith("ynet.")) == sorted([EMBED_TASK, SEARCH_TASK])

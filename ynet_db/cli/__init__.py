@@ -28,6 +28,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "jobs": ("ynet_db.cli.jobs:jobs", "List embedding jobs with their errors; re-drive dead ones."),
     "attach": ("ynet_db.cli.attach:attach", "Keep the catalogue in step with an existing shop table."),
     "search": ("ynet_db.cli.search:search", "Find the products nearest to a photo (table or HTML)."),
+    "serve": ("ynet_db.cli.serve:serve", "The HTTP API: search by photo or URL, health, status, metrics."),
+    "search-worker": (
+        "ynet_db.cli.search_worker:search_worker",
+        "Answer searches asked in SQL (ynet.search_requests).",
+    ),
+    "dispatcher": (
+        "ynet_db.cli.dispatcher:dispatcher",
+        "Send embedding work to workers (workers run --no-dispatcher).",
+    ),
 }
 
 

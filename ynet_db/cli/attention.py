@@ -38,7 +38,7 @@ def attention(
     candidate shop image. A model whose vocabulary knows none of the tags pools evenly (flat map).
     """
     from ynet_db.data.records import ImageRef
-    from ynet_db.images.decode import read_image
+    from ynet_db.images.dataset import read_image
     from ynet_db.presentation.attention_map import query_attention, save_overlay, shop_attention
 
     model = load_model(model_path, device)

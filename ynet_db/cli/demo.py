@@ -27,12 +27,9 @@ def demo(app: App, products: int, queries: int | None) -> None:
     results, attention maps, the top-k curve and a latency histogram. A second run reuses what the
     first built.
     """
-    from ynet_db.cli.terminal import safe
-    from ynet_db.models.registry import ModelIdentity, activate, promote_if_complete, register
-    from ynet_db.nn.backbone import WeightsError
-    from ynet_db.nn.checkpoint import CheckpointError
+    from ynet_db.cli.checkpoints import load_configured_model
+    from ynet_db.models.registry import ModelIdentity, activate, register
     from ynet_db.presentation import demo as steps
-    from ynet_db.workers.process import load_model
 
     config = DemoConfig(products=products, queries=queries)
     # The demo serves the shipped demo checkpoint unless YNET_MODEL names another.
@@ -42,18 +39,15 @@ def demo(app: App, products: int, queries: int | None) -> None:
     migrate.upgrade(engine)
     dataset = demo_dataset(app.settings.data_dir, config)
     click.echo(f"catalogue: {len(dataset.products)} generated products in {dataset.root}")
-    try:
-        model = load_model(settings)
-    except (CheckpointError, WeightsError) as error:
-        raise click.ClickException(safe(error)) from error
+    model = load_configured_model(settings)
     register(engine, ModelIdentity.of(model, settings.model_path))
     activate(engine, model.version)
     click.echo(f"model: {model.version} ({model.embedding_dim}-d)")
     click.echo(str(import_demo_catalogue(engine, dataset)))
     log = app.settings.data_dir / "demo" / "worker.log"
     with steps.running_workers(log, settings.model_path, dataset.root) as worker:
-        steps.wait_for_embeddings(engine, model.version, worker, log)
-    promote_if_complete(engine)
+        # The worker's dispatcher switches search to the model once it covers the catalogue.
+        steps.wait_until_serving(engine, model.version, worker, log)
     click.echo(str(catalogue_status(engine)))
     outcomes = steps.run_queries(engine, model, dataset, config.queries)
     summary, page = steps.write_report(engine, model, dataset, outcomes, app.settings.data_dir / "demo" / "report")

@@ -18,7 +18,6 @@ from ynet_db.models.registry import (
     cancel,
     coverage,
     find,
-    promote_if_complete,
     register,
 )
 
@@ -69,29 +68,30 @@ def cancel_(app: App, name_or_version: str) -> None:
 @pass_app
 def list_(app: App) -> None:
     """Registered models with their state and coverage of the catalogue, and the held-out check that
-    activated a catalogue-trained version or kept it back."""
-    engine = app.migrated_engine
-    promoted = promote_if_complete(engine)
-    with engine.connect() as conn:
+    activated a catalogue-trained version or kept it back (it changes nothing: a complete back-fill is
+    switched to by the workers' dispatcher)."""
+    with app.migrated_engine.connect() as conn:
         rows = coverage(conn)
         checks = evidence.summaries(conn)
-    if promoted is not None:
-        click.echo(safe(_promoted(next(row for row in rows if row.model.id == promoted.id))))
     if not rows:
         click.echo("no models registered; run `ynet-db model register`")
     for row in rows:
         click.echo(safe(row))
         if row.model.id in checks:  # why a catalogue-trained version serves, or does not
             click.echo(safe(f"    {checks[row.model.id]}"))
+    for row in rows:
+        if row.dead and row.model.state in SERVING_STATES:
+            click.echo(safe(_dead(row)))
 
 
-def _promoted(row: Coverage) -> str:
-    """A model switched to with dead jobs says which products it leaves out and how to find them."""
-    done = f"{row.model.version} finished its back-fill and is now active"
-    if not row.dead:
-        return done
+SERVING_STATES = ("active", "backfilling")
+"""The states whose dead products matter: search, or the switch to come, goes without them."""
+
+
+def _dead(row: Coverage) -> str:
+    """Which products a serving model leaves out, and how to find and re-drive them."""
     return (
-        f"{done}; {row.dead} products have no embedding under it, their jobs dead: "
+        f"{row.model.version}: {row.dead} products have no embedding, their jobs dead: "
         f"`ynet-db jobs list --state dead --model {row.model.version}` shows why, `ynet-db jobs retry` re-drives"
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,7 +13,7 @@ from ynet_db.cli.terminal import safe
 
 if TYPE_CHECKING:
     from ynet_db.nn.model import RetrievalModel
-    from ynet_db.search.query import SearchResult
+    from ynet_db.search.query import QueryRunner, SearchResult
 
 
 @click.command("search")
@@ -41,11 +40,11 @@ def search(
     html_out: Path | None,
 ) -> None:
     """Find the catalogue products nearest to the photo IMAGE under the active model."""
-    from ynet_db.images.decode import ImageError, decode_image
+    from ynet_db.images.decode import ImageError
     from ynet_db.images.policy import FetchPolicy
-    from ynet_db.search.filters import FilterError, compile_filters
-    from ynet_db.search.query import SearchError
-    from ynet_db.search.query import search as run_search
+    from ynet_db.search.filters import FilterError
+    from ynet_db.search.query import SearchError, SearchQuery, search_many_queries
+    from ynet_db.search.query_image import as_image
 
     filters: dict[str, object] = {}
     if category:
@@ -56,18 +55,16 @@ def search(
             **({"all": list(tags_all)} if tags_all else {}),
         }
     try:
-        compile_filters(filters)  # refuse a bad filter before loading a model
+        # Validated and its filter compiled once, here, before a model is loaded; the search uses this query.
+        query = SearchQuery(_read_query(image), k, filters, max(candidates, k), rerank)
     except FilterError as error:
         raise click.ClickException(safe(error)) from error
-    query = _read_query(image)
     engine = app.migrated_engine
     model = None if via_worker else _load_model(app)
     via = _worker_runner(app) if via_worker else None
     try:
-        result = run_search(
-            engine, query, k=k, filters=filters, candidates=max(candidates, k), rerank=rerank, model=model, via=via
-        )
-        picture = decode_image(query, source=str(image)) if html_out is not None else None
+        result = search_many_queries(engine, [query], model=model, via=via)[0]
+        picture = as_image(query.image) if html_out is not None else None
     except (FilterError, SearchError, ImageError) as error:
         raise click.ClickException(safe(error)) from error
     click.echo(table(result))
@@ -81,14 +78,12 @@ def search(
 
 
 def _read_query(image: Path) -> bytes:
-    """The operator's own photo: read from its folder whatever YNET_IMAGE_ROOTS says, but only a regular file."""
+    """The operator's own photo: read wherever it lies, whatever YNET_IMAGE_ROOTS says, but only a regular file."""
     from ynet_db.images.decode import ImageError
-    from ynet_db.images.fetch import read_local_file
-    from ynet_db.images.policy import FetchPolicy
+    from ynet_db.images.fetch import read_own_file
 
-    real = Path(os.path.realpath(image))
     try:
-        return read_local_file(real, str(image), FetchPolicy(roots=(real.parent,)))
+        return read_own_file(image)
     except ImageError as error:
         raise click.ClickException(safe(error)) from error
 
@@ -97,7 +92,7 @@ def _load_model(app: App) -> RetrievalModel:
     return load_model(app.settings.model_path, app.settings.device)
 
 
-def _worker_runner(app: App) -> object:
+def _worker_runner(app: App) -> QueryRunner:
     if not app.settings.broker_url:
         raise click.UsageError("--worker needs a broker: set YNET_BROKER_URL")
     from ynet_db.search.client import CeleryRunner

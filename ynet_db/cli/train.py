@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import click
 
@@ -14,6 +14,9 @@ from ynet_db.cli.terminal import safe
 if TYPE_CHECKING:
     from ynet_db.data.records import Product
     from ynet_db.nn.catalogue_training import CataloguePlan
+    from ynet_db.nn.config import ContextForm
+    from ynet_db.nn.losses import Mining
+    from ynet_db.nn.training import Stage
 
 STAGE_CHOICES = ("ynet", "tagynet", "ctxynet")
 
@@ -131,23 +134,23 @@ def train(
             f"{dataset} is a file: a dataset is a folder (or add --from-catalogue)", param_hint="DATASET"
         )
     plan = FitPlan(
-        stages=stages or ("tagynet", "ctxynet"),
+        stages=cast("tuple[Stage, ...]", stages) or ("tagynet", "ctxynet"),
         epochs=epochs,
         ctx_epochs=ctx_epochs,
-        embedding_dim=embedding_dim,  # type: ignore[arg-type]
+        embedding_dim=embedding_dim,
         views=views,
-        context_form=context_form,
+        context_form=cast("ContextForm", context_form),  # click.Choice checked it
         name=name,
         batch_size=batch_size,
         lr=lr,
-        margin=margin,  # type: ignore[arg-type]
-        mining=mining,
+        margin=margin,
+        mining=cast("Mining", mining),
         seed=seed,
-        crop=crop,  # type: ignore[arg-type]
+        crop=crop,
     )
     checkpoint = fit(
         load_dataset(dataset), out_dir, plan, device=resolve_device(device), cache_dir=cache_dir or out_dir / "cache"
-    )
+    ).checkpoint
     click.echo(
         f"wrote {out_dir / 'model.safetensors'}: {checkpoint.version}; "
         f"re-ranker measured to help: {checkpoint.info.rerank_measured_to_help}"

@@ -7,12 +7,15 @@ import os
 import sys
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import click
 
 from ynet_db.cli.context import App, pass_app
 from ynet_db.config import DEVICES, Settings
+from ynet_db.ingestion import jobs
 from ynet_db.nn.runtime_threads import threads_per_process, usable_cores
+from ynet_db.workers.dispatcher import DEFAULT_TICK_S
 
 POOLS = ("auto", "prefork", "solo")
 
@@ -39,19 +42,23 @@ def choose_pool(pool: str, device: str, concurrency: int | None) -> tuple[str, i
 )
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), help="Worker processes (prefork); default: CPU cores.")
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), default=16, show_default=True, help="Images per forward pass."
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=jobs.DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Images per forward pass.",
 )
 @click.option(
     "--lease",
     type=click.FloatRange(min=1),
-    default=300.0,
+    default=jobs.DEFAULT_LEASE.total_seconds(),
     show_default=True,
     help="Seconds a claimed job stays this worker's.",
 )
 @click.option(
     "--tick",
     type=click.FloatRange(min=0.1),
-    default=10.0,
+    default=DEFAULT_TICK_S,
     show_default=True,
     help="Seconds between the dispatcher's rounds: return expired leases, switch to a back-filled model, send "
     "tasks for ready jobs (a new job's NOTIFY also sends tasks at once).",
@@ -70,6 +77,11 @@ def choose_pool(pool: str, device: str, concurrency: int | None) -> tuple[str, i
     type=click.Choice(DEVICES),
     help="Where the encoders run (default: YNET_DEVICE); cuda: one process owns the GPU, fp16 (YNET_RUNTIME=auto).",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics of this worker, its processes and its dispatcher on this port (default: off).",
+)
 @click.option("--loglevel", default="info", show_default=True)
 @pass_app
 def worker(
@@ -82,9 +94,33 @@ def worker(
     dispatcher: bool,
     queues: tuple[str, ...],
     device: str | None,
+    metrics_port: int | None,
     loglevel: str,
 ) -> None:
     """Embed catalogue images as jobs arrive (Ctrl-C once: write what was fetched, hand the rest back, stop)."""
+    metrics_dir = _start_metrics_dir() if metrics_port else None
+    try:
+        _run(app, pool, concurrency, batch_size, lease, tick, dispatcher, queues, device, metrics_port, loglevel)
+    finally:
+        if metrics_dir is not None:
+            from ynet_db.metrics.exposition import stop_multiprocess
+
+            stop_multiprocess(metrics_dir)
+
+
+def _run(
+    app: App,
+    pool: str,
+    concurrency: int | None,
+    batch_size: int,
+    lease: float,
+    tick: float,
+    dispatcher: bool,
+    queues: tuple[str, ...],
+    device: str | None,
+    metrics_port: int | None,
+    loglevel: str,
+) -> None:
     from ynet_db.workers.app import QUEUES, UnsafeSettings, WorkerOptions, check_settings, make_app
     from ynet_db.workers.dispatcher import DispatchOptions, run_process
 
@@ -100,6 +136,8 @@ def worker(
     except UnsafeSettings as error:
         raise click.ClickException(str(error)) from error
     app.close()  # nothing pooled may survive into the forked children
+    if metrics_port:
+        _serve_metrics(settings, metrics_port)
     helper = None
     if dispatcher:
         # spawn, not fork: the dispatcher starts clean and holds its own LISTEN connection.
@@ -137,12 +175,37 @@ def worker(
         raise click.ClickException(failure)
 
 
-def _check_model(settings: Settings) -> None:
-    """A checkpoint that cannot be served stops the command before Celery starts (and says "ready")."""
-    from ynet_db.nn.checkpoint import CheckpointError
-    from ynet_db.workers.process import check_model
+def _start_metrics_dir() -> Path:
+    """Multiprocess metrics, set up before anything defines a metric (see ynet_db/metrics/exposition.py)."""
+    from ynet_db.metrics.exposition import MetricsError, start_multiprocess
 
     try:
-        check_model(settings)
+        return start_multiprocess()
+    except MetricsError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _serve_metrics(settings: Settings, port: int) -> None:
+    """The parent serves every process's metrics. Its database gauges use an engine without a pool, so no
+    connection is held open when the pool forks its children."""
+    from sqlalchemy.pool import NullPool
+
+    from ynet_db.db.engine import make_engine
+    from ynet_db.db.server import database_url
+    from ynet_db.metrics.exposition import MetricsError, registry, serve
+
+    try:
+        serve(port, registry(make_engine(database_url(settings), poolclass=NullPool)))
+    except MetricsError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _check_model(settings: Settings) -> None:
+    """A checkpoint that cannot be served stops the command before Celery starts (and says "ready")."""
+    from ynet_db.models.serving import verify_configured
+    from ynet_db.nn.checkpoint import CheckpointError
+
+    try:
+        verify_configured(settings)
     except (CheckpointError, OSError) as error:
         raise click.ClickException(f"cannot serve YNET_MODEL: {error}") from error

@@ -14,8 +14,11 @@ from typing import Any
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
+    Double,
     ForeignKey,
+    Identity,
     Index,
     MetaData,
     Numeric,
@@ -25,7 +28,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
+from sqlalchemy.dialects.postgresql import ARRAY, BYTEA, JSONB, TIMESTAMP
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 SCHEMA = "ynet"
@@ -41,6 +44,7 @@ NAMING_CONVENTION = {
 
 JOB_STATES = ("pending", "running", "retry", "done", "dead", "superseded")
 MODEL_STATES = ("registered", "backfilling", "active", "retired")
+SEARCH_REQUEST_STATES = ("pending", "running", "done", "failed", "expired")
 
 Timestamp = TIMESTAMP(timezone=True)
 
@@ -209,3 +213,67 @@ class Attachment(Base):
     category_column: Mapped[str] = mapped_column(Text)
     title_column: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+
+
+class SearchRequest(Base):
+    """A search asked in SQL by a backend without a model (migration 0010); a search worker answers it.
+
+    The constraints on its input (one image, k, sizes) live in the migration, which the inserting
+    client meets first; `ynet_db.search_requests` claims, answers, fails, expires and deletes these rows.
+    """
+
+    __tablename__ = "search_requests"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    image: Mapped[bytes | None] = mapped_column(BYTEA, comment="The query photo's bytes (or give image_url).")
+    image_url: Mapped[str | None] = mapped_column(
+        Text, comment="An http(s) URL of the query photo, fetched under the fetch policy."
+    )
+    k: Mapped[int] = mapped_column(server_default="20")
+    filters: Mapped[dict[str, Any] | None] = mapped_column(
+        JSONB, comment='The Python API\'s filter language, e.g. {"category": "dress"}.'
+    )
+    state: Mapped[str] = mapped_column(Text, server_default="pending")
+    error: Mapped[str | None] = mapped_column(Text, comment="Why the request failed: the answer of a failed request.")
+    requested_by: Mapped[str] = mapped_column(Text, server_default=text("CURRENT_USER"))
+    created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    expires_at: Mapped[datetime] = mapped_column(Timestamp, server_default=text("(now() + '00:01:00'::interval)"))
+    attempts: Mapped[int] = mapped_column(server_default="0")
+    max_attempts: Mapped[int] = mapped_column(server_default="3")
+    claimed_by: Mapped[str | None] = mapped_column(Text)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    answers: Mapped[int] = mapped_column(
+        server_default="0", comment="times an answer was written; more than 1 is a duplicate"
+    )
+    model_version: Mapped[str | None] = mapped_column(Text)
+    path: Mapped[str | None] = mapped_column(Text, comment="How the prefilter ran: 'ann' or 'exact'.")
+    short: Mapped[bool | None] = mapped_column(Boolean, comment="Fewer candidates than asked came back.")
+    reranked: Mapped[bool | None] = mapped_column(Boolean)
+
+    results: Mapped[list[SearchResultRow]] = relationship(
+        order_by="SearchResultRow.rank", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    __table_args__ = (
+        CheckConstraint(f"state IN {SEARCH_REQUEST_STATES}", name="state"),
+        Index("ix_search_requests_open", "id", postgresql_where=text("state IN ('pending', 'running')")),
+        Index("ix_search_requests_finished_at", "finished_at"),
+    )
+
+
+class SearchResultRow(Base):
+    """One ranked product of an answered search request: a snapshot, so no foreign key to the product."""
+
+    __tablename__ = "search_results"
+
+    request_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey(SearchRequest.id, ondelete="CASCADE"), primary_key=True
+    )
+    rank: Mapped[int] = mapped_column(primary_key=True)
+    product_id: Mapped[int]
+    external_id: Mapped[str] = mapped_column(Text)
+    title: Mapped[str] = mapped_column(Text)
+    category: Mapped[str] = mapped_column(Text)
+    distance: Mapped[float] = mapped_column(Double, comment="The prefilter's cosine distance.")
+    rerank_score: Mapped[float | None] = mapped_column(Double, comment="CtxYNet's score; NULL when not re-ranked.")

@@ -3,8 +3,8 @@
 Images are untrusted input (docs/design.md#7-inputs-are-untrusted). Every failure a caller can meet (missing file,
 too many bytes, decompression bomb, truncated or corrupt data, an image too small to embed, a crop
 box outside the image) becomes an `ImageError` that names the image, so a batch records one failed
-item and carries on. Fetching by path or URL, under the fetch policy, is `fetch.py`'s. No torch here:
-the core imports without it.
+item and carries on. Reading files and fetching URLs is `fetch.py`'s (`dataset.py` reads a dataset's
+images through it). No torch here: the core imports without it.
 """
 
 from __future__ import annotations
@@ -12,21 +12,17 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from ynet_db.data.records import Box, ImageRef
+from ynet_db.data.records import Box
 
 log = logging.getLogger(__name__)
 
 # Raster formats shops and phones produce (JPEG covers MPO, the multi-picture JPEG of phones).
 # Everything else (EPS runs Ghostscript, PSD, ICNS, ...) is refused before its plugin parses a byte.
 SAFE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
-
-_READ_CHUNK = 64 * 1024
 
 
 class ImageError(ValueError):
@@ -133,14 +129,6 @@ def _composite_on_white(rgba: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
-def read_image(ref: ImageRef, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
-    """Read, decode and crop one dataset image to its box (clamped to the image)."""
-    source = str(ref.path)
-    data = _read_file(ref.path, source, limits)
-    image = decode_image(data, source=source, limits=limits)
-    return image if ref.box is None else crop_to_box(image, ref.box, source=source, limits=limits)
-
-
 def crop_to_box(image: Image.Image, box: Box, *, source: str, limits: ImageLimits = DEFAULT_LIMITS) -> Image.Image:
     left, top = max(box.left, 0), max(box.top, 0)
     right, bottom = min(box.right, image.width), min(box.bottom, image.height)
@@ -156,28 +144,3 @@ def crop_to_box(image: Image.Image, box: Box, *, source: str, limits: ImageLimit
             source, f"box crop is {right - left}x{bottom - top} pixels, smaller than {limits.min_side} on a side"
         )
     return image.crop((left, top, right, bottom))
-
-
-def _read_file(path: Path, source: str, limits: ImageLimits) -> bytes:
-    try:
-        with path.open("rb") as stream:
-            return _read_capped(stream, source, limits)
-    except FileNotFoundError as exc:
-        raise ImageError(source, "does not exist", "check the path") from exc
-    except IsADirectoryError as exc:
-        raise ImageError(source, "is a directory, not an image file") from exc
-    except PermissionError as exc:
-        raise ImageError(source, "cannot be read (permission denied)") from exc
-
-
-def _read_capped(stream: BinaryIO, source: str, limits: ImageLimits) -> bytes:
-    """Read at most max_bytes; one byte more proves the source too large without reading it all."""
-    chunks: list[bytes] = []
-    total = 0
-    while total <= limits.max_bytes:
-        chunk = stream.read(min(_READ_CHUNK, limits.max_bytes + 1 - total))
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        total += len(chunk)
-    raise ImageError(source, f"is larger than the limit of {limits.max_bytes} bytes")

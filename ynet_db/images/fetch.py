@@ -103,6 +103,18 @@ def read_local_file(path: Path, source: str, policy: FetchPolicy, limits: ImageL
     return data
 
 
+def read_own_file(path: Path, limits: ImageLimits = DEFAULT_LIMITS) -> bytes:
+    """An operator's own file (a dataset image, a photo named on the command line): read wherever it lies,
+    whatever YNET_IMAGE_ROOTS says, because the operator named it, not a catalogue row; still only a
+    regular file (a FIFO never blocks the reader), at most `limits.max_bytes`."""
+    source = str(path)
+    try:
+        real = Path(os.path.realpath(path))
+    except (OSError, ValueError) as error:  # a symlink loop, a NUL byte in the name
+        raise ImageError(source, f"cannot be read ({_describe(error)})") from error
+    return read_local_file(real, source, FetchPolicy(roots=(real.parent,)), limits)
+
+
 def _read_capped(descriptor: int, cap: int) -> bytes:
     chunks: list[bytes] = []
     total = 0

@@ -52,6 +52,7 @@ from ynet_db.images.fetch import fetch_image_bytes
 from ynet_db.images.policy import FetchPolicy
 from ynet_db.ingestion import jobs
 from ynet_db.ingestion.jobs import ClaimedJob
+from ynet_db.metrics.definitions import EMBED_FAILURES, EMBED_STAGE_SECONDS, EMBEDDINGS_WRITTEN
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +153,18 @@ def prepare(
     except ItemFailure:
         raise
     except Exception as error:  # preprocessing, or a fetch that returned something other than bytes
+        EMBED_FAILURES.labels(stage="prepare").inc()
         raise ItemFailure(f"prepare: {unexpected(job, error)}", permanent=False) from error
 
 
 def _fetch(job: ClaimedJob, fetch: Fetch, stop: StopSignal) -> bytes:
     try:
-        return fetch(job.image_uri, stop)
+        with EMBED_STAGE_SECONDS.labels(stage="fetch").time():
+            return fetch(job.image_uri, stop)
     except Exception as error:
         if stop.is_set():  # whatever the fetcher raises when it is cut, the item was not really tried
             raise Released(job.image_uri) from error
+        EMBED_FAILURES.labels(stage="fetch").inc()
         if isinstance(error, (ImageError, OSError, TimeoutError)):
             raise ItemFailure(f"fetch: {error}", permanent=False) from error
         raise ItemFailure(f"fetch: {unexpected(job, error)}", permanent=False) from error
@@ -177,10 +181,13 @@ def _check_hash(job: ClaimedJob, digest: str) -> None:
 
 def _decode(job: ClaimedJob, data: bytes) -> Image.Image:
     try:
-        return decode_image(data, source=job.image_uri)
+        with EMBED_STAGE_SECONDS.labels(stage="decode").time():
+            return decode_image(data, source=job.image_uri)
     except ImageError as error:
+        EMBED_FAILURES.labels(stage="decode").inc()
         raise ItemFailure(f"decode: {error}", permanent=True) from error
     except Exception as error:  # decode_image names what it knows; anything else is a decoder bug
+        EMBED_FAILURES.labels(stage="decode").inc()
         raise ItemFailure(f"decode: {unexpected(job, error)}", permanent=False) from error
 
 
@@ -192,9 +199,11 @@ def unexpected(job: ClaimedJob, error: Exception) -> str:
 def encode(model: ShopEncoder, items: Sequence[Prepared]) -> list[torch.Tensor | ItemFailure]:
     """One forward pass for the batch; item by item only when the batch as a whole fails."""
     try:
-        return list(_vectors(model, items))
+        with EMBED_STAGE_SECONDS.labels(stage="encode").time():
+            return list(_vectors(model, items))
     except Exception as error:  # e.g. out of memory, or one input the network rejects
         if len(items) == 1:
+            EMBED_FAILURES.labels(stage="encode").inc()
             return [ItemFailure(f"encode: {error!r}", permanent=False)]
         log.warning("batch of %d failed to encode (%r); encoding item by item", len(items), error)
         return [result for item in items for result in encode(model, [item])]
@@ -204,6 +213,14 @@ def _vectors(model: ShopEncoder, items: Sequence[Prepared]) -> torch.Tensor:
     encoding = model.encode_shop(torch.stack([item.pixels for item in items]), [item.job.tags for item in items])
     vectors: torch.Tensor = encoding.vectors  # type: ignore[attr-defined]
     return vectors
+
+
+def write_batch(engine: Engine, worker: str, finished: Sequence[jobs.Finished]) -> set[int]:
+    """`jobs.complete_batch`, timed and counted: the jobs it finished (the others were no longer this worker's)."""
+    with EMBED_STAGE_SECONDS.labels(stage="write").time():
+        done = jobs.complete_batch(engine, worker, finished)
+    EMBEDDINGS_WRITTEN.inc(len(done))
+    return done
 
 
 class BatchWriter:
@@ -220,7 +237,7 @@ class BatchWriter:
     def write(self, finished: Sequence[jobs.Finished], result: BatchResult, in_hand: jobs.InHand) -> None:
         """Start writing `finished`; its jobs leave `in_hand` once written (until then their leases are renewed)."""
         self.wait()
-        future = self._thread.submit(jobs.complete_batch, self.engine, self.worker, finished)
+        future = self._thread.submit(write_batch, self.engine, self.worker, finished)
         self._in_flight = (future, [item.job.id for item in finished], result, in_hand)
 
     def wait(self) -> None:
@@ -283,7 +300,7 @@ def embed_batch(
         else:
             finished.append(jobs.Finished(item.job, outcome.numpy(), item.sha256))
     if writer is None:
-        result.tally(len(finished), jobs.complete_batch(engine, worker, finished))
+        result.tally(len(finished), write_batch(engine, worker, finished))
         in_hand.drop(item.job.id for item in finished)
     else:
         writer.write(finished, result, in_hand)

@@ -9,24 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
+from ynet_db.ingestion import jobs
 from ynet_db.models.registry import find
 
 IMPORT_SOURCE = "import"
-
-LIST_JOBS = text(
-    """
-    SELECT j.id, p.source, p.external_id, m.version, j.state, j.attempts, j.max_attempts, j.updated_at, j.last_error
-      FROM ynet.embedding_jobs j
-      JOIN ynet.products p ON p.id = j.product_id
-      JOIN ynet.models m ON m.id = j.model_id
-     WHERE (CAST(:state AS text) IS NULL OR j.state = :state)
-       AND (CAST(:model_id AS integer) IS NULL OR j.model_id = :model_id)
-     ORDER BY j.updated_at DESC, j.id DESC
-     LIMIT :limit
-    """
-)
 
 
 @dataclass(frozen=True)
@@ -51,8 +39,7 @@ def list_jobs(engine: Engine, *, state: str | None = None, model: str | None = N
     """The `limit` most recently changed jobs, in `state` and of `model` (name or version) when given."""
     with engine.connect() as conn:
         model_id = find(conn, model).id if model is not None else None
-        rows = conn.execute(LIST_JOBS, {"state": state, "model_id": model_id, "limit": limit})
-        return [JobRow(*row) for row in rows]
+        return [JobRow(*row) for row in jobs.recent(conn, state=state, model_id=model_id, limit=limit)]
 
 
 def clipped(value: str, width: int) -> str:

@@ -1,4 +1,5 @@
-"""The embedding queue in PostgreSQL: claim, complete, fail, sweep and re-drive.
+"""The embedding queue in PostgreSQL: claim, complete, fail, sweep and re-drive; the one owner of every
+statement on `ynet.embedding_jobs` (besides the triggers that record work, which are migrations).
 
 The truth lives in `ynet.embedding_jobs`; a broker only carries wake-ups. Workers claim with
 `FOR UPDATE SKIP LOCKED` and a lease, so two workers never hold one job and a dead worker's jobs come
@@ -8,6 +9,10 @@ that keeps failing ends `dead` instead of blocking the queue.
 A live worker renews the leases of the jobs a task of its is working on (`InHand`), and only those: a
 task that died leaves its jobs to their lease and the sweep. A job a stopping worker never got to is
 released, not failed: it goes back to the queue with its attempt given back.
+
+Besides the workers' protocol, the registry queues and drops a model's work here (`backfill`,
+`supersede`), the dispatcher counts ready work (`ready_by_model`), and the operator's views read the
+queue here (`backlog`, `recent`, `counts_by_state`, `done_within`, `recent_errors`).
 """
 
 from __future__ import annotations
@@ -20,11 +25,19 @@ from datetime import timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 from ynet_db.db.vectors import vector_text
 
+CHANNEL = "ynet_embedding_jobs"
+"""The NOTIFY channel that wakes dispatchers. Migration 0001's trigger sends on it under this name, as a
+literal (a migration is history); a test checks that the two agree."""
 DEFAULT_LEASE = timedelta(minutes=5)
+"""How long a claimed job stays its worker's; a dead worker's jobs return after it (`ynet-db worker --lease`)."""
+DEFAULT_BATCH_SIZE = 16
+"""Jobs a worker claims per forward pass; the dispatcher sends one task per this many ready jobs."""
+OPEN_STATES = "('pending', 'retry', 'running')"
+"""The states of a job that will still be worked on, as SQL."""
 BACKOFF_BASE = timedelta(seconds=2)
 BACKOFF_CAP = timedelta(minutes=30)
 MAX_ERROR_LENGTH = 2000
@@ -40,6 +53,14 @@ class ClaimedJob:
     tags: list[str]
     attempts: int
     max_attempts: int
+
+
+NOTIFY = text("SELECT pg_notify(:channel, '')")
+
+
+def notify(conn: Connection) -> None:
+    """Wake the dispatchers at this transaction's commit (new or returned work), as the triggers do."""
+    conn.execute(NOTIFY, {"channel": CHANNEL})
 
 
 CLAIM = text(
@@ -254,7 +275,7 @@ def release(engine: Engine, worker: str, job_ids: Sequence[int]) -> int:
     with engine.begin() as conn:
         released = len(conn.execute(RELEASE, {"worker": worker, "job_ids": list(job_ids)}).all())
         if released:
-            conn.execute(text("SELECT pg_notify('ynet_embedding_jobs', '')"))
+            notify(conn)
         return released
 
 
@@ -309,5 +330,136 @@ def redrive(engine: Engine, job_ids: Sequence[int] | None = None) -> int:
     with engine.begin() as conn:
         count = len(conn.execute(REDRIVE, {"job_ids": list(job_ids) if job_ids is not None else None}).all())
         if count:
-            conn.execute(text("SELECT pg_notify('ynet_embedding_jobs', '')"))
+            notify(conn)
         return count
+
+
+# -- a model's work: queued by the registry when it is activated, dropped when it is replaced ---------
+
+# Products whose embedding under the model is missing and not already queued.
+BACKFILL = text(
+    f"""
+    INSERT INTO ynet.embedding_jobs (product_id, model_id, image_uri, image_sha256, tags)
+    SELECT p.id, :model_id, p.image_uri, p.image_sha256, p.tags
+      FROM ynet.products p
+     WHERE NOT EXISTS (SELECT 1 FROM ynet.embeddings e WHERE e.product_id = p.id AND e.model_id = :model_id)
+       AND NOT EXISTS (SELECT 1 FROM ynet.embedding_jobs j
+                        WHERE j.product_id = p.id AND j.model_id = :model_id AND j.state IN {OPEN_STATES})
+    """
+)
+SUPERSEDE = text(
+    """
+    UPDATE ynet.embedding_jobs SET state = 'superseded', finished_at = now(), updated_at = now()
+     WHERE model_id = ANY(:model_ids) AND state IN ('pending', 'retry')
+    """
+)
+
+
+def backfill(conn: Connection, model_id: int) -> int:
+    """Queue a job for every product the model has neither embedded nor queued (in the caller's
+    transaction, which holds the locks that keep products from slipping between); wakes the dispatchers."""
+    queued = conn.execute(BACKFILL, {"model_id": model_id}).rowcount
+    if queued:
+        notify(conn)
+    return int(queued)
+
+
+def supersede(conn: Connection, model_ids: Sequence[int]) -> int:
+    """Drop the queued (not running) jobs of models that no longer need them; count them."""
+    return int(conn.execute(SUPERSEDE, {"model_ids": list(model_ids)}).rowcount)
+
+
+# -- reading the queue: the dispatcher, coverage, the operator's views --------------------------------
+
+READY_BY_MODEL = text(
+    """
+    SELECT model_id, count(*) FROM ynet.embedding_jobs
+     WHERE state IN ('pending', 'retry') AND run_after <= now()
+     GROUP BY model_id
+    """
+)
+
+
+def ready_by_model(engine: Engine) -> list[tuple[int, int]]:
+    """(model id, jobs ready to claim now) for each model with any."""
+    with engine.connect() as conn:
+        return [(int(model_id), int(count)) for model_id, count in conn.execute(READY_BY_MODEL)]
+
+
+@dataclass(frozen=True)
+class Backlog:
+    open: int
+    """Jobs that will still be worked on (pending, retry, running)."""
+    dead: int
+    """Products given up on: no embedding, no open job, and a dead job. They wait for an operator
+    (`ynet-db jobs list --state dead`, then `jobs retry`)."""
+
+
+BACKLOG = text(
+    f"""
+    SELECT m.id,
+           (SELECT count(*) FROM ynet.embedding_jobs j WHERE j.model_id = m.id AND j.state IN {OPEN_STATES}),
+           -- From the dead jobs, which are few, rather than from every product.
+           (SELECT count(DISTINCT d.product_id) FROM ynet.embedding_jobs d
+             WHERE d.model_id = m.id AND d.state = 'dead'
+               AND NOT EXISTS (SELECT 1 FROM ynet.embedding_jobs j WHERE j.product_id = d.product_id
+                                  AND j.model_id = m.id AND j.state IN {OPEN_STATES})
+               AND NOT EXISTS (SELECT 1 FROM ynet.embeddings e WHERE e.product_id = d.product_id AND e.model_id = m.id))
+      FROM unnest(CAST(:model_ids AS integer[])) AS m(id)
+    """
+)
+
+
+def backlog(conn: Connection, model_ids: Sequence[int]) -> dict[int, Backlog]:
+    """Each model's open jobs and dead products."""
+    rows = conn.execute(BACKLOG, {"model_ids": list(model_ids)})
+    return {int(model_id): Backlog(int(open_), int(dead)) for model_id, open_, dead in rows}
+
+
+RECENT = text(
+    """
+    SELECT j.id, p.source, p.external_id, m.version, j.state, j.attempts, j.max_attempts, j.updated_at, j.last_error
+      FROM ynet.embedding_jobs j
+      JOIN ynet.products p ON p.id = j.product_id
+      JOIN ynet.models m ON m.id = j.model_id
+     WHERE (CAST(:state AS text) IS NULL OR j.state = :state)
+       AND (CAST(:model_id AS integer) IS NULL OR j.model_id = :model_id)
+     ORDER BY j.updated_at DESC, j.id DESC
+     LIMIT :limit
+    """
+)
+
+
+def recent(conn: Connection, *, state: str | None, model_id: int | None, limit: int) -> list[tuple[Any, ...]]:
+    """The `limit` most recently changed jobs (in `state`, of `model_id`, when given): id, the product's
+    source and external id, the model version, state, attempts, max attempts, updated at, last error."""
+    return [tuple(row) for row in conn.execute(RECENT, {"state": state, "model_id": model_id, "limit": limit})]
+
+
+COUNTS_BY_STATE = text("SELECT state, count(*) FROM ynet.embedding_jobs GROUP BY state")
+DONE_WITHIN = text("SELECT count(*) FROM ynet.embedding_jobs WHERE state = 'done' AND finished_at >= now() - :window")
+RECENT_ERRORS = text(
+    """
+    SELECT p.external_id, j.state, j.attempts, j.last_error
+      FROM ynet.embedding_jobs j JOIN ynet.products p ON p.id = j.product_id
+     WHERE j.last_error IS NOT NULL
+     ORDER BY j.updated_at DESC
+     LIMIT :limit
+    """
+)
+
+
+def counts_by_state(conn: Connection) -> dict[str, int]:
+    """Jobs per state, for the states that have any."""
+    return {str(state): int(count) for state, count in conn.execute(COUNTS_BY_STATE)}
+
+
+def done_within(conn: Connection, window: timedelta) -> int:
+    """Jobs finished in the last `window`, by the database's clock: workers and readers may run on
+    different hosts."""
+    return int(conn.execute(DONE_WITHIN, {"window": window}).scalar_one())
+
+
+def recent_errors(conn: Connection, limit: int) -> list[tuple[Any, ...]]:
+    """The `limit` most recently changed jobs with an error: external id, state, attempts, the error."""
+    return [tuple(row) for row in conn.execute(RECENT_ERRORS, {"limit": limit})]

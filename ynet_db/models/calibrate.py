@@ -13,7 +13,6 @@ the re-rank beat the first stage (`ContextCalibration.helps`).
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -25,9 +24,9 @@ from ynet_db.images.decode import ImageError, decode_image
 from ynet_db.images.fetch import fetch_image_bytes
 from ynet_db.images.policy import FetchPolicy
 from ynet_db.models.evaluate import view_seed
-from ynet_db.models.registry import ModelRecord
+from ynet_db.models.registry import ModelRecord, store_calibration
 from ynet_db.nn.calibration import BETAS, ContextCalibration, choose_beta
-from ynet_db.search.prefilter import ActiveModel, prefilter
+from ynet_db.search.prefilter import prefilter
 
 if TYPE_CHECKING:
     from ynet_db.nn.model import RetrievalModel
@@ -74,8 +73,7 @@ def calibrate(
         raise CalibrationRefused(
             f"model {record.version}: {len(views)} readable embedded products, at least {minimum} needed"
         )
-    target = ActiveModel(record.id, record.version, record.embedding_dim)
-    plain, by_beta = query_ranks(engine, model, target, views, products, candidates)
+    plain, by_beta = query_ranks(engine, model, record, views, products, candidates)
     return choose_beta(plain, by_beta, f"catalogue: {len(views)} augmented views of its own photos")
 
 
@@ -88,7 +86,7 @@ def street_view(image: object, external_id: str, seed: int) -> object:
 def query_ranks(
     engine: Engine,
     model: RetrievalModel,
-    target: ActiveModel,
+    target: ModelRecord,
     views: Sequence[object],
     products: Sequence[int],
     candidates: int,
@@ -120,20 +118,13 @@ def query_ranks(
 
 def store(engine: Engine, record: ModelRecord, calibration: ContextCalibration) -> None:
     """Record the calibration with the model version; search reads it with the active model."""
-    with engine.begin() as conn:
-        conn.execute(
-            text(
-                "UPDATE ynet.models SET config = jsonb_set(COALESCE(config, '{}'::jsonb), '{context_rerank}', "
-                "CAST(:calibration AS jsonb)) WHERE id = :id"
-            ),
-            {"calibration": json.dumps(calibration.to_dict()), "id": record.id},
-        )
+    store_calibration(engine, record.id, calibration.to_dict())
 
 
 def load_registered_model(engine: Engine, record: ModelRecord) -> RetrievalModel:
     """The registered model as it was registered, in PyTorch (the reference the graphs are checked against)."""
     from ynet_db.config import Settings
-    from ynet_db.nn.runtime import load_registered
+    from ynet_db.models.serving import load_registered
 
     try:
         return load_registered(engine, record.id, Settings(runtime="torch", device="cpu"))

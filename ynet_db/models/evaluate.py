@@ -189,7 +189,7 @@ class QueryImage:
     """Set for an augmentation-made street view of `ref` (catalogue mode), drawn with this seed."""
 
     def read(self) -> Any:
-        from ynet_db.images.decode import read_image
+        from ynet_db.images.dataset import read_image
 
         image = read_image(self.ref)
         if self.view_seed is None:
@@ -235,7 +235,8 @@ def catalogue_queries(products: Mapping[str, Product], seed: int = 0) -> tuple[l
     with one photo gives an augmentation-made street view of it (a crop, mirror, light change), and
     the photo stays. Deterministic for a seed.
     """
-    queries, gallery = [], []
+    queries: list[QueryImage] = []
+    gallery: list[GalleryImage] = []
     for item, product in sorted(products.items()):
         images = [uncropped(ref) for ref in product.shop_images]
         if not images:
@@ -416,7 +417,7 @@ def encode_images(
     """
     from tqdm import tqdm
 
-    from ynet_db.images.decode import read_image
+    from ynet_db.images.dataset import read_image
 
     vectors, maps, kept = [], [], []
     for start in tqdm(range(0, len(images), batch_size), desc=f"{side} images", disable=not progress, unit="batch"):

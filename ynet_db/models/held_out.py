@@ -126,7 +126,7 @@ def register_checked(
 
 def _baseline(engine: Engine, serving: tuple[int, str] | None, device: str) -> RetrievalModel:
     """The active model as it was registered, in PyTorch; the shipped default when none is active."""
-    from ynet_db.nn.runtime import load_registered
+    from ynet_db.models.serving import load_registered
 
     if serving is None:
         return RetrievalModel.load_default(device=device)

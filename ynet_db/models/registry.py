@@ -1,22 +1,29 @@
-"""The model registry: which models exist, which one search uses, and the switch between them.
+"""The model registry: which models exist, which one serves search (`active`), and the switch between them.
+
+The one owner of the statements on `ynet.models`: every caller that asks which model serves, or
+what a registered model is, gets a `ModelRecord` from here; `ynet_db.models.serving` loads one.
 
 States: registered -> (activate) -> active at once when none is active, else backfilling -> (every
 product embedded or dead, `promote_if_complete`) -> active, and the old active one -> retired; `cancel`
 takes a back-filling model back to registered. The trigger records work for every 'active' and
 'backfilling' model, so new products reach both during a back-fill.
 No torch here: a model is described by a `ModelIdentity`, which the caller builds from a loaded model.
+Coverage (how much of the catalogue a model has embedded) and promotion (the end of a back-fill) are
+decided here and nowhere else; the queue's side of both is `ynet_db.ingestion.jobs`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, text
 
 from ynet_db.content_hash import file_sha256
+from ynet_db.ingestion import jobs
 
 
 class RegistryError(LookupError):
@@ -24,12 +31,19 @@ class RegistryError(LookupError):
 
 
 class DescribedModel(Protocol):
-    """The attributes of `ynet_db.nn.model.RetrievalModel` that identify it."""
+    """The attributes of `ynet_db.nn.model.RetrievalModel` that identify it (read-only there)."""
 
-    name: str
-    version: str
-    embedding_dim: int
-    config: Any
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def embedding_dim(self) -> int: ...
+
+    @property
+    def config(self) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -50,38 +64,37 @@ class ModelIdentity:
 
 @dataclass(frozen=True)
 class ModelRecord:
-    id: int
-    name: str
-    version: str
-    embedding_dim: int
-    state: str
+    """A registered model as `ynet.models` holds it: the one record of which model serves and what to load.
 
-
-@dataclass(frozen=True)
-class Coverage:
-    """How much of the catalogue a model has embedded.
-
-    `dead` counts the products it cannot embed: no embedding, no open job, and a dead job. They wait for
-    an operator (`ynet-db jobs list --state dead`, then `jobs retry`), so they do not hold back a switch.
+    The identifying fields come first, so search code and tests can name a model by id, version and
+    dimension alone.
     """
 
-    model: ModelRecord
-    embedded: int
-    products: int
-    open_jobs: int
-    dead: int
+    id: int
+    version: str
+    embedding_dim: int
+    name: str = ""
+    state: str = "registered"
+    config: Mapping[str, Any] = field(default_factory=dict)
+    """As registered (`ModelIdentity.config`), plus the context calibration once one is stored."""
 
     @property
-    def complete(self) -> bool:
-        """Every product embedded or dead, and at least one embedded: a model that embedded nothing is no use."""
-        return self.embedded + self.dead >= self.products and (self.embedded > 0 or self.products == 0)
+    def checkpoint(self) -> Path | None:
+        """The checkpoint file it was registered from; None for the default (pretrained) model."""
+        path = self.config.get("checkpoint")
+        return Path(path) if path else None
 
-    def __str__(self) -> str:
-        share = 100.0 * self.embedded / self.products if self.products else 100.0
-        return (
-            f"{self.model.version:<32} {self.model.state:<11} {self.embedded}/{self.products} embedded "
-            f"({share:.1f}%), {self.open_jobs} queued, {self.dead} dead"
-        )
+    @property
+    def model_config(self) -> dict[str, Any] | None:
+        """The default model's configuration as registered (an earlier release's default may differ)."""
+        described = self.config.get("model")
+        return dict(described) if isinstance(described, Mapping) else None
+
+    @property
+    def context_rerank(self) -> Any:
+        """The registry's context calibration of this model (`ynet-db model calibrate`), if any, as stored:
+        its reader (`ContextCalibration.from_dict`) says what is wrong with a damaged one."""
+        return self.config.get("context_rerank")
 
 
 REGISTER = text(
@@ -91,7 +104,25 @@ REGISTER = text(
     ON CONFLICT (version) DO NOTHING
     """
 )
-RECORD_COLUMNS = "id, name, version, embedding_dim, state"
+RECORD_COLUMNS = ("id", "version", "embedding_dim", "name", "state", "config")
+"""`ModelRecord`'s fields, in its order."""
+NO_ACTIVE_MODEL = "no model is active: run `ynet-db model activate NAME` once its embeddings exist"
+
+
+class NoActiveModel(RegistryError):
+    """No model serves search yet."""
+
+
+def _records(conn: Connection, where: str, params: Mapping[str, Any], order: str = "id") -> list[ModelRecord]:
+    """The models matching `where` (SQL written here, values bound), as records."""
+    columns = ", ".join(RECORD_COLUMNS)
+    rows = conn.execute(text(f"SELECT {columns} FROM ynet.models WHERE {where} ORDER BY {order}"), dict(params))
+    return [_record(row) for row in rows]
+
+
+def _record(row: Sequence[Any]) -> ModelRecord:
+    model_id, version, embedding_dim, name, state, config = row
+    return ModelRecord(model_id, version, embedding_dim, name, state, config or {})
 
 
 def register(engine: Engine, identity: ModelIdentity) -> ModelRecord:
@@ -102,51 +133,52 @@ def register(engine: Engine, identity: ModelIdentity) -> ModelRecord:
 
 
 def _by_version(conn: Connection, version: str) -> ModelRecord:
-    row = conn.execute(text(f"SELECT {RECORD_COLUMNS} FROM ynet.models WHERE version = :v"), {"v": version}).first()
-    if row is None:
+    found = _records(conn, "version = :v", {"v": version})
+    if not found:
         raise RegistryError(f"no model with version {version!r} is registered; run `ynet-db model register`")
-    return ModelRecord(*row)
+    return found[0]
+
+
+def get(conn: Connection, model_id: int) -> ModelRecord:
+    """The model registered under `model_id` (a worker's task names its model by id)."""
+    found = _records(conn, "id = :id", {"id": model_id})
+    if not found:
+        raise RegistryError(f"model {model_id} is not registered")
+    return found[0]
+
+
+def active(conn: Connection) -> ModelRecord:
+    """The model search uses; `NoActiveModel` before the first activation."""
+    found = _records(conn, "state = 'active'", {})
+    if not found:
+        raise NoActiveModel(NO_ACTIVE_MODEL)
+    return found[0]
 
 
 def find(conn: Connection, name_or_version: str) -> ModelRecord:
     """A model by exact version, else by name (the newest registration of that name)."""
-    rows = conn.execute(
-        text(
-            f"SELECT {RECORD_COLUMNS} FROM ynet.models WHERE version = :key OR name = :key "
-            "ORDER BY version = :key DESC, created_at DESC, id DESC LIMIT 1"
-        ),
-        {"key": name_or_version},
-    ).all()
-    if not rows:
+    order = "version = :key DESC, created_at DESC, id DESC"
+    found = _records(conn, "version = :key OR name = :key", {"key": name_or_version}, order)
+    if not found:
         raise RegistryError(f"no model named or versioned {name_or_version!r}; see `ynet-db model list`")
-    return ModelRecord(*rows[0])
+    return found[0]
 
 
 def list_models(engine: Engine) -> list[ModelRecord]:
     with engine.connect() as conn:
-        return [
-            ModelRecord(*row) for row in conn.execute(text(f"SELECT {RECORD_COLUMNS} FROM ynet.models ORDER BY id"))
-        ]
+        return _records(conn, "true", {})
 
 
-# Products whose embedding under the model is missing and not already queued.
-BACKFILL = text(
-    """
-    INSERT INTO ynet.embedding_jobs (product_id, model_id, image_uri, image_sha256, tags)
-    SELECT p.id, :model_id, p.image_uri, p.image_sha256, p.tags
-      FROM ynet.products p
-     WHERE NOT EXISTS (SELECT 1 FROM ynet.embeddings e WHERE e.product_id = p.id AND e.model_id = :model_id)
-       AND NOT EXISTS (SELECT 1 FROM ynet.embedding_jobs j
-                        WHERE j.product_id = p.id AND j.model_id = :model_id
-                          AND j.state IN ('pending', 'retry', 'running'))
-    """
+STORE_CALIBRATION = text(
+    "UPDATE ynet.models SET config = jsonb_set(COALESCE(config, '{}'::jsonb), '{context_rerank}', "
+    "CAST(:calibration AS jsonb)) WHERE id = :id"
 )
-SUPERSEDE_OPEN_JOBS = text(
-    """
-    UPDATE ynet.embedding_jobs SET state = 'superseded', finished_at = now(), updated_at = now()
-     WHERE model_id = ANY(:model_ids) AND state IN ('pending', 'retry')
-    """
-)
+
+
+def store_calibration(engine: Engine, model_id: int, calibration: Mapping[str, Any]) -> None:
+    """Record a context calibration with the model version; search reads it with the active model."""
+    with engine.begin() as conn:
+        conn.execute(STORE_CALIBRATION, {"calibration": json.dumps(calibration), "id": model_id})
 
 
 @dataclass(frozen=True)
@@ -155,90 +187,119 @@ class Activation:
     backfill_jobs: int
 
 
+# Taken by every state change: two switches (activate, promote, cancel) never interleave.
+LOCK_MODELS = text("LOCK TABLE ynet.models IN SHARE ROW EXCLUSIVE MODE")
+SET_STATE = text(
+    "UPDATE ynet.models SET state = :state, activated_at = CASE WHEN :state = 'active' THEN now() END WHERE id = :id"
+)
+LEAVE_STATE = text("UPDATE ynet.models SET state = :to WHERE state = :state AND id <> :keep RETURNING id")
+
+
+def _set_state(conn: Connection, model_id: int, state: str) -> None:
+    conn.execute(SET_STATE, {"state": state, "id": model_id})
+
+
+def _leave_state(conn: Connection, state: str, to: str, keep: int = 0) -> list[int]:
+    """Move every model in `state` but `keep` to `to`; their ids."""
+    return [int(i) for i in conn.execute(LEAVE_STATE, {"state": state, "to": to, "keep": keep}).scalars()]
+
+
 def activate(engine: Engine, name_or_version: str) -> Activation:
     """Make a model active at once (none active) or start its back-fill; queue jobs for what it lacks."""
     with engine.begin() as conn:
         # SHARE blocks product writes until commit: a product committed between our state change and
         # the back-fill query would otherwise be missed by both the trigger and the back-fill.
         conn.execute(text("LOCK TABLE ynet.products IN SHARE MODE"))
-        conn.execute(text("LOCK TABLE ynet.models IN SHARE ROW EXCLUSIVE MODE"))
+        conn.execute(LOCK_MODELS)
         model = find(conn, name_or_version)
         if model.state == "active":
             return Activation(model, 0)
-        has_active = conn.execute(text("SELECT 1 FROM ynet.models WHERE state = 'active'")).first() is not None
+        has_active = bool(_records(conn, "state = 'active'", {}))
         # Only one back-fill at a time: a newer activation cancels an unfinished one.
-        cancelled = (
-            conn.execute(
-                text(
-                    "UPDATE ynet.models SET state = 'registered' WHERE state = 'backfilling' AND id <> :id RETURNING id"
-                ),
-                {"id": model.id},
-            )
-            .scalars()
-            .all()
-        )
+        cancelled = _leave_state(conn, "backfilling", "registered", keep=model.id)
         if cancelled:
-            conn.execute(SUPERSEDE_OPEN_JOBS, {"model_ids": list(cancelled)})
-        state = "backfilling" if has_active else "active"
-        conn.execute(
-            text(
-                "UPDATE ynet.models SET state = :state, activated_at = CASE WHEN :state = 'active' THEN now() END "
-                "WHERE id = :id"
-            ),
-            {"state": state, "id": model.id},
-        )
-        queued = conn.execute(BACKFILL, {"model_id": model.id}).rowcount
-        if queued:
-            conn.execute(text("SELECT pg_notify('ynet_embedding_jobs', '')"))
+            jobs.supersede(conn, cancelled)
+        _set_state(conn, model.id, "backfilling" if has_active else "active")
+        queued = jobs.backfill(conn, model.id)
         return Activation(_by_version(conn, model.version), queued)
 
 
-COVERAGE = text(
+@dataclass(frozen=True)
+class Coverage:
+    """How much of the catalogue a model has embedded.
+
+    `dead` counts the products it cannot embed (`jobs.Backlog.dead`): they wait for an operator, so
+    they do not hold back a switch.
+    """
+
+    model: ModelRecord
+    embedded: int
+    products: int
+    open_jobs: int
+    dead: int
+
+    @property
+    def settled(self) -> bool:
+        """Every product embedded or given up on: no work of this model's is left to wait for."""
+        return self.embedded + self.dead >= self.products
+
+    @property
+    def complete(self) -> bool:
+        """Settled, and at least one embedded: a model that embedded nothing is no use."""
+        return self.settled and (self.embedded > 0 or self.products == 0)
+
+    def __str__(self) -> str:
+        share = 100.0 * self.embedded / self.products if self.products else 100.0
+        return (
+            f"{self.model.version:<32} {self.model.state:<11} {self.embedded}/{self.products} embedded "
+            f"({share:.1f}%), {self.open_jobs} queued, {self.dead} dead"
+        )
+
+
+EMBEDDED = text(
     f"""
-    SELECT {", ".join("m." + c for c in RECORD_COLUMNS.split(", "))},
+    SELECT {", ".join("m." + c for c in RECORD_COLUMNS)},
            (SELECT count(*) FROM ynet.embeddings e JOIN ynet.products p ON p.id = e.product_id
              WHERE e.model_id = m.id),
-           (SELECT count(*) FROM ynet.products),
-           (SELECT count(*) FROM ynet.embedding_jobs j WHERE j.model_id = m.id
-               AND j.state IN ('pending', 'retry', 'running')),
-           -- From the dead jobs, which are few, rather than from every product.
-           (SELECT count(DISTINCT d.product_id) FROM ynet.embedding_jobs d
-             WHERE d.model_id = m.id AND d.state = 'dead'
-               AND NOT EXISTS (SELECT 1 FROM ynet.embedding_jobs j WHERE j.product_id = d.product_id
-                                  AND j.model_id = m.id AND j.state IN ('pending', 'retry', 'running'))
-               AND NOT EXISTS (SELECT 1 FROM ynet.embeddings e WHERE e.product_id = d.product_id AND e.model_id = m.id))
+           (SELECT count(*) FROM ynet.products)
       FROM ynet.models m
-     WHERE CAST(:state AS text) IS NULL OR m.state = :state
+     WHERE (CAST(:state AS text) IS NULL OR m.state = :state)
+       AND (CAST(:version AS text) IS NULL OR m.version = :version)
      ORDER BY m.id
     """
 )
 
 
-def coverage(conn: Connection, state: str | None = None) -> list[Coverage]:
-    rows = conn.execute(COVERAGE, {"state": state})
-    return [Coverage(ModelRecord(*row[:5]), *row[5:]) for row in rows]
+def coverage(conn: Connection, state: str | None = None, *, version: str | None = None) -> list[Coverage]:
+    """Each model's coverage of the catalogue (those in `state`, or the one `version`, when given).
+
+    Embeddings are counted before the queue is read: work finished in between can only make a model
+    look less complete, never more.
+    """
+    rows = conn.execute(EMBEDDED, {"state": state, "version": version}).all()
+    queue = jobs.backlog(conn, [row[0] for row in rows])
+    covered = []
+    for row in rows:
+        record, (embedded, products) = _record(row[: len(RECORD_COLUMNS)]), row[len(RECORD_COLUMNS) :]
+        backlog = queue[record.id]
+        covered.append(Coverage(record, int(embedded), int(products), backlog.open, backlog.dead))
+    return covered
 
 
 def promote_if_complete(engine: Engine) -> ModelRecord | None:
     """Switch search to the back-filling model once every product is embedded or dead; returns it if switched.
 
+    The one place a back-fill ends. The dispatcher calls it on every tick (workers/dispatcher.py says
+    why there); nothing that only reads the registry does.
     One transaction: the old model is retired and the new one made active together, so a search
     sees one model or the other, never none and never both.
     """
     with engine.begin() as conn:
-        conn.execute(text("LOCK TABLE ynet.models IN SHARE ROW EXCLUSIVE MODE"))
+        conn.execute(LOCK_MODELS)
         for candidate in coverage(conn, "backfilling"):
             if candidate.complete:
-                retired = (
-                    conn.execute(text("UPDATE ynet.models SET state = 'retired' WHERE state = 'active' RETURNING id"))
-                    .scalars()
-                    .all()
-                )
-                conn.execute(SUPERSEDE_OPEN_JOBS, {"model_ids": list(retired)})
-                conn.execute(
-                    text("UPDATE ynet.models SET state = 'active', activated_at = now() WHERE id = :id"),
-                    {"id": candidate.model.id},
-                )
+                jobs.supersede(conn, _leave_state(conn, "active", "retired"))
+                _set_state(conn, candidate.model.id, "active")
                 return _by_version(conn, candidate.model.version)
     return None
 
@@ -256,10 +317,10 @@ def cancel(engine: Engine, name_or_version: str) -> Cancellation:
     what it still lacks.
     """
     with engine.begin() as conn:
-        conn.execute(text("LOCK TABLE ynet.models IN SHARE ROW EXCLUSIVE MODE"))
+        conn.execute(LOCK_MODELS)
         model = find(conn, name_or_version)
         if model.state != "backfilling":
             raise RegistryError(f"{model.version} is {model.state}, not back-filling: there is nothing to cancel")
-        conn.execute(text("UPDATE ynet.models SET state = 'registered' WHERE id = :id"), {"id": model.id})
-        dropped = conn.execute(SUPERSEDE_OPEN_JOBS, {"model_ids": [model.id]}).rowcount
+        _set_state(conn, model.id, "registered")
+        dropped = jobs.supersede(conn, [model.id])
         return Cancellation(_by_version(conn, model.version), dropped)

@@ -62,7 +62,9 @@ def perspective(image: Image.Image, rng: random.Random, strength: float = 0.15) 
         )
         for x, y in corners
     ]
-    return image.transform(image.size, Image.Transform.QUAD, [c for point in moved for c in point], Image.BILINEAR)
+    return image.transform(
+        image.size, Image.Transform.QUAD, [c for point in moved for c in point], Image.Resampling.BILINEAR
+    )
 
 
 def background(others: Sequence[Image.Image], size: tuple[int, int], rng: random.Random) -> Image.Image:

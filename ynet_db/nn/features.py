@@ -38,7 +38,7 @@ class TrunkFeatures:
 
 
 def default_reader() -> ImageReader:
-    from ynet_db.images.decode import read_image
+    from ynet_db.images.dataset import read_image
 
     return read_image
 
@@ -78,7 +78,7 @@ def compute_trunk_features(
     ok = torch.ones(len(refs), dtype=torch.bool)
     errors: dict[int, str] = {}
     for start in tqdm(range(0, len(refs), batch_size), desc=progress, disable=progress is None, unit="batch"):
-        pixels = []
+        pixels: list[torch.Tensor] = []
         for index in range(start, min(start + batch_size, len(refs))):
             try:
                 image = read(refs[index])

@@ -261,8 +261,8 @@ def fit_network(
     state_dir: Path | None = None,
     progress: bool = True,
 ) -> Fitted:
-    """The training entry point of `ynet-db train` and of bench/ladder.py: the first stages, then the
-    context stage on the frozen first stage, chosen and judged on products the first stages never saw."""
+    """The pipeline `fit` runs: the first stages, then the context stage on the frozen first stage,
+    chosen and judged on products the first stages never saw. `state_dir` keeps each stage's resume state."""
     device = torch.device(device)
     train = dataset.split("train")
     if not train.pairs:
@@ -311,6 +311,17 @@ def fit_network(
     return Fitted(network.cpu(), vocabulary, metrics, evidence)
 
 
+@dataclass(frozen=True)
+class Trained:
+    """What `fit` wrote, and the evidence behind it."""
+
+    checkpoint: Checkpoint
+    """OUT/model.safetensors as written: what `ynet-db evaluate` loads and a worker serves."""
+    context: ContextEvidence | None
+    """The context stage's choice and judgement; its chosen attention is kept here even when the gate
+    shipped zero attention (the ladder reports both)."""
+
+
 def fit(
     dataset: RetrievalDataset,
     out_dir: Path,
@@ -319,12 +330,15 @@ def fit(
     device: torch.device | str = "cpu",
     cache_dir: Path | None = None,
     progress: bool = True,
-) -> Checkpoint:
+) -> Trained:
+    """The training entry point of `ynet-db train` and of bench/ladder.py: `fit_network` (resumable from
+    OUT's stage states), then OUT/model.safetensors with the evidence and the re-rank gate."""
     fitted = fit_network(dataset, plan, device=device, cache_dir=cache_dir, state_dir=out_dir, progress=progress)
     helps = fitted.context.helps if fitted.context else False
     config = fitted.network.config
     base_state = build_network(config, len(fitted.vocabulary)).state_dict()
     info = CheckpointInfo(config, fitted.vocabulary, training_data_hash(dataset.split("train")), fitted.metrics, helps)
-    return save_checkpoint(
+    checkpoint = save_checkpoint(
         out_dir / "model.safetensors", info, differing_tensors(fitted.network.state_dict(), base_state)
     )
+    return Trained(checkpoint, fitted.context)

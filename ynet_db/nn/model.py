@@ -8,7 +8,7 @@
     scores = model.free_rerank(street.maps[0], candidates, beta=5.0)  # the training-free form
 
 Load once per worker process and keep it: loading re-reads and re-hashes the backbone weights.
-Serving code loads through `ynet_db.nn.runtime.load_serving`, which may set `engine` so that the two
+Serving code loads through `ynet_db.models.serving`, which may set `engine` so that the two
 encoders run on ONNX Runtime (or in fp16 on a GPU); the network stays the reference and runs whatever
 the engine does not.
 """

@@ -1,7 +1,9 @@
 """Which runtime serves a model's encoders: ONNX Runtime on a CPU where it is installed, else PyTorch.
 
-    model = load_serving(settings, checkpoint=None, threads=2)   # what workers, search and the demo load
-    model.runtime                                                # 'onnxruntime' or 'torch'
+    model = accelerate(model, settings.runtime, graph_cache(settings), threads=2)
+    model.runtime                       # 'onnxruntime' or 'torch'
+
+Serving code loads through `ynet_db.models.serving`, which calls `accelerate` here.
 
 YNET_RUNTIME=auto (the default) takes ONNX Runtime for a CPU model when the package is installed, and
 PyTorch under fp16 autocast for a GPU model (runtime_gpu.py); `onnxruntime` insists on ONNX Runtime (an
@@ -22,10 +24,8 @@ import logging
 from pathlib import Path
 
 import torch
-from sqlalchemy import Engine, text
 
 from ynet_db.config import Settings
-from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.model import RetrievalModel
 from ynet_db.nn.onnx_engine import GraphMismatch, OnnxEngine, verified_engine
 from ynet_db.nn.onnx_export import GRAPHS, cached_graph, graph_path, network_digest
@@ -92,37 +92,3 @@ def onnx_engine(model: RetrievalModel, cache_dir: Path, threads: int) -> OnnxEng
             problems.append(f"{'re-exported' if fresh else 'cached'} graph: {type(error).__name__}: {error}")
     log.warning("model %s stays on PyTorch: %s", model.version, "; ".join(problems))
     return None
-
-
-def load_serving(
-    settings: Settings, checkpoint: Path | None = None, threads: int | None = None, config: ModelConfig | None = None
-) -> RetrievalModel:
-    """The checkpoint (or the default model, as `config` describes it) on `settings.device`, its encoders on the
-    chosen runtime."""
-    if checkpoint is not None:
-        model = RetrievalModel.load(checkpoint, device=settings.device)
-    else:
-        model = RetrievalModel.load_default(device=settings.device, config=config)
-    return accelerate(model, settings.runtime, graph_cache(settings), threads)
-
-
-REGISTERED = text("SELECT version, config ->> 'checkpoint', config -> 'model' FROM ynet.models WHERE id = :id")
-
-
-def load_registered(engine: Engine, model_id: int, settings: Settings) -> RetrievalModel:
-    """A registered model as it was registered: its checkpoint, or the default model with the config it was
-    registered with (an earlier release's default pooled by averaging); `LookupError` when the model is not
-    registered or this machine would load another version."""
-    with engine.connect() as conn:
-        row = conn.execute(REGISTERED, {"id": model_id}).first()
-    if row is None:
-        raise LookupError(f"model {model_id} is not registered")
-    version, checkpoint, described = row
-    config = None if checkpoint or described is None else ModelConfig.from_dict(described)
-    model = load_serving(settings, Path(checkpoint) if checkpoint else None, config=config)
-    if model.version != version:
-        raise LookupError(
-            f"model {model_id} is registered as {version}, but {checkpoint or 'the default model'} here is "
-            f"{model.version}: make the same checkpoint available here"
-        )
-    return model

@@ -57,6 +57,7 @@ class HalfPrecisionEngine:
 
 def half_precision_engine(network: YNet, device: torch.device) -> HalfPrecisionEngine:
     """The engine for `network` (already on `device`), checked against its fp32 outputs; raises if it differs."""
-    engine = HalfPrecisionEngine(network.to(memory_format=torch.channels_last), device)
+    # torch's stubs omit Module.to's memory_format keyword, which the runtime accepts.
+    engine = HalfPrecisionEngine(network.to(memory_format=torch.channels_last), device)  # type: ignore[call-overload]
     check(engine, MIN_COSINE)
     return engine

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from tqdm import tqdm
 
 from ynet_db.data import load_dataset
@@ -28,6 +28,7 @@ from ynet_db.data.records import ImageRef, Pair, RetrievalDataset
 from ynet_db.data.synth import MANIFEST, SynthConfig, generate
 from ynet_db.images.policy import FetchPolicy
 from ynet_db.ingestion.catalog import ImportSummary, import_catalog
+from ynet_db.models.registry import Coverage, coverage
 
 if TYPE_CHECKING:
     from ynet_db.nn.model import RetrievalModel
@@ -138,41 +139,45 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait(10)
 
 
-EMBEDDING_PROGRESS = text(
-    """
-    SELECT (SELECT count(*) FROM ynet.embeddings e WHERE e.model_id = m.id) AS embedded,
-           (SELECT count(*) FROM ynet.embedding_jobs j WHERE j.model_id = m.id AND j.state = 'dead') AS dead,
-           (SELECT count(*) FROM ynet.products) AS products
-      FROM ynet.models m WHERE m.version = :version
-    """
-)
-
-
-def wait_for_embeddings(engine: Engine, version: str, worker: subprocess.Popen[bytes], log: Path) -> int:
-    """Show progress until every product is embedded or given up on (dead); the number embedded."""
+def model_coverage(engine: Engine, version: str) -> Coverage:
     with engine.connect() as conn:
-        embedded, dead, products = conn.execute(EMBEDDING_PROGRESS, {"version": version}).one()
-    last_change, last = time.monotonic(), embedded
-    with tqdm(total=products, initial=embedded, unit="product", desc="embedding") as bar:
-        while embedded + dead < products:
+        (covered,) = coverage(conn, version=version)
+    return covered
+
+
+class Running(Protocol):
+    """What the wait reads of the worker's process (a `subprocess.Popen`)."""
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+
+def wait_until_serving(engine: Engine, version: str, worker: Running, log: Path) -> int:
+    """Show progress until every product is embedded or given up on (dead) and the model serves search
+    (at once, or when the worker's dispatcher ends its back-fill); the number embedded."""
+    covered = model_coverage(engine, version)
+    last_change, last = time.monotonic(), covered.embedded
+    with tqdm(total=covered.products, initial=covered.embedded, unit="product", desc="embedding") as bar:
+        while not (covered.settled and covered.model.state == "active"):
             if worker.poll() is not None:
                 raise RuntimeError(f"the worker exited with status {worker.returncode}; see {log}")
             if time.monotonic() - last_change > STALL_SECONDS:
                 raise RuntimeError(f"no embedding progress for {STALL_SECONDS} s; see {log} and `ynet-db status`")
             time.sleep(1)
-            with engine.connect() as conn:
-                embedded, dead, products = conn.execute(EMBEDDING_PROGRESS, {"version": version}).one()
-            if embedded != last:
-                bar.update(embedded - last)
-                last_change, last = time.monotonic(), embedded
-    return int(embedded)
+            covered = model_coverage(engine, version)
+            if covered.embedded != last:
+                bar.update(covered.embedded - last)
+                last_change, last = time.monotonic(), covered.embedded
+    return covered.embedded
 
 
 def run_queries(
     engine: Engine, model: RetrievalModel, dataset: RetrievalDataset, limit: int | None
 ) -> list[QueryOutcome]:
     """Each street photo through the full query path (encode, SQL prefilter, re-rank), timed one by one."""
-    from ynet_db.images.decode import read_image
+    from ynet_db.images.dataset import read_image
     from ynet_db.search.query import search
 
     outcomes = []
@@ -224,7 +229,7 @@ def write_report(
     engine: Engine, model: RetrievalModel, dataset: RetrievalDataset, outcomes: list[QueryOutcome], out: Path
 ) -> tuple[str, Path]:
     """results.json, the two plots and report.html in `out`; the printed summary and the page's path."""
-    from ynet_db.images.decode import read_image
+    from ynet_db.images.dataset import read_image
     from ynet_db.models.evaluate import plot_topk
     from ynet_db.presentation.report import demo_page, demo_query_section, plot_latency
 

@@ -24,8 +24,12 @@ THUMBNAIL = 160
 
 
 def summary_line(result: SearchResult) -> str:
+    # An 'ann' statement the planner answered from another index and a sort gave exact rows: say so.
+    unindexed = (
+        " (the planner did not use the HNSW index)" if result.path == "ann" and result.index_scanned is False else ""
+    )
     return (
-        f"model {result.model_version}, {result.path} prefilter, {result.candidates_returned}/"
+        f"model {result.model_version}, {result.path} prefilter{unindexed}, {result.candidates_returned}/"
         f"{result.candidates_asked} candidates{' (short)' if result.short else ''}, "
         f"{'re-ranked' if result.reranked else 'not re-ranked'}"
     )
@@ -87,18 +91,24 @@ def search_page(
 
 
 def active_vectors(engine: Engine, product_ids: list[int]) -> dict[int, np.ndarray]:
-    """Stored vectors under the active model: the context of each CtxYNet attention map."""
+    """Stored vectors under the active model (none before there is one): the context of each CtxYNet
+    attention map."""
     from sqlalchemy import text
 
     from ynet_db.db.vectors import stored_vectors
+    from ynet_db.models.registry import NoActiveModel, active
 
     with engine.connect() as conn:
+        try:
+            model_id = active(conn).id
+        except NoActiveModel:
+            return {}
         rows = conn.execute(
             text(
-                "SELECT e.product_id, vector_send(e.embedding) FROM ynet.embeddings e "
-                "JOIN ynet.models m ON m.id = e.model_id AND m.state = 'active' WHERE e.product_id = ANY(:ids)"
+                "SELECT product_id, vector_send(embedding) FROM ynet.embeddings "
+                "WHERE model_id = :model_id AND product_id = ANY(:ids)"
             ),
-            {"ids": product_ids},
+            {"model_id": model_id, "ids": product_ids},
         ).all()
     arrays = stored_vectors([blob for _, blob in rows])
     return {product_id: arrays[i] for i, (product_id, _) in enumerate(rows)}

@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from ynet_db.db.tables import JOB_STATES, EmbeddingJob, Model, Product, Worker
+from ynet_db.db.tables import JOB_STATES, Model, Product, Worker
+from ynet_db.ingestion import jobs
 from ynet_db.models.registry import coverage
 
 RECENT_ERRORS = 5
@@ -106,26 +107,17 @@ def _minutes(window: timedelta) -> str:
 
 def catalogue_status(engine: Engine) -> CatalogueStatus:
     with Session(engine) as session:
+        conn = session.connection()
         products = session.scalar(select(func.count()).select_from(Product)) or 0
-        by_state = {
-            state: n
-            for state, n in session.execute(select(EmbeddingJob.state, func.count()).group_by(EmbeddingJob.state))
-        }
+        by_state = jobs.counts_by_state(conn)
         return CatalogueStatus(
             products=products,
             jobs={state: by_state.get(state, 0) for state in JOB_STATES},
-            throughput=[Throughput(window, _done_within(session, window)) for window in THROUGHPUT_WINDOWS],
+            throughput=[Throughput(window, jobs.done_within(conn, window)) for window in THROUGHPUT_WINDOWS],
             workers=live_workers(session),
             models=_coverage(session),
-            recent_errors=_recent_errors(session),
+            recent_errors=[JobError(*row) for row in jobs.recent_errors(conn, RECENT_ERRORS)],
         )
-
-
-def _done_within(session: Session, window: timedelta) -> int:
-    # The database's clock, not this machine's: workers and status may run on different hosts.
-    since = func.now() - window
-    query = select(func.count()).where(EmbeddingJob.state == "done", EmbeddingJob.finished_at >= since)
-    return session.scalar(query) or 0
 
 
 def live_workers(session: Session) -> list[LiveWorker]:
@@ -139,19 +131,8 @@ def live_workers(session: Session) -> list[LiveWorker]:
 
 
 def _coverage(session: Session) -> list[ModelCoverage]:
-    """The registry's own count (`model_registry.coverage`), so status and promotion agree on what is dead."""
+    """The registry's own count (`registry.coverage`), so status and promotion agree on what is dead."""
     return [
         ModelCoverage(row.model.name, row.model.version, row.model.state, row.embedded, row.dead)
         for row in coverage(session.connection())
     ]
-
-
-def _recent_errors(session: Session) -> list[JobError]:
-    rows = session.execute(
-        select(Product.external_id, EmbeddingJob.state, EmbeddingJob.attempts, EmbeddingJob.last_error)
-        .join(EmbeddingJob.product)
-        .where(EmbeddingJob.last_error.is_not(None))
-        .order_by(EmbeddingJob.updated_at.desc())
-        .limit(RECENT_ERRORS)
-    )
-    return [JobError(*row) for row in rows]

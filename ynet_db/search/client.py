@@ -22,11 +22,15 @@ from celery.app.backends import by_url
 from celery.result import AsyncResult
 
 from ynet_db.search.filters import FilterError
-from ynet_db.search.prefilter import SearchError
+from ynet_db.search.prefilter import NoActiveModel, SearchError
 from ynet_db.search.query import SearchQuery, SearchResult
 from ynet_db.workers.app import SEARCH_TASK, WorkerApp, broker_url
 
-ERRORS: dict[str, type[Exception]] = {"FilterError": FilterError, "SearchError": SearchError}
+ERRORS: dict[str, type[Exception]] = {
+    "FilterError": FilterError,
+    "SearchError": SearchError,
+    "NoActiveModel": NoActiveModel,
+}
 
 
 def result_backend_url(broker: str) -> str:

@@ -136,6 +136,19 @@ DEFAULT_SCHEMA = FilterSchema(
 )
 
 
+@dataclass(frozen=True)
+class CompiledFilters:
+    """A filter checked and compiled once, at the edge, then handed down (`CompiledFilters.of`)."""
+
+    where: ColumnElement[bool]
+    narrows: bool
+    """The caller gave conditions: only then may the policy search exactly because few products match."""
+
+    @classmethod
+    def of(cls, spec: Mapping[str, Any] | None, schema: FilterSchema = DEFAULT_SCHEMA) -> CompiledFilters:
+        return cls(compile_filters(spec, schema), bool(spec))
+
+
 def compile_filters(spec: Mapping[str, Any] | None, schema: FilterSchema = DEFAULT_SCHEMA) -> ColumnElement[bool]:
     """One boolean expression (AND of every condition) for `select(...).where(...)`; TRUE when empty."""
     if spec is None:

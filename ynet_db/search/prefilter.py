@@ -1,19 +1,20 @@
-"""The SQL prefilter: the `candidates` nearest products under the active model, in one transaction.
+"""The SQL prefilter: the `candidates` nearest products under the active model, by the one
+nearest-neighbour policy (`policy.py`: the search list, iterative scans, exact search for a filter that
+matches few products and for an index scan that came back short).
 
 Only the active model's rows are read, through its partial HNSW index
 (`WHERE model_id = m ORDER BY embedding::vector(d) <=> q`; the model id and dimension are integers from
-`ynet.models`, written into the SQL so the planner can match the index). The transaction sets, with
-`set_config(..., true)`, `hnsw.ef_search` (twice the candidates), iterative index scans, so a filter
-that pgvector applies after the index scan still returns the candidates asked, and plans made for this
-query's values; nothing leaks to the next user of the pooled connection. A filter matching up to 20,000
-products is answered by exact search instead, and so is an index scan that came back short while
-more rows match (docs/design.md#5-filtered-search-returns-the-rows-that-exist)."""
+`ynet.models`, written into the SQL so the planner can match the index). The settings are set with
+`set_config(..., true)`: they end with the transaction and never reach the next user of a pooled
+connection. `prefilter` runs in a transaction of its own; `nearest` runs in the caller's
+(`ynet_db.orm.similar_products`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 from sqlalchemy import Connection, Engine, Float, Integer, String, bindparam, cast, func, select, text
@@ -21,22 +22,10 @@ from sqlalchemy.sql import ColumnElement, Select
 
 from ynet_db.db.tables import Embedding, Product
 from ynet_db.db.vectors import stored_vectors, vector_text
-from ynet_db.search.filters import FilterSchema, compile_filters
-
-EXACT_BELOW = 20_000
-"""A filter matching at most this many products is answered by exact search. Measured at 100,000
-1280-d products on 2 cores: exact search over 10,000 matches took 34 ms, while the HNSW scan that
-iterates until 256 of its rows pass a 10% filter took 470 ms (it walks ten rows for every one kept)."""
-MIN_EF_SEARCH = 40
-"""pgvector's default ef_search; fewer candidates than this still search at its quality."""
-EF_SEARCH_PER_CANDIDATE = 2
-"""The HNSW search list holds twice the candidates asked. In the search benchmark (1280-d), recall of
-the 256 candidates against exact search was 0.90 at 10,000 and 0.97 at 100,000 products with exactly
-as many, 1.00 and 0.99 with twice."""
-MAX_EF_SEARCH = 1000
-"""pgvector's upper bound for hnsw.ef_search."""
-MIN_SCAN_TUPLES = 20_000
-"""pgvector's default hnsw.max_scan_tuples; raised with the candidate count (100 tuples each)."""
+from ynet_db.models import registry
+from ynet_db.models.registry import ModelRecord
+from ynet_db.search import policy
+from ynet_db.search.filters import DEFAULT_SCHEMA, CompiledFilters, FilterSchema
 
 Path_ = Literal["ann", "exact"]
 
@@ -45,29 +34,43 @@ class SearchError(RuntimeError):
     """A search that cannot be answered as asked (no active model, the wrong model); says why."""
 
 
-@dataclass(frozen=True)
-class ActiveModel:
-    id: int
-    version: str
-    embedding_dim: int
-    context_rerank: dict[str, Any] | None = None
-    """The registry's context calibration of this model (`ynet-db model calibrate`), if any."""
+ActiveModel = ModelRecord
+"""Search's name for the registry's record of the model that serves."""
 
 
-def active_model(conn: Connection) -> ActiveModel:
-    row = conn.execute(
-        text("SELECT id, version, embedding_dim, config -> 'context_rerank' FROM ynet.models WHERE state = 'active'")
-    ).first()
-    if row is None:
-        raise SearchError("no model is active: run `ynet-db model activate NAME` once its embeddings exist")
-    return ActiveModel(*row)
+class NoActiveModel(SearchError):
+    """No model serves yet: a state of the deployment, not a fault of the query (HTTP answers 503)."""
+
+
+def active_model(conn: Connection) -> ModelRecord:
+    """The registry's active model; its absence is a `NoActiveModel` search error to a searcher."""
+    try:
+        return registry.active(conn)
+    except registry.NoActiveModel as error:
+        raise NoActiveModel(str(error)) from error
+
+
+class IndexedModel(Protocol):
+    """What the prefilter needs of a model row: `ActiveModel`, or the ORM's `Model`."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def version(self) -> str: ...
+
+    @property
+    def embedding_dim(self) -> int: ...
 
 
 # -- stage 1: the SQL prefilter ----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Candidate:
+class SearchRow:
+    """One product found: the prefilter ranks by distance, the re-rank (`query.py`) ranks again and scores."""
+
+    rank: int
     product_id: int
     external_id: str
     title: str
@@ -76,15 +79,25 @@ class Candidate:
     image_uri: str
     distance: float
     """Cosine distance of the stored vector to the query vector (0 = same direction)."""
+    rerank_score: float | None
+    """CtxYNet's score (higher is better); None when the candidates were not re-ranked."""
+    model_version: str
+    """The model whose stored vectors were searched."""
 
 
 @dataclass(frozen=True)
 class Prefilter:
-    candidates: list[Candidate]
+    candidates: list[SearchRow]
     vectors: np.ndarray | None
     """float32 [N, D] stored vectors of the candidates, in order (when asked for)."""
     path: Path_
+    """The statement the policy chose: 'ann' is ordered by the model's HNSW index expression, 'exact' by
+    one no index serves. The planner may still answer an 'ann' statement without the HNSW index (e.g. a
+    selective filter through the tags index, then a sort): its rows are then exact, and `index_scanned` says so."""
     asked: int
+    index_scanned: bool | None = None
+    """Whether the HNSW index was scanned (PostgreSQL's per-transaction scan count; None when
+    track_counts is off and nobody can tell)."""
 
     @property
     def short(self) -> bool:
@@ -92,7 +105,7 @@ class Prefilter:
 
 
 def prefilter_statement(
-    model: ActiveModel,
+    model: IndexedModel,
     query: np.ndarray,
     where: ColumnElement[bool],
     limit: int,
@@ -108,7 +121,7 @@ def prefilter_statement(
     e, p = Embedding.__table__.c, Product.__table__.c
     distance = distance_to(query, model.embedding_dim, indexed=not exact)
     columns = [p.id, p.external_id, p.title, p.category, p.tags, p.image_uri, distance.label("distance")]
-    nearest = (
+    statement = (
         select(*columns, *([e.embedding.label("stored")] if with_vectors else []))
         .select_from(Embedding.__table__.join(Product.__table__, p.id == e.product_id))
         .where(e.model_id == model_constant(model.id), where)
@@ -116,8 +129,8 @@ def prefilter_statement(
         .limit(bindparam("limit", limit, Integer))
     )
     if not with_vectors:
-        return nearest
-    ranked = nearest.subquery("nearest")
+        return statement
+    ranked = statement.subquery("nearest")
     kept = [column for column in ranked.c if column.name != "stored"]
     return select(*kept, func.vector_send(ranked.c.stored).label("vector"))
 
@@ -139,7 +152,7 @@ def distance_to(query: np.ndarray, dim: int, *, indexed: bool = True) -> ColumnE
     return stored.op("<=>", return_type=Float())(q)
 
 
-def count_capped(conn: Connection, model: ActiveModel, where: ColumnElement[bool], cap: int) -> int:
+def count_capped(conn: Connection, model: IndexedModel, where: ColumnElement[bool], cap: int) -> int:
     """Embedded products of the model that match, counting no further than `cap`."""
     e, p = Embedding.__table__.c, Product.__table__.c
     rows = (
@@ -179,14 +192,16 @@ generic plan that ignores the filter's values: a 10% tag filter at 100,000 produ
 to 460 ms on a pooled connection's sixth query. A plan for these values costs well under 1 ms."""
 
 
-def ann_settings(candidates: int) -> dict[str, object]:
-    return {
-        "hnsw.ef_search": min(max(EF_SEARCH_PER_CANDIDATE * candidates, MIN_EF_SEARCH), MAX_EF_SEARCH),
-        # relaxed_order: the scan goes on past ef_search until enough rows pass the filter; the order
-        # may be slightly off, so the rows are re-sorted by distance afterwards.
-        "hnsw.iterative_scan": "relaxed_order",
-        "hnsw.max_scan_tuples": max(MIN_SCAN_TUPLES, 100 * candidates),
-    }
+INDEX_SCANS = text(
+    "SELECT CASE WHEN current_setting('track_counts')::boolean "
+    "THEN pg_stat_get_xact_numscans(to_regclass('ynet.' || ynet.model_index_name(:model_id))) END"
+)
+
+
+def index_scans(conn: Connection, model: IndexedModel) -> int | None:
+    """Scans of the model's HNSW index counted in this backend and not yet reported; None when unknown."""
+    count = conn.execute(INDEX_SCANS, {"model_id": model.id}).scalar_one()
+    return None if count is None else int(count)
 
 
 def prefilter(
@@ -194,38 +209,64 @@ def prefilter(
     query: np.ndarray,
     *,
     candidates: int,
-    filters: Mapping[str, Any] | None = None,
+    filters: Mapping[str, Any] | CompiledFilters | None = None,
     schema: FilterSchema | None = None,
     exact: bool | None = None,
     with_vectors: bool = False,
     model: ActiveModel | None = None,
 ) -> Prefilter:
-    """The `candidates` nearest embedded products of the active model that pass the filters.
-
-    `exact`: None decides (see the module docstring); True or False forces a path.
-    """
-    where = compile_filters(filters) if schema is None else compile_filters(filters, schema)
+    """The `candidates` nearest embedded products of the active model that pass the filters, in a
+    transaction of its own. `filters`: a filter (see `filters.py`, compiled here under `schema`), or one
+    compiled already. `exact`: None lets the policy decide; True or False forces a path."""
+    compiled = (
+        filters if isinstance(filters, CompiledFilters) else CompiledFilters.of(filters, schema or DEFAULT_SCHEMA)
+    )
     with engine.begin() as conn:
-        model = model or active_model(conn)
-        if query.shape != (model.embedding_dim,):
-            raise SearchError(
-                f"the query vector has shape {tuple(query.shape)}, model {model.version} stores "
-                f"{model.embedding_dim} dimensions"
-            )
-        set_local(conn, CUSTOM_PLANS | ann_settings(candidates))
-        if exact is None and filters:
-            exact = count_matching(conn, where, EXACT_BELOW + 1) <= EXACT_BELOW
-        if not exact:
-            rows = _fetch(conn, model, query, where, candidates, exact=False, with_vectors=with_vectors)
-            if len(rows) == candidates or exact is False or count_capped(conn, model, where, candidates) <= len(rows):
-                return _prefilter(rows, "ann", candidates, with_vectors)
-        rows = _fetch(conn, model, query, where, candidates, exact=True, with_vectors=with_vectors)
-        return _prefilter(rows, "exact", candidates, with_vectors)
+        return nearest(
+            conn, model or active_model(conn), query, compiled, candidates, exact=exact, with_vectors=with_vectors
+        )
+
+
+def nearest(
+    conn: Connection,
+    model: IndexedModel,
+    query: np.ndarray,
+    filters: CompiledFilters,
+    limit: int,
+    *,
+    exact: bool | None = None,
+    with_vectors: bool = False,
+) -> Prefilter:
+    """The policy's three steps (`policy.py`) in the caller's transaction, which keeps the settings."""
+    if query.shape != (model.embedding_dim,):
+        raise SearchError(
+            f"the query vector has shape {tuple(query.shape)}, model {model.version} stores "
+            f"{model.embedding_dim} dimensions"
+        )
+    set_local(conn, CUSTOM_PLANS | policy.ann_settings(limit))
+    if exact is None and filters.narrows:
+        exact = policy.exact_first(count_matching(conn, filters.where, policy.EXACT_BELOW + 1))
+    if not exact:
+        before = index_scans(conn, model)
+        rows = _fetch(conn, model, query, filters.where, limit, exact=False, with_vectors=with_vectors)
+        scanned = _grew(before, index_scans(conn, model))
+        if (
+            exact is False
+            or len(rows) == limit
+            or not policy.exact_again(len(rows), limit, count_capped(conn, model, filters.where, limit))
+        ):
+            return _prefilter(rows, "ann", limit, model.version, with_vectors, scanned)
+    rows = _fetch(conn, model, query, filters.where, limit, exact=True, with_vectors=with_vectors)
+    return _prefilter(rows, "exact", limit, model.version, with_vectors, False)
+
+
+def _grew(before: int | None, after: int | None) -> bool | None:
+    return None if before is None or after is None else after > before
 
 
 def _fetch(
     conn: Connection,
-    model: ActiveModel,
+    model: IndexedModel,
     query: np.ndarray,
     where: ColumnElement[bool],
     limit: int,
@@ -238,7 +279,12 @@ def _fetch(
     return sorted(conn.execute(statement).all(), key=lambda row: (row.distance, row.id))
 
 
-def _prefilter(rows: Sequence[Any], path: Path_, asked: int, with_vectors: bool) -> Prefilter:
-    found = [Candidate(r.id, r.external_id, r.title, r.category, list(r.tags), r.image_uri, r.distance) for r in rows]
+def _prefilter(
+    rows: Sequence[Any], path: Path_, asked: int, version: str, with_vectors: bool, index_scanned: bool | None
+) -> Prefilter:
+    found = [
+        SearchRow(rank, r.id, r.external_id, r.title, r.category, list(r.tags), r.image_uri, r.distance, None, version)
+        for rank, r in enumerate(rows, 1)
+    ]
     vectors = stored_vectors([r.vector for r in rows]) if with_vectors else None
-    return Prefilter(found, vectors, path, asked)
+    return Prefilter(found, vectors, path, asked, index_scanned)

@@ -12,36 +12,33 @@ Two stages, as in the paper:
    get). The first k rows are returned: k whenever k embedded products match, as candidates >= k.
 
 The model work can run in a Celery worker through the `via` runner (`ynet_db.search.client`); both
-paths call `run_queries`, so they give the same results. Importing this module does not import torch
-(validation, filters and the prefilter work without it); answering a query does, to stack the query
-pixels and to hand the stored vectors to the re-rank.
+paths call `run_queries`, so they give the same results. This module imports torch only inside the
+functions that run the model (`run_queries`), so the client, which imports the query and result
+records from here, loads no torch (tests/unit/test_layout.py).
 """
 
 from __future__ import annotations
 
 import base64
-import io
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
 from sqlalchemy import Engine
 
-from ynet_db.images.decode import decode_image, to_rgb
-from ynet_db.images.fetch import fetch_image_bytes
+from ynet_db.images.decode import ImageError
 from ynet_db.images.policy import FetchPolicy
+from ynet_db.metrics.definitions import observe_search
 from ynet_db.nn.calibration import CalibrationError, ContextCalibration
-from ynet_db.search.filters import MAX_CANDIDATES, MAX_K, FilterError, bounded, compile_filters
-from ynet_db.search.prefilter import ActiveModel, Candidate, Path_, SearchError, active_model, prefilter
+from ynet_db.search.filters import MAX_CANDIDATES, MAX_K, CompiledFilters, FilterError, bounded
+from ynet_db.search.prefilter import ActiveModel, Path_, SearchError, SearchRow, active_model, prefilter
+from ynet_db.search.query_image import SOURCE, ImageInput, QueryImage, as_image, carried, image_bytes
 
 if TYPE_CHECKING:
     import torch
-
-ImageInput = bytes | str | Path | Image.Image
 
 
 class QueryModel(Protocol):
@@ -66,21 +63,26 @@ class QueryModel(Protocol):
 
 @dataclass(frozen=True)
 class SearchQuery:
-    """One query, validated; `to_wire` / `from_wire` carry it to a worker as JSON."""
+    """One query, validated and its filter compiled once, before any model work; `to_wire` / `from_wire`
+    carry it to a worker as JSON (where it is validated and compiled once more, in that process)."""
 
-    image: bytes | Image.Image
+    image: QueryImage
     k: int = 20
     filters: Mapping[str, Any] | None = None
     candidates: int = 256
     rerank: bool | None = None
     exact: bool | None = None
+    compiled: CompiledFilters = field(init=False, repr=False, compare=False)
+    """`filters` as the prefilter uses them."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.image, bytes | Image.Image):
+            raise ImageError(SOURCE, f"must be bytes or a PIL image, not {type(self.image).__name__}")
         bounded("k", self.k, MAX_K)
         bounded("candidates", self.candidates, MAX_CANDIDATES)
         if self.candidates < self.k:
             raise FilterError(f"candidates ({self.candidates}) must be at least k ({self.k})")
-        compile_filters(self.filters)  # refuse a bad filter before any model work
+        object.__setattr__(self, "compiled", CompiledFilters.of(self.filters))
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -102,33 +104,21 @@ class SearchQuery:
 
 
 @dataclass(frozen=True)
-class SearchRow:
-    rank: int
-    product_id: int
-    external_id: str
-    title: str
-    category: str
-    tags: list[str]
-    image_uri: str
-    distance: float
-    """The prefilter's cosine distance."""
-    rerank_score: float | None
-    """CtxYNet's score (higher is better); None when the candidates were not re-ranked."""
-    model_version: str
-
-
-@dataclass(frozen=True)
 class SearchResult:
     rows: list[SearchRow]
     model_version: str
     path: Path_
-    """How the prefilter ran: 'ann' (HNSW index) or 'exact'."""
+    """The prefilter statement the policy chose: 'ann' (ordered for the HNSW index) or 'exact' (no index
+    serves it). The planner may answer an 'ann' statement without the index: `index_scanned` says whether
+    it used it (see `ynet_db.search.prefilter.Prefilter`)."""
     short: bool
     """Fewer candidates than asked came back (the filter matches fewer embedded products)."""
     candidates_asked: int
     candidates_returned: int
     reranked: bool
     timings_ms: dict[str, float] = field(default_factory=dict)
+    index_scanned: bool | None = None
+    """The HNSW index was scanned; None when PostgreSQL does not count scans (track_counts off)."""
 
     def to_wire(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,25 +141,6 @@ class InProcess:
 
     def run(self, queries: Sequence[SearchQuery]) -> list[SearchResult]:
         return run_queries(self.engine, self.model, queries)
-
-
-def image_bytes(image: bytes | Image.Image) -> bytes:
-    if isinstance(image, bytes):
-        return image
-    # Lossless, so a worker sees the same pixels; the fastest zlib level, because the default spends
-    # 10 ms on a 224x224 photo to save a few KB on a local network. (Raw RGB packs 5 ms faster still,
-    # but in an A/B run it did not shorten the worker path beyond the noise, so the wire stays PNG.)
-    out = io.BytesIO()
-    image.save(out, format="PNG", compress_level=1)
-    return out.getvalue()
-
-
-def as_image(image: ImageInput, policy: FetchPolicy | None = None) -> Image.Image:
-    if isinstance(image, Image.Image):
-        return to_rgb(image, "query")
-    data = image_input(image, policy)
-    assert isinstance(data, bytes)
-    return decode_image(data, source="query" if isinstance(image, bytes) else str(image))
 
 
 # -- the query path --------------------------------------------------------------------------------------
@@ -196,10 +167,13 @@ def run_queries(
     pixels = torch.stack([model.preprocess(as_image(q.image)) for q in queries])
     street = model.encode_street(pixels)
     encode_ms = 1000 * (time.perf_counter() - started) / len(queries)
-    return [
+    results = [
         _answer(engine, model, active, query, street.vectors[i].numpy(), street.maps[i], encode_ms)
         for i, query in enumerate(queries)
     ]
+    for result in results:  # in whichever process ran the model: the HTTP service or a search worker
+        observe_search(result.path, result.reranked, result.short, result.candidates_returned, result.timings_ms)
+    return results
 
 
 def _answer(
@@ -220,7 +194,7 @@ def _answer(
         engine,
         vector,
         candidates=query.candidates,
-        filters=query.filters,
+        filters=query.compiled,
         exact=query.exact,
         with_vectors=rerank,
         model=active,
@@ -237,7 +211,10 @@ def _answer(
         ).numpy()
         order = np.argsort(-scores, kind="stable")  # ties keep the prefilter's order
     rerank_ms = 1000 * (time.perf_counter() - started)
-    rows = [_row(rank, found.candidates[i], scores, i, active.version) for rank, i in enumerate(order[: query.k], 1)]
+    rows = [
+        replace(found.candidates[i], rank=rank, rerank_score=None if scores is None else float(scores[i]))
+        for rank, i in enumerate(order[: query.k], 1)
+    ]
     return SearchResult(
         rows=rows,
         model_version=active.version,
@@ -247,6 +224,7 @@ def _answer(
         candidates_returned=len(found.candidates),
         reranked=rerank,
         timings_ms={"encode": encode_ms, "prefilter": prefilter_ms, "rerank": rerank_ms},
+        index_scanned=found.index_scanned,
     )
 
 
@@ -268,22 +246,6 @@ def rerank_helps(model: QueryModel, calibration: ContextCalibration | None) -> b
     return model.rerank_measured_to_help if calibration is None else calibration.helps
 
 
-def _row(rank: int, found: Candidate, scores: np.ndarray | None, index: int, version: str) -> SearchRow:
-    score = None if scores is None else float(scores[index])
-    return SearchRow(
-        rank,
-        found.product_id,
-        found.external_id,
-        found.title,
-        found.category,
-        found.tags,
-        found.image_uri,
-        float(found.distance),
-        score,
-        version,
-    )
-
-
 def search(
     engine: Engine,
     image: ImageInput,
@@ -303,17 +265,10 @@ def search(
     default model, loaded now: pass a loaded one to reuse it). `via`: a runner that does the model
     work elsewhere, e.g. `ynet_db.search.client.CeleryRunner`; give one or the other, not both.
     `rerank`: None re-ranks only if the model's re-ranker was measured to help. `policy`: where a path
-    or URL may lead (default: the environment's settings, see `fetch_policy.py`).
+    or URL may lead (default: the environment's settings, see `ynet_db/images/policy.py`).
     """
-    query = SearchQuery(image_input(image, policy), k, filters, candidates, rerank, exact)
+    query = SearchQuery(carried(image, policy), k, filters, candidates, rerank, exact)
     return search_many_queries(engine, [query], model=model, via=via)[0]
-
-
-def image_input(image: ImageInput, policy: FetchPolicy | None = None) -> bytes | Image.Image:
-    """The query's bytes or picture; a path or URL is fetched under `policy` (default: from the environment)."""
-    if isinstance(image, bytes | Image.Image):
-        return image
-    return fetch_image_bytes(str(image), policy=policy or FetchPolicy.from_env())
 
 
 def search_many_queries(

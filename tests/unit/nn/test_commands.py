@@ -17,7 +17,7 @@ from ynet_db.cli import main
 from ynet_db.data import load_dataset
 from ynet_db.data.records import ImageRef
 from ynet_db.data.synth import SynthConfig, generate
-from ynet_db.images.decode import read_image
+from ynet_db.images.dataset import read_image
 from ynet_db.models.evaluate import KS
 from ynet_db.nn.model import RetrievalModel
 

@@ -17,12 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from ynet_db.config import Settings, SettingsError
+from ynet_db.models.serving import load_serving
 from ynet_db.nn.checkpoint import load_checkpoint
 from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.model import RetrievalModel
 from ynet_db.nn.onnx_engine import MIN_COSINE
 from ynet_db.nn.onnx_export import GRAPHS, graph_path, network_digest
-from ynet_db.nn.runtime import RuntimeUnavailable, accelerate, load_serving, resolve_runtime
+from ynet_db.nn.runtime import RuntimeUnavailable, accelerate, resolve_runtime
 from ynet_db.presentation.demo import demo_checkpoint
 
 pytest.importorskip("onnxruntime")
@@ -209,9 +210,8 @@ def test_ynet_runtime_torch_never_imports_onnxruntime(tmp_path: Path) -> None:
     script = (
         "import sys\n"
         "from ynet_db.config import Settings\n"
-        "from ynet_db.nn.runtime import load_serving\n"
-        "from ynet_db.workers.process import load_model\n"
-        f"model = load_model(Settings.from_env({{'YNET_RUNTIME': 'torch', 'YNET_DATA_DIR': {str(tmp_path)!r}}}))\n"
+        "from ynet_db.models.serving import load_configured\n"
+        f"model = load_configured(Settings.from_env({{'YNET_RUNTIME': 'torch', 'YNET_DATA_DIR': {str(tmp_path)!r}}}))\n"
         "print(model.runtime, 'onnxruntime' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)

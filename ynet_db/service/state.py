@@ -1,0 +1,59 @@
+"""What every route of the HTTP service shares: settings, the engine, the query runner, the search gate,
+the fetch policy and the metrics registry. Built once by `ynet-db serve` (or a test) and handed to
+`create_app`; routes reach it as `request.app.state.service`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Engine
+from starlette.requests import Request
+
+from ynet_db.config import Settings
+from ynet_db.images.decode import ImageLimits
+from ynet_db.images.policy import FetchPolicy
+from ynet_db.metrics.exposition import registry
+from ynet_db.search.query import QueryRunner
+from ynet_db.service.gate import SearchGate
+from ynet_db.service.runners import VIA, ActiveModelRunner, worker_runner
+
+WORKER_TIMEOUT_S = 30.0
+"""How long a query handed to a search worker may take, queueing included, before the answer is 504."""
+
+
+@dataclass
+class Service:
+    settings: Settings
+    engine: Engine
+    via: str
+    """'process' (the query model runs here) or 'worker' (search workers run it)."""
+    runner: QueryRunner
+    gate: SearchGate
+    policy: FetchPolicy
+    metrics: CollectorRegistry
+
+    @classmethod
+    def create(cls, settings: Settings, engine: Engine, via: str = "process") -> Service:
+        if via not in VIA:
+            raise ValueError(f"via must be one of {', '.join(VIA)}, got {via!r}")
+        runner = ActiveModelRunner(engine, settings) if via == "process" else worker_runner(settings, WORKER_TIMEOUT_S)
+        return cls(
+            settings=settings,
+            engine=engine,
+            via=via,
+            runner=runner,
+            gate=SearchGate(settings.max_concurrent_searches, settings.search_wait_s),
+            policy=FetchPolicy.from_settings(settings),
+            metrics=registry(engine),
+        )
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        """Query images: the decoder's limits, with the upload bound as the byte limit."""
+        return ImageLimits(max_bytes=self.settings.max_upload_bytes)
+
+
+def service_of(request: Request) -> Service:
+    found: Service = request.app.state.service
+    return found
