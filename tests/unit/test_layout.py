@@ -20,6 +20,8 @@ TORCH_FREE = [
     "ynet_db.search",
     "ynet_db.search.client",
     "ynet_db.models.registry",
+    "ynet_db.models.evidence",
+    "ynet_db.data.database",
     "ynet_db.workers.app",
     "ynet_db.workers.dispatcher",
 ]

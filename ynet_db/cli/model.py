@@ -9,6 +9,7 @@ import click
 from ynet_db.cli.checkpoints import load_model
 from ynet_db.cli.context import App, pass_app
 from ynet_db.cli.terminal import safe
+from ynet_db.models import evidence
 from ynet_db.models.registry import (
     Coverage,
     ModelIdentity,
@@ -66,14 +67,18 @@ def cancel_(app: App, name_or_version: str) -> None:
 @model.command("list")
 @pass_app
 def list_(app: App) -> None:
-    """Registered models with their state and coverage of the catalogue (it changes nothing: a complete
-    back-fill is switched to by the workers' dispatcher)."""
+    """Registered models with their state and coverage of the catalogue, and the held-out check that
+    activated a catalogue-trained version or kept it back (it changes nothing: a complete back-fill is
+    switched to by the workers' dispatcher)."""
     with app.migrated_engine.connect() as conn:
         rows = coverage(conn)
+        checks = evidence.summaries(conn)
     if not rows:
         click.echo("no models registered; run `ynet-db model register`")
     for row in rows:
         click.echo(safe(row))
+        if row.model.id in checks:  # why a catalogue-trained version serves, or does not
+            click.echo(safe(f"    {checks[row.model.id]}"))
     for row in rows:
         if row.dead and row.model.state in SERVING_STATES:
             click.echo(safe(_dead(row)))
