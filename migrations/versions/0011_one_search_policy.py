@@ -7,7 +7,7 @@ the exact-search threshold are defined once, in Python. Its behaviour is revisio
 to the policy ships with a revision that installs the rendering again.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-03
 """
 
