@@ -7,7 +7,6 @@ import os
 import sys
 from dataclasses import replace
 from datetime import timedelta
-from pathlib import Path
 
 import click
 
@@ -98,29 +97,8 @@ def worker(
     loglevel: str,
 ) -> None:
     """Embed catalogue images as jobs arrive (Ctrl-C once: write what was fetched, hand the rest back, stop)."""
-    metrics_dir = _start_metrics_dir() if metrics_port else None
-    try:
-        _run(app, pool, concurrency, batch_size, lease, tick, dispatcher, queues, device, metrics_port, loglevel)
-    finally:
-        if metrics_dir is not None:
-            from ynet_db.metrics.exposition import stop_multiprocess
-
-            stop_multiprocess(metrics_dir)
-
-
-def _run(
-    app: App,
-    pool: str,
-    concurrency: int | None,
-    batch_size: int,
-    lease: float,
-    tick: float,
-    dispatcher: bool,
-    queues: tuple[str, ...],
-    device: str | None,
-    metrics_port: int | None,
-    loglevel: str,
-) -> None:
+    if metrics_port:
+        _start_multiprocess_metrics()
     from ynet_db.workers.app import QUEUES, UnsafeSettings, WorkerOptions, check_settings, make_app
     from ynet_db.workers.dispatcher import DispatchOptions, run_process
 
@@ -175,14 +153,16 @@ def _run(
         raise click.ClickException(failure)
 
 
-def _start_metrics_dir() -> Path:
-    """Multiprocess metrics, set up before anything defines a metric (see ynet_db/metrics/exposition.py)."""
-    from ynet_db.metrics.exposition import MetricsError, start_multiprocess
+def _start_multiprocess_metrics() -> None:
+    """Multiprocess metrics, set up before anything defines a metric (see ynet_db/metrics/exposition.py);
+    the directory goes when the command ends, however it ends."""
+    from ynet_db.metrics.exposition import MetricsError, start_multiprocess, stop_multiprocess
 
     try:
-        return start_multiprocess()
+        directory = start_multiprocess()
     except MetricsError as error:
         raise click.ClickException(str(error)) from error
+    click.get_current_context().call_on_close(lambda: stop_multiprocess(directory))
 
 
 def _serve_metrics(settings: Settings, port: int) -> None:
