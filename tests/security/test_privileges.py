@@ -6,46 +6,20 @@ each role is dropped afterwards) and connects as them.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psycopg
 import pytest
+from roles import connect
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
-from ynet_db.db.server import libpq_dsn
 from ynet_db.ingestion.attach import Columns, attach
 
 Connect = Callable[..., psycopg.Connection]
 
 ROW = """'{"id": "g1", "img": "http://169.254.169.254/latest/meta-data"}'::jsonb"""
 UPSERT = f"SELECT ynet.attached_product_upsert({ROW}, ARRAY['id', 'img', 'cat', '', '', %s])"
-
-
-@pytest.fixture
-def role(engine: Engine, database_url: URL) -> Iterator[Callable[[str], URL]]:
-    """make(grants) -> a URL that logs in as a new role holding only `grants` (SQL, `{role}` for its name)."""
-    made: list[str] = []
-
-    def make(grants: str) -> URL:
-        name = f"ynet_test_role_{uuid.uuid4().hex[:12]}"
-        made.append(name)
-        with engine.begin() as conn:
-            conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
-            for grant in filter(None, (g.strip() for g in grants.split(";"))):
-                conn.execute(text(grant.format(role=f'"{name}"')))
-        return database_url.set(username=name, password=None)
-
-    yield make
-    with engine.begin() as conn:
-        for name in made:
-            conn.execute(text(f'DROP OWNED BY "{name}"'))
-            conn.execute(text(f'DROP ROLE "{name}"'))
-
-
-def connect(url: URL) -> psycopg.Connection:
-    return psycopg.connect(libpq_dsn(url), autocommit=True)
 
 
 def products(engine: Engine) -> list[tuple[str, str, str]]:

@@ -6,14 +6,14 @@ Real login roles on the test server, as in test_privileges.py (each unique, drop
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import psycopg
 import pytest
+from roles import connect
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 
-from ynet_db.db.server import libpq_dsn
 from ynet_db.search.query import SearchResult, SearchRow
 from ynet_db.search.requests import queue
 
@@ -22,27 +22,9 @@ INSERT = 'INSERT INTO ynet.search_requests (image, k, filters) VALUES (%s, 5, \'
 
 
 @pytest.fixture
-def client_role(engine: Engine, database_url: URL) -> Iterator[Callable[[], URL]]:
+def client_role(role: Callable[[str], URL]) -> Callable[[], URL]:
     """make() -> a URL that logs in as a new role granted search only."""
-    made: list[str] = []
-
-    def make() -> URL:
-        name = f"ynet_test_client_{uuid.uuid4().hex[:12]}"
-        made.append(name)
-        with engine.begin() as conn:
-            conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
-            conn.execute(text("SELECT ynet.grant_search_client(CAST(:role AS regrole))"), {"role": f'"{name}"'})
-        return database_url.set(username=name, password=None)
-
-    yield make
-    with engine.begin() as conn:
-        for name in made:
-            conn.execute(text(f'DROP OWNED BY "{name}"'))
-            conn.execute(text(f'DROP ROLE "{name}"'))
-
-
-def connect(url: URL) -> psycopg.Connection:
-    return psycopg.connect(libpq_dsn(url), autocommit=True)
+    return lambda: role("SELECT ynet.grant_search_client(CAST('{role}' AS regrole))")
 
 
 def ask(conn: psycopg.Connection) -> int:
