@@ -13,37 +13,45 @@ import click
 
 from ynet_db.cli.context import App, pass_app
 from ynet_db.config import DEVICES
+from ynet_db.search.requests.worker import RequestWorkerOptions
+
+DEFAULTS = RequestWorkerOptions()
+"""The option defaults are the worker's own."""
 
 
 @click.command("search-worker")
 @click.option(
-    "--batch-size", type=click.IntRange(1, 64), default=8, show_default=True, help="Requests per forward pass."
+    "--batch-size",
+    type=click.IntRange(1, 64),
+    default=DEFAULTS.batch_size,
+    show_default=True,
+    help="Requests per forward pass.",
 )
 @click.option(
     "--lease",
     type=click.FloatRange(min=1),
-    default=30.0,
+    default=DEFAULTS.lease.total_seconds(),
     show_default=True,
     help="Seconds a claimed request stays this worker's; after it, another worker answers it.",
 )
 @click.option(
     "--poll",
     type=click.FloatRange(min=0.05),
-    default=1.0,
+    default=DEFAULTS.poll_s,
     show_default=True,
     help="Seconds between looks at the table when no NOTIFY wakes the worker.",
 )
 @click.option(
     "--retention",
     type=click.FloatRange(min=0),
-    default=3600.0,
+    default=DEFAULTS.retention.total_seconds(),
     show_default=True,
     help="Seconds a finished request and its results stay readable before they are deleted.",
 )
 @click.option(
     "--fetch-timeout",
     type=click.FloatRange(min=0.1),
-    default=10.0,
+    default=DEFAULTS.fetch_timeout_s,
     show_default=True,
     help="Wall-clock deadline in seconds for fetching a request's image_url.",
 )
