@@ -6,7 +6,11 @@ Trains on the train split's *products only* (shop photos and tags; its street ph
 and measures on the test split's street photos against its shop photos, each query photo once:
   pretrained            the backbone's average-pooled features (1280-d), and the 256-d PCA start
   catalogue TagYNet     tag attention + tag prediction + distillation, street views by augmentation
-  control               the same training with the attention kept uniform (no tag attention)
+                        of the garment the tag attention finds in each photo (the crop)
+  whole-photo views     the same, street views made from the whole photo (the crop's control)
+  control               the same training with the attention kept uniform (no tag attention, so no crop)
+The crop is also scored against the release's product boxes, which training never reads: mean IoU,
+beside the IoU of the whole photo.
 The test split is never trained on nor used for a choice.
 """
 
@@ -72,6 +76,7 @@ def catalogue(
     for label, variant in (
         ("PCA 256-d start (no training)", replace(plan, epochs=0)),
         ("catalogue TagYNet", plan),
+        ("whole-photo views: the same without the crop", replace(plan, crop_views=False)),
         ("control: the same without tag attention", replace(plan, use_tags=False)),
     ):
         began = time.perf_counter()
@@ -88,9 +93,13 @@ def catalogue(
         results[label]["epoch_losses"] = losses
         click.echo(row(label, results[label]))
     top1 = {name: result["top_k"]["1"] for name, result in results.items()}
+    crops = crop_overlap(network, vocabulary, catalogue_products, cache)
+    click.echo(f"\ncrop against the release's product boxes (mean IoU): {crops}")
     summary = {
         "results": results,
         "tagynet_minus_control_top1": top1["catalogue TagYNet"] - top1["control: the same without tag attention"],
+        "crop_minus_whole_photo_top1": top1["catalogue TagYNet"] - top1["whole-photo views: the same without the crop"],
+        "crop_iou": crops,
         "train_seconds": seconds,
         "settings": {
             "epochs": epochs,
@@ -106,6 +115,34 @@ def catalogue(
     }
     write_json(summary, out_dir / "catalogue.json")
     click.echo(f"\nwrote {out_dir / 'catalogue.json'}")
+
+
+def crop_overlap(network: Any, vocabulary: Any, products: dict[str, Any], cache: Path) -> dict[str, float]:
+    """Mean IoU of the attended crop (what training cut its street views from) with the release's
+    product box, beside the whole photo's; the boxes are read here only, never in training."""
+    from ynet_db.images.dataset import read_image
+    from ynet_db.nn.catalogue_training import attended_refs, cache_shop_side
+
+    side = cache_shop_side(network, products, vocabulary, cache_dir=cache, device=torch.device("cpu"), progress=False)
+    crops = attended_refs(network, side, cache_dir=cache, device=torch.device("cpu"))
+    truth = {ref.path: ref.box for product in products.values() for ref in product.shop_images}
+    pairs = [(c.box, truth[c.path], read_image(type(c)(c.path)).size) for c in crops if truth.get(c.path)]
+    crop_iou = [iou(crop, box) for crop, box, _ in pairs]
+    whole_iou = [iou(type(box)(0, 0, w, h), box) for _, box, (w, h) in pairs]
+    return {
+        "products": len(pairs),
+        "crop_mean_iou": round(sum(crop_iou) / max(len(pairs), 1), 3),
+        "crop_iou_at_least_0.5": round(sum(v >= 0.5 for v in crop_iou) / max(len(pairs), 1), 3),
+        "whole_photo_mean_iou": round(sum(whole_iou) / max(len(pairs), 1), 3),
+    }
+
+
+def iou(a: Any, b: Any) -> float:
+    width = max(0, min(a.right, b.right) - max(a.left, b.left))
+    height = max(0, min(a.bottom, b.bottom) - max(a.top, b.top))
+    inter = width * height
+    area = (a.right - a.left) * (a.bottom - a.top) + (b.right - b.left) * (b.bottom - b.top)
+    return inter / (area - inter)
 
 
 if __name__ == "__main__":

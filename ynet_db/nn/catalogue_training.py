@@ -6,6 +6,11 @@
 - Tag attention learns where the tagged garment is from the tags themselves: a linear head predicts
   the product's tags (multi-hot BCE) from the attention-pooled shop map, so with several garments
   in a photo only attention on the right one predicts its tags.
+- The street views are cut from where that attention rests (`crop_views`): a catalogue photo may show
+  the product beside other garments, a shopper's photo shows the product, so after `tag_epochs` of
+  tag prediction alone each photo is cropped to the box its attention picks out (`attended_box`)
+  before it is made into street views. Without the crop the street branch learns to match whole
+  multi-garment scenes, which no shopper photographs.
 - Distillation keeps both branches' embeddings near the pretrained start (cosine to the PCA-start
   network's vectors of the same input): a model trained on generated composites alone forgot what
   transfers to real photos (top-20 0.62 -> 0.33,
@@ -29,7 +34,7 @@ from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
-from ynet_db.data.records import ImageRef, Product
+from ynet_db.data.records import Box, ImageRef, Product
 from ynet_db.nn.augment import street_view
 from ynet_db.nn.checkpoint import Checkpoint, CheckpointInfo, differing_tensors, save_checkpoint
 from ynet_db.nn.config import ModelConfig
@@ -53,7 +58,11 @@ class CataloguePlan:
     tag_weight: float = 1.0
     distill_weight: float = 1.0
     use_tags: bool = True
-    """False: the matched control, the same training with uniform attention."""
+    """False: the matched control, the same training with uniform attention (and so no crop)."""
+    crop_views: bool = True
+    """Make the street views from the garment the tag attention finds, not from the whole photo."""
+    tag_epochs: int = 4
+    """Epochs of tag prediction alone (tag attention and head) before the crops are taken."""
     name: str = "ynet-lite0-catalogue"
     seed: int = 0
     input_size: int = 224
@@ -101,6 +110,75 @@ def training_rows(products: dict[str, Product]) -> tuple[list[str], list[ImageRe
     return items, shop, street
 
 
+@dataclass(frozen=True)
+class ShopSide:
+    """A catalogue's training rows before any street view is made: the photos' trunk features and tags."""
+
+    items: list[str]
+    shop_refs: list[ImageRef]
+    street_refs: list[ImageRef]
+    shop: torch.Tensor
+    """Tensor[P, C, H, W]."""
+    tags: torch.Tensor
+    """Tensor[P, T] multi-hot."""
+
+
+def cache_shop_side(
+    network: YNet,
+    products: dict[str, Product],
+    vocabulary: TagVocabulary,
+    *,
+    cache_dir: Path | None,
+    device: torch.device,
+    progress: bool = True,
+) -> ShopSide:
+    items, shop_refs, street_refs = training_rows(products)
+    if not items:
+        raise ValueError("the catalogue has no product with a readable image reference")
+    shop = cached_trunk_features(
+        network.trunk,
+        network.config,
+        shop_refs,
+        cache_dir,
+        progress="catalogue photos" if progress else None,
+        device=device,
+    )
+    tags = vocabulary.encode([products[i].tags for i in items]).multi_hot
+    return ShopSide(items, shop_refs, street_refs, shop.features[:, 0], tags)
+
+
+def cache_street_views(
+    network: YNet,
+    side: ShopSide,
+    *,
+    views: int,
+    seed: int,
+    crop: bool,
+    cache_dir: Path | None,
+    device: torch.device,
+    progress: bool = True,
+) -> CatalogueFeatures:
+    """`views` street views of each row's street photo, cut first to its attended garment when `crop`."""
+    street_refs = side.street_refs
+    if crop:
+        street_refs = attended_refs(network, side, cache_dir=cache_dir, device=device)
+    # The views are made by a reader the cache key does not see: a folder of their own, per seed
+    # (the key does see the crop boxes).
+    view_dir = cache_dir / f"street-views-seed{seed}" if cache_dir else None
+    street = cached_trunk_features(
+        network.trunk,
+        network.config,
+        street_refs * views,
+        view_dir,
+        reader=street_reader(side.shop_refs, seed),
+        progress="street views" if progress else None,
+        device=device,
+    )
+    count = len(side.items)
+    stacked = street.features[:, 0].view(views, count, *street.features.shape[2:]).transpose(0, 1)
+    return CatalogueFeatures(stacked, side.shop, side.tags, side.items)
+
+
 def cache_catalogue(
     network: YNet,
     products: dict[str, Product],
@@ -110,29 +188,83 @@ def cache_catalogue(
     seed: int,
     cache_dir: Path | None,
     device: torch.device,
+    crop: bool = False,
     progress: bool = True,
 ) -> CatalogueFeatures:
-    items, shop_refs, street_refs = training_rows(products)
-    if not items:
-        raise ValueError("the catalogue has no product with a readable image reference")
-    common = {"device": device}
-    # The views are made by a reader the cache key does not see: a folder of their own, per seed.
-    view_dir = cache_dir / f"street-views-seed{seed}" if cache_dir else None
-    street = cached_trunk_features(
-        network.trunk,
-        network.config,
-        street_refs * views,
-        view_dir,
-        reader=street_reader(shop_refs, seed),
-        progress="street views" if progress else None,
-        **common,
+    side = cache_shop_side(network, products, vocabulary, cache_dir=cache_dir, device=device, progress=progress)
+    return cache_street_views(
+        network, side, views=views, seed=seed, crop=crop, cache_dir=cache_dir, device=device, progress=progress
     )
-    shop = cached_trunk_features(
-        network.trunk, network.config, shop_refs, cache_dir, progress="catalogue photos" if progress else None, **common
+
+
+def attended_box(weights: torch.Tensor, width: int, height: int, keep: float = 0.5, margin: float = 0.5) -> Box:
+    """The pixel box of a photo's map cells whose attention is at least `keep` of the largest, grown by
+    `margin` cells on each side (the map is coarse: a garment's edge lies inside its border cells).
+
+    weights [H, W] over the map's cells, which tile the photo evenly."""
+    rows, cols = weights.shape
+    picked = (weights >= keep * weights.max()).nonzero()
+    top, left = picked.min(dim=0).values.tolist()
+    bottom, right = (picked.max(dim=0).values + 1).tolist()
+    cell_w, cell_h = width / cols, height / rows
+    return Box(
+        max(0, round((left - margin) * cell_w)),
+        max(0, round((top - margin) * cell_h)),
+        min(width, round((right + margin) * cell_w)),
+        min(height, round((bottom + margin) * cell_h)),
     )
-    stacked = street.features[:, 0].view(views, len(items), *street.features.shape[2:]).transpose(0, 1)
-    tags = vocabulary.encode([products[i].tags for i in items]).multi_hot
-    return CatalogueFeatures(stacked, shop.features[:, 0], tags, items)
+
+
+@torch.inference_mode()
+def attended_refs(network: YNet, side: ShopSide, *, cache_dir: Path | None, device: torch.device) -> list[ImageRef]:
+    """Each row's street photo with the box its product's tag attention picks out on it."""
+    features = side.shop
+    if side.street_refs != side.shop_refs:  # second photos: their own maps
+        features = cached_trunk_features(
+            network.trunk, network.config, side.street_refs, cache_dir, device=device
+        ).features[:, 0]
+    network.to(device).eval()
+    read = default_reader()
+    refs = []
+    for start in range(0, len(side.items), 64):
+        x = features[start : start + 64].to(device, torch.float32)
+        _, weights = network.shop_vectors(x, side.tags[start : start + 64].to(device))
+        side_cells = network.config.map_size
+        for offset, cells in enumerate(weights.view(-1, side_cells, side_cells).cpu()):
+            ref = side.street_refs[start + offset]
+            width, height = read(ref).size
+            refs.append(ImageRef(ref.path, attended_box(cells, width, height)))
+    return refs
+
+
+def learn_tag_attention(
+    network: YNet, head: nn.Linear, side: ShopSide, plan: CataloguePlan, device: torch.device, progress: bool
+) -> list[float]:
+    """Tag prediction alone (the tag attention and the head; every other weight frozen): where the
+    attention must rest for the pooled map to predict the product's tags. Returns the epoch losses."""
+    params = [network.tag_attention.weight, *head.parameters()]
+    for param in network.parameters():
+        param.requires_grad_(False)
+    for param in params:
+        param.requires_grad_(True)
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    with torch.no_grad():
+        maps = torch.cat(
+            [network.shop(side.shop[s : s + 64].to(device, torch.float32)) for s in range(0, len(side.items), 64)]
+        )
+    losses = []
+    for epoch in tqdm(range(plan.tag_epochs), desc="tag attention", disable=not progress, leave=False):
+        g = torch.Generator().manual_seed(plan.seed * 100_003 + 50_000 + epoch)
+        total, steps = 0.0, 0
+        for rows in batches(len(side.items), plan.batch_size, g):
+            pooled, _ = network.tag_attention(maps[rows], side.tags[rows].to(device))
+            loss = F.binary_cross_entropy_with_logits(head(pooled), side.tags[rows].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + float(loss.detach()), steps + 1
+        losses.append(total / max(steps, 1))
+    return losses
 
 
 @torch.inference_mode()
@@ -201,19 +333,23 @@ def train_from_catalogue(
         map_size=plan.map_size,
     )
     network = build_network(config, len(vocabulary)).to(device)
-    data = cache_catalogue(
+    side = cache_shop_side(network, products, vocabulary, cache_dir=cache_dir, device=device, progress=progress)
+    head = nn.Linear(config.map_channels, len(vocabulary)).to(device)
+    crop = plan.use_tags and plan.crop_views
+    if crop:
+        learn_tag_attention(network, head, side, plan, device, progress)
+    data = cache_street_views(
         network,
-        products,
-        vocabulary,
+        side,
         views=plan.views,
         seed=plan.seed,
+        crop=crop,
         cache_dir=cache_dir,
         device=device,
         progress=progress,
     )
     fit_pca_projection(network, data.street[:, 0], data.shop, device)
     teachers = teacher_vectors(copy.deepcopy(network), data, device)
-    head = nn.Linear(config.map_channels, len(vocabulary)).to(device)
     learned = ("street", "shop") + (("tag_attention.",) if plan.use_tags else ())
     params = [p for n, p in network.named_parameters() if n.startswith(learned)]
     for param in network.parameters():
@@ -279,9 +415,11 @@ def held_out_check(
     seed: int,
     cache_dir: Path | None,
     device: torch.device,
+    crop: bool = False,
 ) -> dict[str, object]:
     """Catalogue mode on products training never saw: each held-out product's street view (made as in
-    training, another seed) searched among their photos, by the trained model and by the shipped default."""
+    training, another seed, cut to the trained attention's box when `crop`) searched among their photos,
+    by the trained model and by the shipped default."""
     from ynet_db.models.evaluate import report
     from ynet_db.nn.fit import CachedSplit, cached_ranking
 
@@ -289,7 +427,15 @@ def held_out_check(
     if len(items) < 2:
         raise ValueError(f"the held-out check needs at least 2 products with an image, got {len(items)}")
     data = cache_catalogue(
-        trained, held, vocabulary, views=1, seed=seed + 7919, cache_dir=cache_dir, device=device, progress=False
+        trained,
+        held,
+        vocabulary,
+        views=1,
+        seed=seed + 7919,
+        cache_dir=cache_dir,
+        device=device,
+        crop=crop,
+        progress=False,
     )
     categories = [held[i].category for i in items]
     tags = [held[i].tags for i in items]
@@ -334,7 +480,8 @@ def fit_from_catalogue(
     network, vocabulary, losses = train_from_catalogue(
         train, plan, device=device, cache_dir=cache_dir, progress=progress
     )
-    check = held_out_check(network, vocabulary, held, seed=plan.seed, cache_dir=cache_dir, device=device)
+    crop = plan.use_tags and plan.crop_views
+    check = held_out_check(network, vocabulary, held, seed=plan.seed, cache_dir=cache_dir, device=device, crop=crop)
     metrics = {"trained_from": "catalogue", "catalogue_losses": losses, "catalogue_check": check, "plan": asdict(plan)}
     info = CheckpointInfo(network.config, vocabulary, catalogue_hash(train), metrics, False)
     base = build_network(network.config, len(vocabulary)).state_dict()

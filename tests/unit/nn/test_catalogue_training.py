@@ -13,7 +13,16 @@ from PIL import Image, ImageChops
 from ynet_db.cli import main
 from ynet_db.data.records import ImageRef, Product
 from ynet_db.nn.augment import street_view
-from ynet_db.nn.catalogue_training import CataloguePlan, cache_catalogue, train_from_catalogue, training_rows
+from ynet_db.data.records import Box
+from ynet_db.nn.catalogue_training import (
+    CataloguePlan,
+    attended_box,
+    attended_refs,
+    cache_catalogue,
+    cache_shop_side,
+    train_from_catalogue,
+    training_rows,
+)
 from ynet_db.nn.checkpoint import load_checkpoint
 from ynet_db.nn.tags import TagVocabulary
 
@@ -108,3 +117,39 @@ def test_training_rows_use_a_second_photo_as_the_street_side(tmp_path: Path) -> 
     items, shop, street = training_rows(products)
     assert items == ["x", "y"] and shop == [one, one] and street == [two, one]
     assert len(TagVocabulary.build([()])) == 0
+
+
+def test_attended_box_covers_the_cells_the_attention_picks_with_a_margin() -> None:
+    weights = torch.full((4, 4), 0.01)
+    weights[1:3, 2] = torch.tensor([0.4, 0.3])  # one column, two rows; 0.1 is below half the peak
+    weights[0, 0] = 0.1
+    # cells are 16x12 pixels on a 64x48 photo; half a cell of margin on each side
+    assert attended_box(weights, 64, 48) == Box(24, 6, 56, 42)
+    assert attended_box(weights, 64, 48, keep=0.2) == Box(0, 0, 56, 42)
+    assert attended_box(torch.ones(4, 4), 64, 48) == Box(0, 0, 64, 48)  # uniform: the whole photo
+
+
+def test_street_views_are_cut_from_the_tagged_garment(tmp_path: Path) -> None:
+    """After tag prediction alone, the crop of each two-garment photo lies on the product's half: the street
+    views then show the product, as a shopper's photo does, not the whole shop scene."""
+    torch.manual_seed(0)
+    products = catalogue(tmp_path, 32)
+    plan = CataloguePlan(
+        epochs=0, tag_epochs=40, views=1, embedding_dim=16, batch_size=8, input_size=128, map_size=4, distill_weight=0.0
+    )
+    network, vocabulary, _ = train_from_catalogue(products, plan, cache_dir=tmp_path / "cache", progress=False)
+    side = cache_shop_side(network, products, vocabulary, cache_dir=tmp_path / "cache", device=torch.device("cpu"))
+    crops = attended_refs(network, side, cache_dir=tmp_path / "cache", device=torch.device("cpu"))
+    on_product = 0
+    for item, crop in zip(side.items, crops, strict=True):
+        assert crop.path == products[item].shop_images[0].path and crop.box is not None
+        centre = (crop.box.left + crop.box.right) / 2
+        on_product += (centre < 32) == (int(item[1:]) % 2 == 1)  # odd items have the product on the left
+    assert on_product >= 0.8 * len(crops), on_product
+    # without the tag stage the attention is uniform and the crop is the whole photo
+    untrained, vocabulary, _ = train_from_catalogue(
+        products, CataloguePlan(epochs=0, tag_epochs=0, embedding_dim=16, input_size=128, map_size=4), progress=False
+    )
+    side = cache_shop_side(untrained, products, vocabulary, cache_dir=None, device=torch.device("cpu"))
+    whole = attended_refs(untrained, side, cache_dir=None, device=torch.device("cpu"))
+    assert {crop.box for crop in whole} == {Box(0, 0, 64, 64)}
