@@ -1,8 +1,8 @@
 """The HTTP load test of issue 14 (a benchmark command, not a test): `ynet-db serve` on loopback, searched
 by 1, 4 and 16 concurrent clients uploading photos.
 
-    python bench/http.py                                  # 10,000 products, >= 200 queries per level
-    python bench/http.py --products 2000 --samples 20     # a quick check that it works (not for the README)
+    python bench/http_load.py                                  # 10,000 products, >= 200 queries per level
+    python bench/http_load.py --products 2000 --samples 20     # a quick check that it works (not for the README)
 
 A fresh embedded PostgreSQL in a temporary directory gets the default model (active) and generated
 catalogue vectors, as bench/search.py makes them. The service runs as `ynet-db serve` with its default
@@ -20,7 +20,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as `python bench/http.py`, this folder comes first on the path, and this file would be the standard
+# Run as `python bench/http_load.py`, this folder comes first on the path, and this file would be the standard
 # library's `http`: leave it off the path until http.client is imported.
 BENCH = Path(__file__).resolve().parent
 sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != BENCH]
