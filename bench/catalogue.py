@@ -74,7 +74,7 @@ def catalogue(
     trained: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     for label, variant in (
-        ("PCA 256-d start (no training)", replace(plan, epochs=0)),
+        ("PCA 256-d start (no training)", replace(plan, epochs=0, tag_epochs=0, crop_views=False)),
         ("catalogue TagYNet", plan),
         ("whole-photo views: the same without the crop", replace(plan, crop_views=False)),
         ("control: the same without tag attention", replace(plan, use_tags=False)),

@@ -9,15 +9,24 @@ import click
 from ynet_db.cli.context import App, pass_app
 from ynet_db.db import migrate
 from ynet_db.db.server import libpq_dsn
-from ynet_db.presentation.demo import DemoConfig, demo_dataset, import_demo_catalogue
+from ynet_db.presentation.demo import DEMO_MODELS, DemoConfig, demo_dataset, import_demo_catalogue
 from ynet_db.presentation.status import catalogue_status
 
 
 @click.command()
 @click.option("--products", default=DemoConfig.products, show_default=True, help="Catalogue size.")
 @click.option("--queries", type=int, help="Street photos to search (default: one per product).")
+@click.option(
+    "--model",
+    "which",
+    type=click.Choice(list(DEMO_MODELS)),
+    default="pairs",
+    show_default=True,
+    help="pairs: trained on street-to-shop pairs; catalogue: trained from a catalogue alone (no street photo); "
+    "default: the pretrained default path, no training. YNET_MODEL, when set, wins.",
+)
 @pass_app
-def demo(app: App, products: int, queries: int | None) -> None:
+def demo(app: App, products: int, queries: int | None, which: str) -> None:
     """Run the end-to-end demo on this machine, with no settings.
 
     Starts the embedded PostgreSQL (or uses YNET_DATABASE_URL), migrates it, draws a catalogue of
@@ -25,15 +34,16 @@ def demo(app: App, products: int, queries: int | None) -> None:
     embedding work, starts real worker processes that embed it, searches the street photos through
     the database, and prints top-k accuracy and latency; the HTML report shows queries with their
     results, attention maps, the top-k curve and a latency histogram. A second run reuses what the
-    first built.
+    first built. Run it with each --model to compare them on the same catalogue and photos: a
+    shop without street photos gets `catalogue` or `default`.
     """
     from ynet_db.cli.checkpoints import load_configured_model
     from ynet_db.models.registry import ModelIdentity, activate, register
     from ynet_db.presentation import demo as steps
 
     config = DemoConfig(products=products, queries=queries)
-    # The demo serves the shipped demo checkpoint unless YNET_MODEL names another.
-    settings = replace(app.settings, model_path=app.settings.model_path or steps.demo_checkpoint())
+    # The demo serves the shipped checkpoint --model names unless YNET_MODEL names another.
+    settings = replace(app.settings, model_path=app.settings.model_path or steps.demo_model(which))
     engine = app.engine
     click.echo(f"database: {libpq_dsn(engine.url)}")
     migrate.upgrade(engine)

@@ -38,6 +38,14 @@ if TYPE_CHECKING:
 DEMO_SEED = 2026
 DEMO_CHECKPOINT = "ynet-lite0-demo.safetensors"
 """Trained on the generated benchmark (seed 0) by the command in README.md; ships in ynet_db/checkpoints."""
+DEMO_MODELS: dict[str, str | None] = {
+    "pairs": DEMO_CHECKPOINT,
+    "catalogue": "ynet-lite0-catalogue.safetensors",
+    "default": None,
+}
+"""What `ynet-db demo --model` serves: TagYNet and CtxYNet trained on street-to-shop pairs; TagYNet trained
+from the catalogue alone (products, photos and tags of seed 0's training split, no street photo); or the
+pretrained default path a shop gets with no training. Each checkpoint ships in ynet_db/checkpoints."""
 RESULTS_DEPTH = 50
 STALL_SECONDS = 180
 SHOWN_QUERIES = 12
@@ -100,11 +108,17 @@ def import_demo_catalogue(engine: Engine, dataset: RetrievalDataset, *, progress
         return import_catalog(engine, path, progress=bar.update, policy=FetchPolicy(roots=(dataset.root,)))
 
 
-def demo_checkpoint() -> Path:
-    """The shipped demo model. The default model for real catalogues stays the pretrained network."""
+def demo_checkpoint(name: str = DEMO_CHECKPOINT) -> Path:
+    """A checkpoint shipped in ynet_db/checkpoints (the demo model unless named)."""
     from importlib import resources
 
-    return Path(str(resources.files("ynet_db") / "checkpoints" / DEMO_CHECKPOINT))
+    return Path(str(resources.files("ynet_db") / "checkpoints" / name))
+
+
+def demo_model(which: str) -> Path | None:
+    """The checkpoint `ynet-db demo --model WHICH` serves; None for the pretrained default."""
+    name = DEMO_MODELS[which]
+    return demo_checkpoint(name) if name else None
 
 
 @contextmanager

@@ -11,9 +11,8 @@ from click.testing import CliRunner
 from PIL import Image, ImageChops
 
 from ynet_db.cli import main
-from ynet_db.data.records import ImageRef, Product
+from ynet_db.data.records import Box, ImageRef, Product
 from ynet_db.nn.augment import street_view
-from ynet_db.data.records import Box
 from ynet_db.nn.catalogue_training import (
     CataloguePlan,
     attended_box,
@@ -124,8 +123,9 @@ def test_attended_box_covers_the_cells_the_attention_picks_with_a_margin() -> No
     weights[1:3, 2] = torch.tensor([0.4, 0.3])  # one column, two rows; 0.1 is below half the peak
     weights[0, 0] = 0.1
     # cells are 16x12 pixels on a 64x48 photo; half a cell of margin on each side
-    assert attended_box(weights, 64, 48) == Box(24, 6, 56, 42)
+    assert attended_box(weights, 64, 48, keep=0.5) == Box(24, 6, 56, 42)
     assert attended_box(weights, 64, 48, keep=0.2) == Box(0, 0, 56, 42)
+    assert attended_box(weights, 64, 48) == Box(0, 0, 56, 42)  # the default keeps cells down to 0.1 of the peak
     assert attended_box(torch.ones(4, 4), 64, 48) == Box(0, 0, 64, 48)  # uniform: the whole photo
 
 
