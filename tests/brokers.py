@@ -55,15 +55,22 @@ class RedisServer:
 
     port: int
     log: Path
+    also_on: tuple[str, ...] = ()
+    """Addresses of this machine it listens on besides 127.0.0.1 (simulated hosts' gateways, tests/fault/netns.py)."""
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_at("127.0.0.1")
+
+    def url_at(self, address: str) -> str:
+        return f"redis://{address}:{self.port}/0"
 
     def start(self) -> None:
-        argv = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1", *self.also_on, "--save", ""]
         argv += ["--appendonly", "no"]
+        if self.also_on:  # Redis refuses other addresses without a password; these are private test links
+            argv += ["--protected-mode", "no"]
         with self.log.open("ab") as sink:
             self.process = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + STARTUP_TIMEOUT_S

