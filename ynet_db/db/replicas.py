@@ -53,13 +53,13 @@ class SearchDatabases:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings, primary: Engine) -> SearchDatabases:
+    def from_settings(cls, settings: Settings, primary: Engine, rest_s: float = REST_S) -> SearchDatabases:
         """The replicas of YNET_SEARCH_DATABASE_URLS (connected when first used), then `primary`."""
         replicas = [
             make_engine(psycopg_url(url), connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
             for url in settings.search_database_urls
         ]
-        return cls(primary, replicas)
+        return cls(primary, replicas, rest_s)
 
     @classmethod
     def of(cls, source: Engine | SearchDatabases) -> SearchDatabases:
