@@ -45,6 +45,8 @@ SNAPSHOT = "REPEATABLE READ"
 
 
 class SearchDatabases:
+    """The primary, and the replicas that searches try first, in order (none: the primary alone)."""
+
     def __init__(self, primary: Engine, replicas: Sequence[Engine] = (), rest_s: float = REST_S) -> None:
         self.primary = primary
         self.replicas = tuple(replicas)
