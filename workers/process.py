@@ -39,6 +39,7 @@ from ynet_db.workers.heartbeat import Heartbeat, WorkerIdentity
 
 from ynet_db.config import Settings
 from ynet_db.db.engine import engine_from_settings
+from ynet_db.db.replicas import SearchDatabases
 from ynet_db.models.registry import ModelIdentity, ModelRecord, register
 from ynet_db.models.serving import load_configured, load_registered
 from ynet_db.nn.model import RetrievalModel
@@ -56,6 +57,8 @@ class WorkerResources:
     pid: int
     """The process that built the engine and the model."""
     heartbeat: Heartbeat
+    searches: SearchDatabases
+    """Where search tasks read: the read replicas first, then `engine` (ynet_db/db/replicas.py)."""
     device: str = "cpu"
     settings: Settings = field(default_factory=Settings)
     """What the models are loaded with (device, runtime, the data directory that caches their graphs)."""
@@ -114,7 +117,10 @@ def start(settings: Settings, torch_threads: int | None = None, lease: timedelta
     identity = WorkerIdentity(f"{host}/{pid}", host, pid, record.id, str(model.device))
     heartbeat = Heartbeat(engine, identity, lease=lease)
     heartbeat.start()
-    _current = WorkerResources(engine, model, record, identity.id, pid, heartbeat, str(settings.device), settings)
+    searches = SearchDatabases.from_settings(settings, engine)
+    _current = WorkerResources(
+        engine, model, record, identity.id, pid, heartbeat, searches, str(settings.device), settings
+    )
     log.info(
         "worker process %s serves model %s (id %s), encoders on %s with %s threads",
         pid,
@@ -166,3 +172,4 @@ def _on_process_shutdown(**_: Any) -> None:
     if _current is not None and _current.pid == os.getpid():
         _current.heartbeat.stop()
         _current.engine.dispose()
+        _current.searches.dispose()

@@ -1,8 +1,9 @@
 """The search task: queries in, results out, run by the worker process that holds the model.
 
 The worker runs the same `ynet_db.search.query.run_queries` as an in-process search, so both give the same
-results. A message carries a batch of queries (gathered by the client, `ynet_db.search.client`): the
-worker encodes them in one forward pass. Errors a caller can fix come back as data, by name.
+results, reading from the same databases (read replicas first, `ynet_db/db/replicas.py`). A message carries
+a batch of queries (gathered by the client, `ynet_db.search.client`): the worker encodes them in one
+forward pass. Errors a caller can fix come back as data, by name.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ynet_db.workers.app import SEARCH_TASK
 
 from ynet_db.search.client import search_backend
 from ynet_db.search.filters import FilterError
-from ynet_db.search.prefilter import SearchError, active_model
+from ynet_db.search.prefilter import SearchError
 from ynet_db.search.query import SearchQuery, run_queries
 
 
@@ -41,10 +42,8 @@ def search_query(queries: list[dict[str, Any]]) -> dict[str, Any]:
     """Run a batch of queries with the active model (loaded on demand); errors come back as data, by name."""
     resources = process.current()
     try:
-        with resources.engine.connect() as conn:
-            active = active_model(conn)
-        model = resources.model_for(active.id)
-        results = run_queries(resources.engine, model, [SearchQuery.from_wire(q) for q in queries], active)
+        wanted = [SearchQuery.from_wire(q) for q in queries]
+        results = run_queries(resources.searches, lambda active: resources.model_for(active.id), wanted)
     except (FilterError, SearchError, LookupError, ValueError) as error:
         return {"error": type(error).__name__, "message": str(error)}
     return {"results": [result.to_wire() for result in results]}

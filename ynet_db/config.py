@@ -14,12 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 
 DEVICES = ("auto", "cpu", "cuda")
 RUNTIMES = ("auto", "onnxruntime", "torch")
 MAX_SEARCH_WAIT_S = 60.0
+POSTGRES_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
 
 # A DNS name as a URL carries it: ASCII labels (IDNA-encoded) of letters, digits and hyphens.
 HOST_NAME = re.compile(
@@ -46,6 +48,8 @@ class Settings:
     """A checkpoint to serve instead of the shipped default model."""
     test_database_url: str | None = None
     """For the test suite: a server to use instead of an embedded one."""
+    search_database_urls: tuple[str, ...] = ()
+    """Read replicas that searches read from, first healthy one first; none means the primary (see db/replicas.py)."""
     image_roots: tuple[Path, ...] = ()
     """Folders under which local image files may be read; none means no local file (see fetch_policy.py)."""
     allowed_hosts: tuple[str, ...] = ()
@@ -67,6 +71,8 @@ class Settings:
                 raise SettingsError(f"YNET_IMAGE_ROOTS: {str(root)!r} is not an absolute path")
         for host in self.allowed_hosts:
             _check_allowed_host(host)
+        for position, url in enumerate(self.search_database_urls, 1):
+            _check_replica_url(position, url)
         for name, value in (
             ("YNET_MAX_UPLOAD_BYTES", self.max_upload_bytes),
             ("YNET_MAX_CONCURRENT_SEARCHES", self.max_concurrent_searches),
@@ -90,6 +96,7 @@ class Settings:
             runtime=env.get("YNET_RUNTIME", "auto").strip().lower() or "auto",
             model_path=Path(env["YNET_MODEL"]).expanduser() if env.get("YNET_MODEL") else None,
             test_database_url=env.get("YNET_TEST_DATABASE_URL") or None,
+            search_database_urls=_comma_separated(env.get("YNET_SEARCH_DATABASE_URLS", "")),
             image_roots=_image_roots(env.get("YNET_IMAGE_ROOTS", "")),
             allowed_hosts=tuple(h.strip().lower() for h in env.get("YNET_ALLOWED_HOSTS", "").split(",") if h.strip()),
             max_upload_bytes=_number(env, "YNET_MAX_UPLOAD_BYTES", int, defaults.max_upload_bytes),
@@ -119,6 +126,10 @@ def _number(env: Mapping[str, str], name: str, kind: type[Number], default: Numb
     return number
 
 
+def _comma_separated(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
 def _image_roots(value: str) -> tuple[Path, ...]:
     return tuple(Path(part).expanduser() for part in value.split(os.pathsep) if part.strip())
 
@@ -134,3 +145,28 @@ def _check_allowed_host(host: str) -> None:
         raise SettingsError(
             f"YNET_ALLOWED_HOSTS: {host!r} is not a host name, an IP address or a CIDR range (e.g. 10.0.0.0/8)"
         )
+
+
+def _check_replica_url(position: int, url: str) -> None:
+    """An entry of YNET_SEARCH_DATABASE_URLS: a PostgreSQL URL (its password never in the message)."""
+    where = f"YNET_SEARCH_DATABASE_URLS: entry {position} ({hide_password(url)!r})"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # parsing it is the check
+    except ValueError as error:
+        raise SettingsError(f"{where} is not a URL: {error}") from None
+    if parts.scheme.lower() not in POSTGRES_SCHEMES:
+        raise SettingsError(f"{where}: expected a URL starting {' or '.join(s + '://' for s in POSTGRES_SCHEMES)}")
+
+
+def hide_password(url: str) -> str:
+    """The URL with its password, if it has one, shown as ***."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unreadable URL>"
+    if password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.split(':', 1)[0]}:***@{host}"))

@@ -48,3 +48,38 @@ def test_http_service_bounds_are_refused_naming_the_variable(variable: str, valu
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({variable: value})
     assert str(caught.value) == message
+
+
+def test_search_database_urls_from_environment() -> None:
+    urls = " postgresql://reader:pw@replica-1:5432/shop ,, postgres://replica-2/shop "
+    settings = Settings.from_env({"YNET_SEARCH_DATABASE_URLS": urls})
+    assert settings.search_database_urls == ("postgresql://reader:pw@replica-1:5432/shop", "postgres://replica-2/shop")
+    assert Settings.from_env({}).search_database_urls == ()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "postgresql://a/shop,mysql://reader:pw@b/shop",
+            "YNET_SEARCH_DATABASE_URLS: entry 2 ('mysql://reader:***@b/shop'): expected a URL starting "
+            "postgresql:// or postgres:// or postgresql+psycopg://",
+        ),
+        (
+            "postgresql://reader:pw@a:99999/shop",
+            "YNET_SEARCH_DATABASE_URLS: entry 1 ('postgresql://reader:***@a:99999/shop') is not a URL: "
+            "Port out of range 0-65535",
+        ),
+        (
+            # libpq's several hosts in one URL: the comma splits it, and the second half is refused.
+            "postgresql://reader:pw@a:5432,b:5432/shop",
+            "YNET_SEARCH_DATABASE_URLS: entry 2 ('b:5432/shop'): expected a URL starting "
+            "postgresql:// or postgres:// or postgresql+psycopg://",
+        ),
+    ],
+)
+def test_bad_search_database_urls_are_refused_by_position_without_their_password(value: str, message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"YNET_SEARCH_DATABASE_URLS": value})
+    assert str(caught.value) == message
+    assert "pw" not in str(caught.value)

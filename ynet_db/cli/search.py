@@ -39,7 +39,9 @@ def search(
     via_worker: bool,
     html_out: Path | None,
 ) -> None:
-    """Find the catalogue products nearest to the photo IMAGE under the active model."""
+    """Find the catalogue products nearest to the photo IMAGE under the active model (read from the first
+    read replica of YNET_SEARCH_DATABASE_URLS that answers, else the database)."""
+    from ynet_db.db.replicas import SearchDatabases
     from ynet_db.images.decode import ImageError
     from ynet_db.images.policy import FetchPolicy
     from ynet_db.search.filters import FilterError
@@ -63,8 +65,9 @@ def search(
     engine = app.migrated_engine
     model = None if via_worker else _load_model(app)
     via = _worker_runner(app) if via_worker else None
+    searches = SearchDatabases.from_settings(app.settings, engine)
     try:
-        result = search_many_queries(engine, [query], model=model, via=via)[0]
+        result = search_many_queries(searches, [query], model=model, via=via)[0]
         picture = as_image(query.image) if html_out is not None else None
     except (FilterError, SearchError, ImageError) as error:
         raise click.ClickException(safe(error)) from error

@@ -126,12 +126,16 @@ def _stop_postmaster(pid: int, timeout_s: float = 30) -> None:
 def database_url(settings: Settings) -> URL:
     """The SQLAlchemy URL of ynet-db's database, starting the embedded server when none is configured."""
     if settings.database_url:
-        url = make_url(settings.database_url)
-        if url.drivername in ("postgresql", "postgres"):
-            url = url.set(drivername="postgresql+psycopg")
+        url = psycopg_url(settings.database_url)
         check_pgvector(url)
         return url
     return start_embedded(settings.data_dir).url()
+
+
+def psycopg_url(url: str) -> URL:
+    """A configured URL as SQLAlchemy's psycopg (3) driver takes it: `postgresql://` names no driver."""
+    parsed = make_url(url)
+    return parsed.set(drivername="postgresql+psycopg") if parsed.drivername in ("postgresql", "postgres") else parsed
 
 
 def libpq_dsn(url: URL) -> str:

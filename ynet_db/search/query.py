@@ -12,33 +12,37 @@ Two stages, as in the paper:
    get). The first k rows are returned: k whenever k embedded products match, as candidates >= k.
 
 The model work can run in a Celery worker through the `via` runner (`ynet_db.search.client`); both
-paths call `run_queries`, so they give the same results. This module imports torch only inside the
-functions that run the model (`run_queries`), so the client, which imports the query and result
-records from here, loads no torch (tests/unit/test_layout.py).
+paths call `run_queries`, so they give the same results. A batch reads from one server, in one
+transaction: the first read replica that can answer it, else the primary (`ynet_db/db/replicas.py`).
+This module imports torch only inside the functions that run the model (`run_queries`), so the client,
+which imports the query and result records from here, loads no torch (tests/unit/test_layout.py).
 """
 
 from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 from PIL import Image
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
+from ynet_db.db.replicas import SearchDatabases
 from ynet_db.images.decode import ImageError
 from ynet_db.images.policy import FetchPolicy
 from ynet_db.metrics.definitions import observe_search
 from ynet_db.nn.calibration import CalibrationError, ContextCalibration
 from ynet_db.search.filters import MAX_CANDIDATES, MAX_K, CompiledFilters, FilterError, bounded
-from ynet_db.search.prefilter import ActiveModel, Path_, SearchError, SearchRow, active_model, prefilter
+from ynet_db.search.prefilter import ActiveModel, Path_, SearchError, SearchRow, active_model, nearest
 from ynet_db.search.query_image import SOURCE, ImageInput, QueryImage, as_image, carried, image_bytes
 
 if TYPE_CHECKING:
     import torch
+
+T = TypeVar("T")
 
 
 class QueryModel(Protocol):
@@ -134,30 +138,50 @@ class QueryRunner(Protocol):
     def run(self, queries: Sequence[SearchQuery]) -> list[SearchResult]: ...
 
 
+ModelFor = Callable[[ActiveModel], QueryModel]
+"""The query model for the model a database says is active: a caller's own model (`run_queries` checks that
+it is that one), or the active model, loaded on demand (the HTTP service, the workers)."""
+
+
 @dataclass
 class InProcess:
-    engine: Engine
+    databases: Engine | SearchDatabases
     model: QueryModel
 
     def run(self, queries: Sequence[SearchQuery]) -> list[SearchResult]:
-        return run_queries(self.engine, self.model, queries)
+        return run_queries(self.databases, lambda active: self.model, queries)
 
 
 # -- the query path --------------------------------------------------------------------------------------
 
 
-def run_queries(
-    engine: Engine, model: QueryModel, queries: Sequence[SearchQuery], active: ActiveModel | None = None
-) -> list[SearchResult]:
-    """Encode every query in one forward pass, then prefilter and re-rank each (`active`: the active
-    model, when the caller has just read it)."""
-    import torch
+def on_search_database(databases: Engine | SearchDatabases, search: Callable[[Connection], T]) -> T:
+    """`search` (reads of the active model and its catalogue) on the first search database that can answer it.
 
+    A replica whose view cannot (a `SearchError`: no active model yet, or not the query's model) hands it
+    on to the next and finally to the primary, whose errors are the search's (ynet_db/db/replicas.py)."""
+    return SearchDatabases.of(databases).read(search, fall_back_on=(SearchError,))
+
+
+def run_queries(
+    databases: Engine | SearchDatabases, model_for: ModelFor, queries: Sequence[SearchQuery]
+) -> list[SearchResult]:
+    """Read the active model, encode every query with its query model (`model_for`) in one forward pass, then
+    prefilter and re-rank each: all on one database, in one transaction (`on_search_database`), so the model
+    and the vectors it is compared with always come from the same view of the catalogue."""
     if not queries:
         return []
-    if active is None:
-        with engine.connect() as conn:
-            active = active_model(conn)
+    results = on_search_database(databases, lambda conn: _run_on(conn, model_for, queries))
+    for result in results:  # in whichever process ran the model: the HTTP service or a search worker
+        observe_search(result.path, result.reranked, result.short, result.candidates_returned, result.timings_ms)
+    return results
+
+
+def _run_on(conn: Connection, model_for: ModelFor, queries: Sequence[SearchQuery]) -> list[SearchResult]:
+    import torch
+
+    active = active_model(conn)
+    model = model_for(active)
     if active.version != model.version:
         raise SearchError(
             f"the active model is {active.version}, but the query model is {model.version}: vectors of two "
@@ -167,17 +191,14 @@ def run_queries(
     pixels = torch.stack([model.preprocess(as_image(q.image)) for q in queries])
     street = model.encode_street(pixels)
     encode_ms = 1000 * (time.perf_counter() - started) / len(queries)
-    results = [
-        _answer(engine, model, active, query, street.vectors[i].numpy(), street.maps[i], encode_ms)
+    return [
+        _answer(conn, model, active, query, street.vectors[i].numpy(), street.maps[i], encode_ms)
         for i, query in enumerate(queries)
     ]
-    for result in results:  # in whichever process ran the model: the HTTP service or a search worker
-        observe_search(result.path, result.reranked, result.short, result.candidates_returned, result.timings_ms)
-    return results
 
 
 def _answer(
-    engine: Engine,
+    conn: Connection,
     model: QueryModel,
     active: ActiveModel,
     query: SearchQuery,
@@ -190,15 +211,7 @@ def _answer(
     calibration = registry_calibration(active)
     rerank = rerank_helps(model, calibration) if query.rerank is None else query.rerank
     started = time.perf_counter()
-    found = prefilter(
-        engine,
-        vector,
-        candidates=query.candidates,
-        filters=query.compiled,
-        exact=query.exact,
-        with_vectors=rerank,
-        model=active,
-    )
+    found = nearest(conn, active, vector, query.compiled, query.candidates, exact=query.exact, with_vectors=rerank)
     prefilter_ms = 1000 * (time.perf_counter() - started)
     started = time.perf_counter()
     scores: np.ndarray | None = None
@@ -247,7 +260,7 @@ def rerank_helps(model: QueryModel, calibration: ContextCalibration | None) -> b
 
 
 def search(
-    engine: Engine,
+    engine: Engine | SearchDatabases,
     image: ImageInput,
     *,
     k: int = 20,
@@ -261,6 +274,7 @@ def search(
 ) -> SearchResult:
     """Search the active model's catalogue with a photo (bytes, a path or URL, or a PIL image).
 
+    `engine`: the database, or `SearchDatabases` to read from replicas first (`ynet_db/db/replicas.py`).
     `model`: the loaded active model, for the model work in this process (default: the shipped
     default model, loaded now: pass a loaded one to reuse it). `via`: a runner that does the model
     work elsewhere, e.g. `ynet_db.search.client.CeleryRunner`; give one or the other, not both.
@@ -272,7 +286,7 @@ def search(
 
 
 def search_many_queries(
-    engine: Engine,
+    engine: Engine | SearchDatabases,
     queries: Sequence[SearchQuery],
     *,
     model: QueryModel | None = None,

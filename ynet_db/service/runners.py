@@ -1,6 +1,7 @@
 """Where the HTTP service's queries run: in this process (`ActiveModelRunner`) or in search workers.
 
-In this process the runner serves the *active* model, whatever it is: it loads it from the registry on
+In this process the runner serves the *active* model, whatever it is (as the database a search reads from
+sees it: a read replica, else the primary): it loads it from the registry on
 first use, and loads the new one when another model is activated (as a search worker does,
 `workers/process.py`), so activating a model never needs a restart of the service. One model is held at
 a time; concurrent queries share it (the encoders are safe to call from several threads).
@@ -15,11 +16,10 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine
-
 from ynet_db.config import Settings
+from ynet_db.db.replicas import SearchDatabases
 from ynet_db.search.prefilter import ActiveModel, NoActiveModel, active_model
-from ynet_db.search.query import QueryModel, QueryRunner, SearchQuery, SearchResult, run_queries
+from ynet_db.search.query import QueryModel, QueryRunner, SearchQuery, SearchResult, on_search_database, run_queries
 
 if TYPE_CHECKING:
     from ynet_db.nn.model import RetrievalModel
@@ -30,8 +30,8 @@ VIA = ("process", "worker")
 
 
 class ActiveModelRunner:
-    def __init__(self, engine: Engine, settings: Settings) -> None:
-        self.engine = engine
+    def __init__(self, databases: SearchDatabases, settings: Settings) -> None:
+        self.databases = databases
         self.settings = settings
         self._lock = threading.Lock()
         self._loaded: tuple[int, RetrievalModel] | None = None
@@ -57,16 +57,13 @@ class ActiveModelRunner:
     def preload(self) -> str | None:
         """Load the active model now (at start-up, so the first query does not wait); None if none is active."""
         try:
-            with self.engine.connect() as conn:
-                active = active_model(conn)
+            active = on_search_database(self.databases, active_model)
         except NoActiveModel:
             return None
         return self.model_for(active).version
 
     def run(self, queries: Sequence[SearchQuery]) -> list[SearchResult]:
-        with self.engine.connect() as conn:
-            active = active_model(conn)
-        return run_queries(self.engine, self.model_for(active), queries, active)
+        return run_queries(self.databases, self.model_for, queries)
 
 
 def worker_runner(settings: Settings, timeout_s: float) -> QueryRunner:

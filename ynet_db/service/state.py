@@ -1,5 +1,6 @@
-"""What every route of the HTTP service shares: settings, the engine, the query runner, the search gate,
-the fetch policy and the metrics registry. Built once by `ynet-db serve` (or a test) and handed to
+"""What every route of the HTTP service shares: settings, the engine (the primary), the databases searches
+read from (read replicas first, `ynet_db/db/replicas.py`), the query runner, the search gate, the fetch
+policy and the metrics registry. Built once by `ynet-db serve` (or a test) and handed to
 `create_app`; routes reach it as `request.app.state.service`."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from sqlalchemy import Engine
 from starlette.requests import Request
 
 from ynet_db.config import Settings
+from ynet_db.db.replicas import SearchDatabases
 from ynet_db.images.decode import ImageLimits
 from ynet_db.images.policy import FetchPolicy
 from ynet_db.metrics.exposition import registry
@@ -26,6 +28,8 @@ WORKER_TIMEOUT_S = 30.0
 class Service:
     settings: Settings
     engine: Engine
+    searches: SearchDatabases
+    """Where searches and similar-product lookups read; health, status and metrics read the primary."""
     via: str
     """'process' (the query model runs here) or 'worker' (search workers run it)."""
     runner: QueryRunner
@@ -37,10 +41,14 @@ class Service:
     def create(cls, settings: Settings, engine: Engine, via: str = "process") -> Service:
         if via not in VIA:
             raise ValueError(f"via must be one of {', '.join(VIA)}, got {via!r}")
-        runner = ActiveModelRunner(engine, settings) if via == "process" else worker_runner(settings, WORKER_TIMEOUT_S)
+        searches = SearchDatabases.from_settings(settings, engine)
+        runner: QueryRunner = (
+            ActiveModelRunner(searches, settings) if via == "process" else worker_runner(settings, WORKER_TIMEOUT_S)
+        )
         return cls(
             settings=settings,
             engine=engine,
+            searches=searches,
             via=via,
             runner=runner,
             gate=SearchGate(settings.max_concurrent_searches, settings.search_wait_s),

@@ -7,8 +7,10 @@ It wakes on NOTIFY `ynet_search_requests` (sent when a request is inserted) and 
 (`queue.claim`: SKIP LOCKED, a lease), turns each request into a `SearchQuery` (the image decoded, or
 fetched under the fetch policy; k and filters checked as the Python API checks them), answers them all
 with one forward pass through `ynet_db.search.query.run_queries` (the Python API's own query path), and writes
-the results. A request that cannot be answered (a bad image, a bad filter, no active model) is failed
-with the error text: that is its answer. Every `sweep_s` it expires and deletes old requests.
+the results. The queue lives on the primary (`engine`); the candidates are read from the first read
+replica that answers (YNET_SEARCH_DATABASE_URLS, `ynet_db/db/replicas.py`), else from the primary too. A
+request that cannot be answered (a bad image, a bad filter, no active model) is failed with the error
+text: that is its answer. Every `sweep_s` it expires and deletes old requests.
 
 `stop` (set on SIGTERM) cuts a fetch in flight; a batch stopped before its model work is released,
 so another worker answers it at once rather than after the lease.
@@ -32,13 +34,14 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from ynet_db.config import Settings
+from ynet_db.db.replicas import SearchDatabases
 from ynet_db.db.server import libpq_dsn
 from ynet_db.images.decode import decode_image
 from ynet_db.images.fetch import DEFAULT_TIMEOUT_S, FetchCancelled, fetch_image_bytes
 from ynet_db.images.policy import FetchPolicy
 from ynet_db.liveness import Liveness
 from ynet_db.search.prefilter import ActiveModel, active_model
-from ynet_db.search.query import QueryModel, SearchQuery, SearchResult, run_queries
+from ynet_db.search.query import QueryModel, SearchQuery, SearchResult, on_search_database, run_queries
 from ynet_db.search.requests import queue
 
 log = logging.getLogger(__name__)
@@ -118,6 +121,7 @@ class RequestWorker:
         liveness: Liveness | None = None,
     ) -> None:
         self.engine = engine
+        self.searches = SearchDatabases.from_settings(settings, engine)
         self.models = models
         self.options = options or RequestWorkerOptions()
         self.policy = FetchPolicy.from_settings(settings)
@@ -130,8 +134,7 @@ class RequestWorker:
     def warm_up(self) -> None:
         """Load the active model now, so the first request does not wait for it (with none active: later)."""
         try:
-            with self.engine.connect() as conn:
-                self.models.model_for(active_model(conn))
+            self.models.model_for(on_search_database(self.searches, active_model))
         except ANSWERABLE as error:
             log.warning("search worker %s starts without a model: %s", self.name, error)
         self.liveness.beat()
@@ -251,8 +254,5 @@ class RequestWorker:
         return answers, failures
 
     def _run(self, queries: Sequence[tuple[int, SearchQuery]]) -> list[tuple[int, SearchResult]]:
-        with self.engine.connect() as conn:
-            active = active_model(conn)
-        model = self.models.model_for(active)
-        results = run_queries(self.engine, model, [query for _, query in queries], active)
+        results = run_queries(self.searches, self.models.model_for, [query for _, query in queries])
         return [(request_id, result) for (request_id, _), result in zip(queries, results, strict=True)]

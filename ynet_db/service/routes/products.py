@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
+from ynet_db.db.tables import Product
 from ynet_db.orm import (
     AmbiguousProduct,
     NotEmbedded,
@@ -17,6 +19,7 @@ from ynet_db.orm import (
 )
 from ynet_db.search.filters import MAX_K, MAX_STRING, FilterError
 from ynet_db.search.prefilter import NoActiveModel
+from ynet_db.search.query import on_search_database
 from ynet_db.service.errors import ApiError
 from ynet_db.service.requests import as_filters, check_filters, parse_json
 from ynet_db.service.responses import SimilarAnswer, errors
@@ -53,40 +56,44 @@ def similar(
         _no_nul("source", source)
     spec = as_filters(parse_json(filters, "filters")) if filters else None
     check_filters(spec)
-    with Session(service_of(request).engine) as session, session.begin():
-        try:
+
+    def nearest(conn: Connection) -> dict[str, Any]:
+        """The product, its neighbours and the model, from one database's view (a read replica, else the primary)."""
+        with Session(bind=conn) as session:
             model = active_model(session)
             product = product_by_external_id(session, external_id, source)
             found = similar_products(session, product, k, spec)
-        except NoActiveModel as error:
-            raise ApiError(503, str(error)) from None
-        except ProductNotFound as error:
-            raise ApiError(404, str(error), "source" if source else "external_id") from None
-        except AmbiguousProduct as error:
-            raise ApiError(409, str(error), "source") from None
-        except NotEmbedded as error:
-            raise ApiError(409, str(error), "external_id") from None
-        except FilterError as error:
-            raise ApiError(422, str(error), "filters") from None
-        rows = [
-            {
-                "rank": rank,
-                "external_id": other.external_id,
-                "source": other.source,
-                "title": other.title,
-                "category": other.category,
-                "tags": list(other.tags),
-                "image_uri": other.image_uri,
-                "distance": distance,
-            }
-            for rank, (other, distance) in enumerate(found, 1)
-        ]
-        return {
-            "external_id": product.external_id,
-            "source": product.source,
-            "model_version": model.version,
-            "rows": rows,
+            return similar_answer(model.version, product, found)
+
+    try:
+        return on_search_database(service_of(request).searches, nearest)
+    except NoActiveModel as error:
+        raise ApiError(503, str(error)) from None
+    except ProductNotFound as error:
+        raise ApiError(404, str(error), "source" if source else "external_id") from None
+    except AmbiguousProduct as error:
+        raise ApiError(409, str(error), "source") from None
+    except NotEmbedded as error:
+        raise ApiError(409, str(error), "external_id") from None
+    except FilterError as error:
+        raise ApiError(422, str(error), "filters") from None
+
+
+def similar_answer(model_version: str, product: Product, found: list[tuple[Product, float]]) -> dict[str, Any]:
+    rows = [
+        {
+            "rank": rank,
+            "external_id": other.external_id,
+            "source": other.source,
+            "title": other.title,
+            "category": other.category,
+            "tags": list(other.tags),
+            "image_uri": other.image_uri,
+            "distance": distance,
         }
+        for rank, (other, distance) in enumerate(found, 1)
+    ]
+    return {"external_id": product.external_id, "source": product.source, "model_version": model_version, "rows": rows}
 
 
 def _no_nul(name: str, value: str) -> None:

@@ -12,7 +12,7 @@ from ynet_db.images.fetch import fetch_image_bytes
 from ynet_db.images.uri import validate_image_uri
 from ynet_db.search.filters import FilterError
 from ynet_db.search.prefilter import NoActiveModel, SearchError, active_model
-from ynet_db.search.query import SearchQuery, SearchResult
+from ynet_db.search.query import SearchQuery, SearchResult, on_search_database
 from ynet_db.service.errors import ApiError
 from ynet_db.service.requests import SearchByUrl, SearchInput, read_search
 from ynet_db.service.responses import SearchAnswer, errors, search_answer
@@ -74,8 +74,7 @@ def answer(service: Service, query: SearchInput) -> SearchResult:
     image = data if service.via == "worker" else picture
     try:
         if service.via == "worker":  # no message for a query no worker could answer
-            with service.engine.connect() as conn:
-                active_model(conn)
+            on_search_database(service.searches, active_model)
         search_query = SearchQuery(image, query.k, query.filters, query.candidates, query.rerank)
         return service.runner.run([search_query])[0]
     except Exception as error:
