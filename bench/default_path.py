@@ -5,9 +5,8 @@
 Every row is the pretrained default network (EfficientNet-Lite0, 1280-d identity projection) with
 training-free changes only, beside its control:
   first stage  average pooling (the control), GeM p = 3, and each with the query pooled over the
-               locations its own activations pick out (the query mask); GeM at a larger input
-               (--second-scale, 320: a 10x10 map); two input scales pooled as one map (measured, not a
-               model option); PCA-whitening fitted on the catalogue's own vectors
+               locations its own activations pick out (the query mask); PCA-whitening fitted on the
+               catalogue's own vectors
   re-rank      the training-free context re-rank of each first stage's top 256 (its control: that
                first stage), at the beta chosen on validation
 Every choice (beta, the whitening's shrinkage, which variant is the default path: the best re-ranked
@@ -304,10 +303,6 @@ def default_path(
     }
     encoder = models["average"]  # the variants differ in pooling only: all read the same maps
     second = RetrievalModel.load_default(config=ModelConfig(input_size=second_scale, map_size=second_scale // 32))
-    larger_name = f"GeM p={GEM_POWER:g}, input {second_scale}"
-    if second_scale:
-        larger_config = ModelConfig(pooling_power=GEM_POWER, input_size=second_scale, map_size=second_scale // 32)
-        models[larger_name] = RetrievalModel.load_default(config=larger_config)
     splits: dict[str, dict[str, Split]] = {}
     for name, part in (("validation", val), ("test", test)):
         queries, gallery = query_images(part), gallery_images(part)
@@ -321,22 +316,13 @@ def default_path(
         splits[name] = dict.fromkeys(models, one)
         click.echo(f"{name}: {len(queries)} query images ({len(part.pairs)} pairs), gallery {len(gallery)}")
         if second_scale:
-            larger = Split(
-                one.name,
-                queries,
-                branch_maps(second, queries, "street", cache),
-                gallery,
-                branch_maps(second, gallery, "shop", cache),
-            )
-            # The larger input alone: a model option (input_size), at about twice the encoder's cost.
-            splits[name][larger_name] = larger
             # Two input scales: each image's locations at both sizes, pooled together as one map.
             both = Split(
                 one.name,
                 queries,
-                torch.cat([one.query_maps, larger.query_maps], dim=1),
+                torch.cat([one.query_maps, branch_maps(second, queries, "street", cache)], dim=1),
                 gallery,
-                torch.cat([one.gallery_maps, larger.gallery_maps], dim=1),
+                torch.cat([one.gallery_maps, branch_maps(second, gallery, "shop", cache)], dim=1),
             )
             for base in ("average", f"GeM p={GEM_POWER:g}"):
                 splits[name][f"{base}, two scales (224 + {second_scale})"] = both
