@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from catalogue_vectors import add_model, exact_top, unit_vectors
+from catalogue_vectors import add_model, catalogue, exact_top, unit_vectors
 from click.testing import CliRunner, Result
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import URL
@@ -42,6 +42,9 @@ SLOWEST_S = 5.0
 """The slowest search or insert allowed during a rebuild: lock waits end at LOCK_TIMEOUT_MS, and the rest
 is the CPU, which the build and other jobs share (2 cores)."""
 CANDIDATES = 20
+DENSER = Links(24, 64)
+"""Denser than pgvector's defaults, and quick to build: the large catalogue's m 32 / ef_construction 128 took
+up to a minute at 3,000 rows here when other jobs shared the 2 cores."""
 WALK_THE_INDEX = "-c enable_seqscan=off -c enable_sort=off"
 """Connection options for searches that must walk the HNSW index: at 3,000 rows the planner may prefer a
 sequential scan and a sort (with m 32 it does)."""
@@ -184,7 +187,7 @@ def test_a_rebuild_blocks_no_search_or_write_and_serves_the_same_results(
     said: list[str] = []
     with Traffic(tagged_url, model.id, queries, far_from(queries)) as traffic:
         started = time.monotonic()
-        rebuilt = rebuild(tagged_engine, model, 32, 128, say=said.append)
+        rebuilt = rebuild(tagged_engine, model, DENSER.m, DENSER.ef_construction, say=said.append)
         ended = time.monotonic()
     assert traffic.errors == [], "a search or insert waited on the rebuild's locks"
     assert traffic.slowest_s < SLOWEST_S
@@ -195,13 +198,13 @@ def test_a_rebuild_blocks_no_search_or_write_and_serves_the_same_results(
     name = f"embeddings_hnsw_model_{model.id}"
     assert (rebuilt.index, rebuilt.links, rebuilt.replaced, rebuilt.leftover) == (
         name,
-        Links(32, 128),
+        DENSER,
         Links(16, 64),
         None,
     )
-    assert [(i.name, i.links, i.valid) for i in indexes(tagged_engine)] == [(name, Links(32, 128), True)]
-    assert said[0].startswith(f"model small@1: building ynet.{name}_rebuild with m 32, ef_construction 128 (as asked)")
-    assert said[-1].startswith(f"swapped: ynet.{name} (m 32, ef_construction 128) serves model small@1; built in ")
+    assert [(i.name, i.links, i.valid) for i in indexes(tagged_engine)] == [(name, DENSER, True)]
+    assert said[0].startswith(f"model small@1: building ynet.{name}_rebuild with m 24, ef_construction 64 (as asked)")
+    assert said[-1].startswith(f"swapped: ynet.{name} (m 24, ef_construction 64) serves model small@1; built in ")
 
 
 def test_the_same_traffic_fails_against_the_blocking_build(
@@ -210,7 +213,7 @@ def test_the_same_traffic_fails_against_the_blocking_build(
     """The check above can fail: ynet.build_model_index holds its locks until its transaction ends."""
     model = active(tagged_engine)
     with Traffic(tagged_url, model.id, queries, far_from(queries)) as traffic, tagged_engine.begin() as conn:
-        conn.execute(text("SELECT ynet.build_model_index(:id, 32, 128)"), {"id": model.id})
+        conn.execute(text("SELECT ynet.build_model_index(:id)"), {"id": model.id})
         conn.execute(text("SELECT pg_sleep(1.5)"))
     assert any("lock timeout" in error for error in traffic.errors), traffic.errors
 
@@ -249,12 +252,12 @@ def test_an_index_a_rebuild_left_behind_is_warned_about_dropped_and_said(
     assert f"warning: model small@1: ynet.{leftover} was left by an interrupted rebuild" in status.output
     assert "`ynet-db index rebuild --model small@1` drops it" in status.output
 
-    result = cli("index", "rebuild", "--m", "24", "--ef-construction", "100")
+    result = cli("index", "rebuild", "--m", "24", "--ef-construction", "64")
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0].startswith(f"dropped ynet.{leftover}: {what}")
     assert invalid_indexes(tagged_engine) == []
     assert [(i.name, i.links, i.valid) for i in indexes(tagged_engine)] == [
-        (f"embeddings_hnsw_model_{model.id}", Links(24, 100), True)
+        (f"embeddings_hnsw_model_{model.id}", DENSER, True)
     ]
     assert "warning" not in cli("status").output
 
@@ -365,19 +368,19 @@ def test_the_command_names_the_model_it_cannot_find(tagged_engine: Engine, cli: 
 
 def test_status_warns_with_the_command_when_the_catalogue_has_outgrown_its_index(tagged_engine: Engine) -> None:
     """A rule that makes 3,000 rows a large catalogue stands in for a million rows."""
-    small = SizeRule(dense_from=2000)
+    small = SizeRule(dense_from=2000, large=DENSER)
     assert catalogue_status(tagged_engine).warnings == []
-    status = catalogue_status(tagged_engine, links=small)
+    status = catalogue_status(tagged_engine, rule=small)
     assert status.warnings == [
         "model small@1: its 3,000 embedded rows have outgrown its index (m 16, ef_construction 64), the size rule "
-        "chooses m 32, ef_construction 128: `ynet-db index rebuild --model small@1 --m 32 --ef-construction 128`"
+        "chooses m 24, ef_construction 64: `ynet-db index rebuild --model small@1 --m 24 --ef-construction 64`"
     ]
     assert status.models[0].index == Links(16, 64)
     assert "model small (small@1, active): 3000/3000 embedded (100%); index m 16, ef_construction 64" in str(status)
     rebuilt = rebuild(tagged_engine, active(tagged_engine), rule=small)
-    assert (rebuilt.links, rebuilt.rows) == (Links(32, 128), 3000)
-    after = catalogue_status(tagged_engine, links=small)
-    assert (after.warnings, after.models[0].index) == ([], Links(32, 128))
+    assert (rebuilt.links, rebuilt.rows) == (DENSER, 3000)
+    after = catalogue_status(tagged_engine, rule=small)
+    assert (after.warnings, after.models[0].index) == ([], DENSER)
 
 
 def test_status_warns_when_a_searched_model_has_no_valid_index(tagged_engine: Engine) -> None:
@@ -411,15 +414,15 @@ def test_the_installed_functions_are_the_rules_rendering(engine: Engine) -> None
     assert [Links(*row) for row in in_sql] == [BY_SIZE.links(r) for r in rows]
 
 
-def test_build_model_index_chooses_links_by_size_unless_asked(tagged_engine: Engine) -> None:
-    model = active(tagged_engine)
-    with tagged_engine.begin() as conn:
-        conn.execute(text(index_functions(SizeRule(dense_from=2000))))  # 3,000 rows count as large
-        conn.execute(text("SELECT ynet.build_model_index(:id)"), {"id": model.id})
-    assert [i.links for i in indexes(tagged_engine)] == [Links(32, 128)]
-    with tagged_engine.begin() as conn:
-        conn.execute(text("SELECT ynet.build_model_index(:id, ef_construction => 200)"), {"id": model.id})
-    assert [i.links for i in indexes(tagged_engine)] == [Links(32, 200)]
+def test_build_model_index_chooses_links_by_size_unless_asked(engine: Engine) -> None:
+    model_id = catalogue(engine, "few@1", unit_vectors(300, 8, seed=4))
+    with engine.begin() as conn:
+        conn.execute(text(index_functions(SizeRule(dense_from=300, large=DENSER))))  # 300 rows are many
+        conn.execute(text("SELECT ynet.build_model_index(:id)"), {"id": model_id})
+    assert [i.links for i in indexes(engine)] == [DENSER]
+    with engine.begin() as conn:
+        conn.execute(text("SELECT ynet.build_model_index(:id, m => 20)"), {"id": model_id})
+    assert [i.links for i in indexes(engine)] == [Links(20, DENSER.ef_construction)]
 
 
 @pytest.mark.parametrize(("m", "ef_construction"), [(1, 64), (101, 300), (40, 50), (16, 1001)])

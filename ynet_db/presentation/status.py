@@ -118,8 +118,8 @@ def _minutes(window: timedelta) -> str:
     return "minute" if minutes == 1 else f"{minutes} minutes"
 
 
-def catalogue_status(engine: Engine, links: SizeRule = BY_SIZE) -> CatalogueStatus:
-    """The report; `links` is the size rule the indexes are judged by (the one every build follows)."""
+def catalogue_status(engine: Engine, rule: SizeRule = BY_SIZE) -> CatalogueStatus:
+    """The report; `rule` is the size rule the indexes are judged by (the one every build follows)."""
     with Session(engine) as session:
         conn = session.connection()
         products = session.scalar(select(func.count()).select_from(Product)) or 0
@@ -133,7 +133,7 @@ def catalogue_status(engine: Engine, links: SizeRule = BY_SIZE) -> CatalogueStat
             workers=live_workers(session),
             models=[_coverage(model, indexes) for model in models],
             recent_errors=[JobError(*row) for row in jobs.recent_errors(conn, RECENT_ERRORS)],
-            warnings=[warning for model in models for warning in index_warnings(model, indexes, links)],
+            warnings=[warning for model in models for warning in index_warnings(model, indexes, rule)],
         )
 
 

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ynet_db.models.registry import ModelRecord
 from ynet_db.search.index_links import BY_SIZE, Links, SizeRule
@@ -115,11 +115,7 @@ def rebuild(
     anything is changed."""
     with _session(engine) as conn:
         _lock(conn, model)
-        rows = int(
-            conn.execute(
-                text("SELECT count(*) FROM ynet.embeddings WHERE model_id = :id"), {"id": model.id}
-            ).scalar_one()
-        )
+        rows = _embedded_rows(conn, model)
         by_size = rule.links(rows)
         links = Links(
             by_size.m if m is None else m, by_size.ef_construction if ef_construction is None else ef_construction
@@ -138,6 +134,11 @@ def rebuild(
         _swap(conn, name, building)
         say(f"swapped: ynet.{name} ({links}) serves model {model.version}; built in {build_s:.1f} s")
         return Rebuilt(name, links, rows, replaced, leftover, build_s)
+
+
+def _embedded_rows(conn: Connection, model: ModelRecord) -> int:
+    count = text("SELECT count(*) FROM ynet.embeddings WHERE model_id = :id")
+    return int(conn.execute(count, {"id": model.id}).scalar_one())
 
 
 def _why(m: int | None, ef_construction: int | None, rows: int) -> str:
@@ -231,10 +232,12 @@ def _build(
 def _drop_failed(conn: Connection, building: str, say: Say) -> str:
     try:
         conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {_qualified(building)}")
-    except DBAPIError:
-        return f"its invalid index ynet.{building} is left: the next `ynet-db index rebuild` drops it"
-    say(f"dropped ynet.{building}: the invalid index of the failed build")
-    return "its invalid index was dropped"
+    except SQLAlchemyError:  # the connection is gone (or interrupted): the next rebuild's step 2 drops it
+        outcome = f"its invalid index ynet.{building} is left: the next `ynet-db index rebuild` drops it"
+    else:
+        outcome = "its invalid index was dropped"
+    say(f"the build failed: {outcome}")
+    return outcome
 
 
 def _swap(conn: Connection, name: str, building: str) -> None:
