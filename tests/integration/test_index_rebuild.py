@@ -139,13 +139,9 @@ class Traffic:
                     "INSERT INTO ynet.embeddings (product_id, model_id, image_sha256, embedding) "
                     "SELECT id, :model, :sha, CAST(:v AS vector) FROM p"
                 ),
-                {"x": f"new-{threading.get_ident()}-{n}", "model": self.model_id, "sha": "0" * 64, "v": self._vector},
+                {"x": f"new-{n}", "model": self.model_id, "sha": "0" * 64, "v": vector_text(self.new_vector)},
             )
         return "insert"
-
-    @property
-    def _vector(self) -> str:
-        return vector_text(self.new_vector)
 
     def during(self, started: float, ended: float) -> dict[str, int]:
         """Statements that ran while [started, ended] did, by kind."""
