@@ -114,12 +114,12 @@ def test_without_scan_counts_the_result_does_not_guess(tagged_engine: Engine, ta
     assert (found.path, found.index_scanned, len(found.candidates)) == ("ann", None, 10)
 
 
-def test_one_revision_down_restores_the_hand_written_function_and_up_renders_it_again(empty_engine: Engine) -> None:
+def test_below_0011_the_hand_written_function_is_back_and_up_renders_it_again(empty_engine: Engine) -> None:
     hand_written = import_module(
         "ynet_db.migrations.versions.0008_privileges_and_sources"
     )._nearest_products_with_checks()
     migrate.upgrade(empty_engine)
-    migrate.downgrade(empty_engine, "-1")
+    migrate.downgrade(empty_engine, "0010")
     with empty_engine.connect() as conn:
         body, _ = conn.execute(text(INSTALLED)).one()
     assert body in hand_written and body != function_body()

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("ynet_db.cli.worker:worker", "Embed catalogue images: a Celery worker and its dispatcher."),
     "model": ("ynet_db.cli.model:model", "Register and activate embedding models; coverage."),
     "jobs": ("ynet_db.cli.jobs:jobs", "List embedding jobs with their errors; re-drive dead ones."),
+    "index": ("ynet_db.cli.index:index", "Rebuild a model's HNSW index without blocking searches or writes."),
     "attach": ("ynet_db.cli.attach:attach", "Keep the catalogue in step with an existing shop table."),
     "search": ("ynet_db.cli.search:search", "Find the products nearest to a photo (table or HTML)."),
     "serve": ("ynet_db.cli.serve:serve", "The HTTP API: search by photo or URL, health, status, metrics."),

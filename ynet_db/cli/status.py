@@ -20,7 +20,12 @@ Item = TypeVar("Item", bound="DataclassInstance")
 @click.command()
 @pass_app
 def status(app: App) -> None:
-    """Products, embedding jobs by state, coverage per model and recent errors."""
+    """Products, embedding jobs by state, coverage per model, each model's HNSW index and recent errors.
+
+    Warns, with the command to run, when a catalogue has outgrown the links its index was built with
+    (`ynet-db index rebuild`), when a searched model has no valid index, and when an interrupted rebuild
+    left an index behind.
+    """
     click.echo(str(_printable(catalogue_status(app.migrated_engine))))
 
 
@@ -31,6 +36,7 @@ def _printable(report: CatalogueStatus) -> CatalogueStatus:
         workers=[_escaped(worker) for worker in report.workers],
         models=[_escaped(model) for model in report.models],
         recent_errors=[_escaped(error) for error in report.recent_errors],
+        warnings=[safe(warning) for warning in report.warnings],
     )
 
 

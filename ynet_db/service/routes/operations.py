@@ -90,7 +90,8 @@ def _workers(service: Service) -> Check:
 
 @router.get("/status", responses=errors(503), summary="Products, embedding work and model coverage")
 def status(request: Request) -> dict[str, Any]:
-    """What `ynet-db status` reports: products, jobs by state, throughput, live workers, coverage, recent errors."""
+    """What `ynet-db status` reports: products, jobs by state, throughput, live workers, coverage with each
+    model's index links, recent errors, and warnings (a catalogue that outgrew its index, with the command)."""
     report = catalogue_status(service_of(request).engine)
     plain: dict[str, Any] = _plain(asdict(report))
     return plain | {"throughput": [_throughput(t) for t in report.throughput]}

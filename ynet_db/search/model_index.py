@@ -1,0 +1,284 @@
+"""A model's HNSW index in the live database: what it was built with, and a rebuild that never blocks
+searches or writes (`ynet-db index rebuild`).
+
+`rebuild` runs, for one model:
+1. a session advisory lock on the model (`REBUILD_LOCK`): a second rebuild of it is refused, and `status`
+   tells a build in progress from a leftover;
+2. DROP INDEX CONCURRENTLY of whatever an earlier rebuild left under the new name (`REBUILD_SUFFIX`): an
+   invalid index from a failed build, or a built one whose swap was interrupted;
+3. CREATE INDEX CONCURRENTLY under the new name, the statement `ynet.model_index_definition` makes (the same
+   expression and predicate as the old index, so the planner serves searches from either);
+4. the swap: DROP INDEX CONCURRENTLY the old index, then rename the new one to `ynet.model_index_name`,
+   the name the search path counts its scans by.
+CREATE and DROP INDEX CONCURRENTLY take SHARE UPDATE EXCLUSIVE on the table, and renaming an index takes the
+same lock on the index (PostgreSQL >= 12): none of them conflicts with a search's ACCESS SHARE or a write's
+ROW EXCLUSIVE. CONCURRENTLY cannot run in a transaction block or a function, so each statement runs on its
+own in autocommit, on a connection that is discarded afterwards (its lock and settings never reach the pool).
+A concurrent build that fails leaves an invalid index, which PostgreSQL keeps updating on every write: it is
+dropped at once, and when even that fails, by the next rebuild (step 2); `status` warns about one left over.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from ynet_db.models.registry import ModelRecord
+from ynet_db.search.index_links import BY_SIZE, Links, SizeRule
+
+REBUILD_SUFFIX = "_rebuild"
+"""The new index's name during a rebuild: the model's index name with this suffix."""
+REBUILD_LOCK = 0x796E6978
+"""The first key of the session advisory lock a rebuild holds (pg_try_advisory_lock(REBUILD_LOCK, model id))."""
+PROGRESS_EVERY_S = 5.0
+
+Say = Callable[[str], None]
+
+
+class RebuildError(RuntimeError):
+    """A rebuild that could not run or did not finish; says what state it left and what to do."""
+
+
+@dataclass(frozen=True)
+class IndexState:
+    """One index of a model on `ynet.embeddings`: its own, or the one a rebuild builds beside it."""
+
+    model_id: int
+    name: str
+    links: Links
+    valid: bool
+    """False for an index a concurrent build has not finished (or failed): never searched, still written."""
+    rebuilding: bool
+    """A rebuild of this model holds its lock now."""
+
+    @property
+    def serving(self) -> bool:
+        """The model's own index (named `ynet.model_index_name`), not one a rebuild builds beside it."""
+        return not self.name.endswith(REBUILD_SUFFIX)
+
+
+INDEXES = text(
+    """
+    SELECT m.id, c.relname, c.reloptions, i.indisvalid,
+           EXISTS (SELECT 1 FROM pg_locks l
+                    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                      AND l.classid::bigint = :lock AND l.objid::bigint = m.id)
+      FROM ynet.models m
+      JOIN pg_class c ON c.relnamespace = 'ynet'::regnamespace
+       AND c.relname IN (ynet.model_index_name(m.id), ynet.model_index_name(m.id) || :suffix)
+      JOIN pg_index i ON i.indexrelid = c.oid
+     ORDER BY m.id, c.relname
+    """
+)
+
+
+def model_indexes(conn: Connection) -> list[IndexState]:
+    """Every model's index, and any a rebuild is building (or left) beside it."""
+    rows = conn.execute(INDEXES, {"lock": REBUILD_LOCK, "suffix": REBUILD_SUFFIX})
+    return [
+        IndexState(id_, name, Links.from_reloptions(options), valid, busy) for id_, name, options, valid, busy in rows
+    ]
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    index: str
+    links: Links
+    rows: int
+    """The model's embedded rows when the build began (what the size rule chose by)."""
+    replaced: Links | None
+    """The links of the index it replaced; None when the model had no valid index."""
+    leftover: str | None
+    """What an earlier rebuild had left and this one dropped first, if anything."""
+    build_s: float
+
+
+def rebuild(
+    engine: Engine,
+    model: ModelRecord,
+    m: int | None = None,
+    ef_construction: int | None = None,
+    *,
+    rule: SizeRule = BY_SIZE,
+    say: Say = lambda line: None,
+    progress_every_s: float = PROGRESS_EVERY_S,
+) -> Rebuilt:
+    """Build `model`'s index again beside the old one, then swap them; `say` hears each step as it
+    happens, and the build's progress. Links not given are chosen by `rule` from the model's embedded rows
+    (as `ynet.model_index_definition` chooses them); links pgvector would refuse raise `LinksError` before
+    anything is changed."""
+    with _session(engine) as conn:
+        _lock(conn, model)
+        rows = _embedded_rows(conn, model)
+        by_size = rule.links(rows)
+        links = Links(
+            by_size.m if m is None else m, by_size.ef_construction if ef_construction is None else ef_construction
+        )
+        name = str(conn.execute(text("SELECT ynet.model_index_name(:id)"), {"id": model.id}).scalar_one())
+        building = name + REBUILD_SUFFIX
+        leftover = _drop_leftover(conn, model, building, say)
+        replaced = next((i.links for i in model_indexes(conn) if i.name == name and i.valid), None)
+        say(
+            f"model {model.version}: building ynet.{building} with {links} ({_why(m, ef_construction, rows)}) "
+            f"concurrently beside ynet.{name} ({replaced or 'none'}); searches and writes go on"
+        )
+        started = time.monotonic()
+        _build(conn, engine, model, links, building, rows, say, progress_every_s)
+        build_s = time.monotonic() - started
+        _swap(conn, name, building)
+        say(f"swapped: ynet.{name} ({links}) serves model {model.version}; built in {build_s:.1f} s")
+        return Rebuilt(name, links, rows, replaced, leftover, build_s)
+
+
+def _embedded_rows(conn: Connection, model: ModelRecord) -> int:
+    count = text("SELECT count(*) FROM ynet.embeddings WHERE model_id = :id")
+    return int(conn.execute(count, {"id": model.id}).scalar_one())
+
+
+def _why(m: int | None, ef_construction: int | None, rows: int) -> str:
+    by_size = f"chosen by size for {rows:,} embedded rows"
+    if m is None and ef_construction is None:
+        return by_size
+    if m is not None and ef_construction is not None:
+        return "as asked"
+    return f"{'m' if m is not None else 'ef_construction'} as asked, the other {by_size}"
+
+
+@contextmanager
+def _session(engine: Engine) -> Iterator[Connection]:
+    """An autocommit connection of its own, discarded afterwards with its advisory lock."""
+    conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        yield conn
+    finally:
+        conn.invalidate()
+        conn.close()
+
+
+def _lock(conn: Connection, model: ModelRecord) -> None:
+    key = {"lock": REBUILD_LOCK, "id": model.id}
+    if conn.execute(text("SELECT pg_try_advisory_lock(CAST(:lock AS integer), :id)"), key).scalar_one():
+        return
+    holder = conn.execute(
+        text(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 2 "
+            "AND classid::bigint = :lock AND objid::bigint = :id"
+        ),
+        key,
+    ).scalar()
+    raise RebuildError(
+        f"another rebuild of model {model.version}'s index is running (backend pid {holder}): "
+        f"wait for it to finish, or stop it with SELECT pg_cancel_backend({holder})"
+    )
+
+
+def _qualified(name: str) -> str:
+    """`ynet."name"`. Names come from `ynet.model_index_name` (a prefix and an integer id), never from input."""
+    if not name.replace("_", "").isalnum():
+        raise ValueError(f"not an index name ynet-db makes: {name!r}")
+    return f'ynet."{name}"'
+
+
+def _drop_leftover(conn: Connection, model: ModelRecord, building: str, say: Say) -> str | None:
+    """Step 2. We hold the model's lock, so no rebuild is building this index now."""
+    found = [i for i in model_indexes(conn) if i.model_id == model.id and i.name == building]
+    if not found:
+        return None
+    what = (
+        "a built index whose swap was interrupted"
+        if found[0].valid
+        else "an invalid index left by a failed or interrupted concurrent build"
+    )
+    conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {_qualified(building)}")
+    say(f"dropped ynet.{building}: {what}")
+    return what
+
+
+def _build(
+    conn: Connection,
+    engine: Engine,
+    model: ModelRecord,
+    links: Links,
+    building: str,
+    rows: int,
+    say: Say,
+    progress_every_s: float,
+) -> None:
+    """Step 3; a failed build's invalid index is dropped before the error is raised."""
+    statement = conn.execute(
+        text("SELECT ynet.model_index_definition(:id, :m, :ef, :name, true)"),
+        {"id": model.id, "m": links.m, "ef": links.ef_construction, "name": building},
+    ).scalar_one()
+    pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+    try:
+        with _progress(engine, pid, rows, say, progress_every_s):
+            conn.exec_driver_sql(statement)
+    except BaseException as error:
+        cleaned = _drop_failed(conn, building, say)
+        if not isinstance(error, DBAPIError):
+            raise  # an interrupt: cleaned up as far as possible, and passed on
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else str(error)
+        raise RebuildError(
+            f"building ynet.{building} failed: {reason}; {cleaned}; the model's old index serves searches as before"
+        ) from error
+
+
+def _drop_failed(conn: Connection, building: str, say: Say) -> str:
+    try:
+        conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {_qualified(building)}")
+    except SQLAlchemyError:  # the connection is gone (or interrupted): the next rebuild's step 2 drops it
+        outcome = f"its invalid index ynet.{building} is left: the next `ynet-db index rebuild` drops it"
+    else:
+        outcome = "its invalid index was dropped"
+    say(f"the build failed: {outcome}")
+    return outcome
+
+
+def _swap(conn: Connection, name: str, building: str) -> None:
+    """Step 4. Between the two statements the new index serves searches under its own name."""
+    conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {_qualified(name)}")
+    conn.exec_driver_sql(f'ALTER INDEX {_qualified(building)} RENAME TO "{name}"')
+
+
+PROGRESS = text("SELECT phase, tuples_done, current_locker_pid FROM pg_stat_progress_create_index WHERE pid = :pid")
+
+
+@contextmanager
+def _progress(engine: Engine, pid: int, rows: int, say: Say, every_s: float) -> Iterator[None]:
+    """While the body runs, says the build's phase (pg_stat_progress_create_index) whenever it moved."""
+    done = threading.Event()
+
+    def watch() -> None:
+        last: Sequence[object] | None = None
+        try:
+            with engine.connect() as conn:
+                while not done.wait(every_s):
+                    row = conn.execute(PROGRESS, {"pid": pid}).first()
+                    conn.rollback()  # a fresh snapshot of the statistics next time
+                    if row is not None and tuple(row) != last:
+                        last = tuple(row)
+                        say("  " + _phase(row.phase, row.tuples_done, row.current_locker_pid, rows))
+        except DBAPIError:
+            return  # progress is a courtesy: the build goes on without it
+
+    watcher = threading.Thread(target=watch, name="index-progress", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+def _phase(phase: str, tuples_done: int, locker: int, rows: int) -> str:
+    if locker:
+        return f"{phase} (backend pid {locker}'s transaction)"
+    if tuples_done:
+        return f"{phase}: {tuples_done:,} of {rows:,} rows"
+    return phase
