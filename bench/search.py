@@ -277,14 +277,15 @@ def worker_path(
 
 
 def run_size(n: int, dim: int, queries: int, worker_broker: str | None, links: IndexLinks) -> dict[str, Any]:
+    from ynet_db.config import Settings
     from ynet_db.db import migrate
     from ynet_db.db.engine import make_engine
     from ynet_db.db.server import start_embedded, stop_embedded
+    from ynet_db.models.serving import load_serving
     from ynet_db.nn.config import ModelConfig
-    from ynet_db.nn.model import RetrievalModel
 
     config = None if dim == 1280 else ModelConfig().replace(embedding_dim=dim, projection="linear", name=f"bench-{dim}")
-    model = RetrievalModel.load_default(config=config)
+    model = load_serving(Settings.from_env(), config=config)  # encoders on YNET_RUNTIME's runtime, as in a worker
     data_dir = Path(tempfile.mkdtemp(prefix="ynet-bench-"))
     server = start_embedded(data_dir / "pgdata")
     url = server.url()
@@ -293,7 +294,8 @@ def run_size(n: int, dim: int, queries: int, worker_broker: str | None, links: I
         migrate.upgrade(engine)
         vectors = clustered_vectors(n, dim, seed=n)
         click.echo(f"[{n}] loading {n} x {dim} vectors ...", err=True)
-        result: dict[str, Any] = {"products": n, "dim": dim, **load_catalogue(engine, model.version, vectors, links)}
+        result: dict[str, Any] = {"products": n, "dim": dim, "runtime": model.runtime}
+        result.update(load_catalogue(engine, model.version, vectors, links))
         picks = np.random.default_rng(1).choice(n, size=queries, replace=False)
         query_vectors = noisy(vectors[picks], seed=2)
         own = np.einsum("ij,ij->i", query_vectors, vectors[picks])

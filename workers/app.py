@@ -53,6 +53,8 @@ class WorkerOptions:
     task_time_limit_s: float = 900.0
     torch_threads: int | None = None
     """Intra-op threads per worker process; None lets torch decide."""
+    decode_threads: int = 0
+    """Threads that make the next batch ready while this one is encoded (a GPU worker); 0: decode inline."""
     extra_conf: dict[str, object] = field(default_factory=dict)
     """Celery settings applied last (for tests and operators); `check_settings` still applies."""
 

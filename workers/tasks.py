@@ -46,6 +46,7 @@ def embed_pending(model_id: int | None = None) -> int:
             lease=options.lease,
             fetch=policy_fetch(FetchPolicy.from_settings(app.ynet_settings)),  # built once, not per image
             on_written=resources.heartbeat.add_done,
+            decode_threads=options.decode_threads,
         )
     log.info(
         "embedded %d, %d to retry, %d dead, %d stale, %d released",

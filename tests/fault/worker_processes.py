@@ -74,9 +74,9 @@ BROKER_FIXTURES = {"redis": "redis_url", "rabbitmq": "rabbitmq_url"}
 def start_worker(
     settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Callable[..., WorkerProcess]]:
-    """start(*options, broker=None | "redis" | "rabbitmq" | URL, hooks=False, database=None, prefix=()): a
-    worker on this test's database (or `database`), with the database as broker unless one is named, run
-    behind `prefix` (a simulated host's, tests/fault/netns.py) when one is given."""
+    """start(*options, broker=None | "redis" | "rabbitmq" | URL, hooks=False, database=None, prefix=(),
+    runtime="torch"): a worker on this test's database (or `database`), with the database as broker unless
+    one is named, run behind `prefix` (a simulated host's, tests/fault/netns.py) when one is given."""
     started: list[WorkerProcess] = []
 
     def start(
@@ -85,6 +85,7 @@ def start_worker(
         hooks: bool = False,
         database: URL | None = None,
         prefix: Sequence[str] = (),
+        runtime: str = "torch",
     ) -> WorkerProcess:
         if broker in BROKER_FIXTURES:
             broker = str(request.getfixturevalue(BROKER_FIXTURES[broker]))
@@ -95,9 +96,9 @@ def start_worker(
             "YNET_DATA_DIR": str(settings.data_dir),
             "YNET_DEVICE": "cpu",
             "OMP_NUM_THREADS": "1",
-            # These tests are about the queue: exporting ONNX graphs into each test's fresh data directory
+            # Most tests are about the queue: exporting ONNX graphs into each test's fresh data directory
             # would add seconds per worker; the runtime has its own tests (tests/unit/nn/test_runtime.py).
-            "YNET_RUNTIME": "torch",
+            "YNET_RUNTIME": runtime,
             "YNET_IMAGE_ROOTS": str(tmp_path),  # the products' images (`insert_products`)
         }
         env.pop("YNET_BROKER_URL", None)

@@ -23,7 +23,17 @@ from ynet_db.workers.heartbeat import Heartbeat, WorkerIdentity
 from ynet_db.db.tables import Embedding, EmbeddingJob, Model, Product
 from ynet_db.images.decode import ImageError
 from ynet_db.ingestion import jobs
-from ynet_db.ingestion.embed import BatchWriter, StopSignal, default_fetch, drain, embed_batch, run_once
+from ynet_db.ingestion.embed import (
+    BatchResult,
+    BatchWriter,
+    Fetch,
+    ShopEncoder,
+    StopSignal,
+    default_fetch,
+    drain,
+    embed_batch,
+    run_once,
+)
 from ynet_db.models.registry import ModelIdentity, activate, promote_if_complete, register
 
 DIM = 4
@@ -398,3 +408,121 @@ def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> No
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(0.1)
+
+
+# -- decoding ahead (a GPU worker's `drain(..., decode_threads=N)`) ---------------------------------------
+
+
+class WatchingEncoder(ColourEncoder):
+    """Notes, for each batch it encodes, whether another fetch began while it was encoding (it waits a
+    little for one), and whether it is encoding at all (`busy`)."""
+
+    def __init__(self, fetched: list[str]) -> None:
+        super().__init__()
+        self.fetched, self.busy, self.fetched_meanwhile = fetched, threading.Event(), list[bool]()
+
+    def encode_shop(self, pixels: torch.Tensor, tags: Sequence[Sequence[str]]) -> Encoding:
+        self.busy.set()
+        try:
+            before, deadline = len(self.fetched), time.monotonic() + 2.0
+            while len(self.fetched) == before and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.fetched_meanwhile.append(len(self.fetched) > before)
+            return super().encode_shop(pixels, tags)
+        finally:
+            self.busy.clear()
+
+
+def drain_all(engine: Engine, encoder: ShopEncoder, fetch: Fetch, stop: threading.Event | None = None) -> BatchResult:
+    return drain(
+        engine,
+        encoder,
+        "w1",
+        3,
+        until=float("inf"),
+        stop=stop or threading.Event(),
+        in_hand=jobs.InHand(),
+        fetch=fetch,
+        decode_threads=3,
+    )
+
+
+def test_decoding_ahead_prepares_the_next_batch_while_this_one_encodes_and_a_batch_at_once(
+    engine: Engine, tmp_path: Path
+) -> None:
+    add_model(engine)
+    colours = [(20 * i, 100, 0) for i in range(9)]
+    add_products(engine, [str(write_png(tmp_path / f"{i}.png", colour)) for i, colour in enumerate(colours)])
+    fetched: list[str] = []
+    together = threading.Barrier(3, timeout=10)  # a batch's three fetches pass only when they run at once
+
+    def fetch(location: str, stop: StopSignal) -> bytes:
+        fetched.append(location)
+        together.wait()
+        return read_file(location, stop)
+
+    encoder = WatchingEncoder(fetched)
+    result = drain_all(engine, encoder, fetch)
+
+    assert (result.claimed, result.done, result.retry, result.errors) == (9, 9, 0, [])
+    assert encoder.calls == [3, 3, 3]
+    assert encoder.fetched_meanwhile == [True, True, False]  # the last batch had nothing behind it
+    with Session(engine) as session:
+        stored = dict(session.execute(select(Product.external_id, Embedding.embedding).join(Embedding.product)).all())
+    for i, colour in enumerate(colours):  # each vector is its own image's, whichever thread decoded it
+        assert list(stored[f"p{i}"]) == pytest.approx([c / 255 for c in colour] + [1], abs=1e-6)
+
+
+def test_a_retried_job_is_decoded_alone_after_the_writes_before_it(engine: Engine, tmp_path: Path) -> None:
+    add_model(engine)
+    add_products(engine, [str(write_png(tmp_path / f"{i}.png", (0, 0, 30 * i))) for i in range(7)])
+    with Session(engine) as session:  # p6 failed once: it comes back after the first attempts (run_after)
+        p6 = select(Product.id).where(Product.external_id == "p6").scalar_subquery()
+        session.execute(
+            update(EmbeddingJob)
+            .where(EmbeddingJob.product_id == p6)
+            .values(state="retry", attempts=1, run_after=func.now())
+        )
+        session.commit()
+    fetched: list[str] = []
+    seen_at_retry: list[tuple[bool, int]] = []
+    encoder = WatchingEncoder(fetched)
+
+    def fetch(location: str, stop: StopSignal) -> bytes:
+        if location.endswith("6.png"):  # (encoding now?, embeddings written by now)
+            seen_at_retry.append((encoder.busy.is_set(), embedding_count(engine)))
+        fetched.append(location)
+        return read_file(location, stop)
+
+    result = drain_all(engine, encoder, fetch)
+
+    assert (result.claimed, result.done) == (7, 7) and encoder.calls == [3, 3, 1]
+    assert seen_at_retry == [(False, 6)]  # no encode beside it, and both earlier batches already written
+    assert encoder.fetched_meanwhile == [True, False, False]  # nothing was decoded ahead beside the retried job
+
+
+def test_a_stop_while_decoding_ahead_embeds_what_was_fetched_and_releases_the_rest(
+    engine: Engine, tmp_path: Path
+) -> None:
+    add_model(engine)
+    add_products(engine, [str(write_png(tmp_path / f"{i}.png", (0, 25 * i, 25 * i))) for i in range(8)])
+    stop = threading.Event()
+    fetched: list[str] = []
+
+    def fetch(location: str, cancel: StopSignal) -> bytes:
+        if location.endswith("4.png"):  # in the second batch, decoded ahead, once p3 is fetched
+            wait_until(lambda: str(tmp_path / "3.png") in fetched, 10, "p3's fetch")
+            stop.set()
+            raise ImageError(location, "download cancelled: the worker is stopping")
+        fetched.append(location)
+        time.sleep(0.2 if location.endswith("5.png") else 0)  # p5's fetch is in flight when the stop comes
+        return Path(location).read_bytes()
+
+    result = drain_all(engine, WatchingEncoder(fetched), fetch, stop)
+
+    states = {sku: row[:2] for sku, row in job_rows(engine).items()}
+    assert "running" not in {state for state, _ in states.values()}, states  # every claimed job was settled
+    assert [states[f"p{i}"] for i in range(4)] == [("done", 1)] * 4
+    assert states["p4"] == ("pending", 0) and states["p6"] == ("pending", 0) and states["p7"] == ("pending", 0)
+    assert states["p5"] in (("done", 1), ("pending", 0))  # fetched before the stop, or released unattempted
+    assert (result.claimed, result.done + result.released, result.retry) == (6, 6, 0)

@@ -19,9 +19,17 @@ from ynet_db.nn.model import RetrievalModel
 from ynet_db.search.filters import DEFAULT_SCHEMA, TEXT_OPS, Field, Op, text_value
 
 
+@pytest.fixture(autouse=True)
+def pytorch_encoders(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests are about the command's output: PyTorch spares each an export of the ONNX graphs into its
+    fresh data directory (seconds); the first test runs on the default runtime."""
+    monkeypatch.setenv("YNET_RUNTIME", "torch")
+
+
 def test_search_prints_a_table_and_writes_a_page(
     engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv("YNET_RUNTIME")  # auto: the encoders on ONNX Runtime, as a worker's
     model = RetrievalModel.load_default()
     catalogue(engine, model.version, unit_vectors(30, model.embedding_dim, seed=1))
     shop = tmp_path / "shop.png"
@@ -44,6 +52,8 @@ def test_search_prints_a_table_and_writes_a_page(
     page = out.read_text()
     assert page.count("data:image/jpeg;base64,") == 1 + 3 * 2  # query, then thumbnail + attention per result
     assert "&lt;b&gt;x&lt;/b&gt;" in page and "<b>x</b>" not in page
+    graphs = sorted(path.name.split("-")[-2] for path in (settings.data_dir / "onnx").glob("*.onnx"))
+    assert graphs == ["shop", "street"]  # the query was encoded on ONNX Runtime
 
 
 def test_search_refuses_a_bad_filter_with_its_message(

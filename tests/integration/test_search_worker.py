@@ -18,7 +18,7 @@ from ynet_db.config import Settings
 from ynet_db.nn.calibration import ContextCalibration
 from ynet_db.nn.model import RetrievalModel
 from ynet_db.search.client import CeleryRunner
-from ynet_db.search.query import SearchResult, search
+from ynet_db.search.query import SearchResult, configured_model, search
 
 # The fault suite's helpers start and kill real worker processes; reuse them rather than copy them.
 sys.path.insert(0, str(Path(__file__).parents[1] / "fault"))
@@ -93,3 +93,30 @@ def test_worker_and_in_process_follow_the_same_registry_calibration(
         np.testing.assert_allclose(
             [r.rerank_score for r in theirs.rows], [r.rerank_score for r in mine.rows], rtol=1e-4, atol=1e-5
         )
+
+
+def test_an_in_process_search_encodes_as_the_worker_does(
+    engine: Engine,
+    settings: Settings,
+    start_worker,  # type: ignore[no-untyped-def]
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Both on ONNX Runtime (YNET_RUNTIME), the in-process model exporting the graphs the worker then loads.
+    monkeypatch.setenv("YNET_RUNTIME", "onnxruntime")
+    monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    model = configured_model()  # what `search` and `ynet-db search` load when given no model
+    assert isinstance(model, RetrievalModel) and model.runtime == "onnxruntime"
+    image = photo(11)
+    query = model.encode_street(model.preprocess(image)[None]).vectors[0].numpy()
+    vectors = unit_vectors(40, model.embedding_dim, seed=8)
+    vectors[0] = query  # product p0 is the in-process query vector itself: its distance is 1 - cosine to it
+    catalogue(engine, model.version, vectors)
+    worker = start_worker("--no-dispatcher", "--queues", "search", broker=redis_url, runtime="onnxruntime")
+    runner = CeleryRunner(make_app(replace(settings, broker_url=redis_url)), timeout_s=180)
+    theirs = search(engine, image, k=3, rerank=False, via=runner)
+    mine = search(engine, image, k=3, rerank=False)  # loads `configured_model()` itself
+    assert ranking(theirs)[0] == ranking(mine)[0] == "p0"
+    assert mine.rows[0].distance <= 1e-6
+    assert theirs.rows[0].distance <= 1 - 0.9999  # the worker's query vector, within cosine 0.9999 of ours
+    assert "encoders on onnxruntime" in worker.output()

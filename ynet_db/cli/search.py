@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ynet_db.cli.checkpoints import load_model
+from ynet_db.cli.checkpoints import load_configured_model
 from ynet_db.cli.context import App, pass_app
 from ynet_db.cli.terminal import safe
 
@@ -93,7 +93,8 @@ def _read_query(image: Path) -> bytes:
 
 
 def _load_model(app: App) -> RetrievalModel:
-    return load_model(app.settings.model_path, app.settings.device)
+    # As the workers load it (YNET_MODEL, YNET_RUNTIME), so an in-process query vector is a worker's.
+    return load_configured_model(app.settings)
 
 
 def _worker_runner(app: App) -> QueryRunner:

@@ -19,20 +19,34 @@ from ynet_db.workers.app import DEFAULT_TICK_S
 POOLS = ("auto", "prefork", "solo")
 
 
-def choose_pool(pool: str, device: str, concurrency: int | None) -> tuple[str, int]:
-    """CPU: one process per core, one torch thread each. GPU: one process owns the device (solo).
+def on_gpu(device: str) -> bool:
+    """Whether YNET_DEVICE's value puts the encoders on a GPU.
 
-    Deciding "GPU" must not initialise CUDA in this (parent) process: prefork children would inherit
-    a broken context. `torch.cuda.is_available()` only asks the driver, which is safe before a fork.
+    Deciding must not initialise CUDA in this (parent) process: prefork children would inherit a broken
+    context. `torch.cuda.is_available()` only asks the driver, which is safe before a fork.
     """
-    if pool == "auto":
-        import torch
+    if device != "auto":
+        return device == "cuda"
+    import torch
 
-        on_gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-        pool = "solo" if on_gpu else "prefork"
+    return torch.cuda.is_available()
+
+
+def choose_pool(pool: str, device: str, concurrency: int | None) -> tuple[str, int]:
+    """CPU: one process per core, one torch thread each. GPU: one process owns the device (solo)."""
+    if pool == "auto":
+        pool = "solo" if on_gpu(device) else "prefork"
     if pool == "solo":
         return "solo", 1
     return "prefork", concurrency or usable_cores()
+
+
+def choose_decode_threads(decode_threads: int | None, device: str) -> int:
+    """GPU: every core decodes the next batch while the device encodes this one. CPU: 0, decoding inline,
+    because the cores are the encoder's (decoding beside it would only take turns with it)."""
+    if decode_threads is not None:
+        return decode_threads
+    return usable_cores() if on_gpu(device) else 0
 
 
 @click.command()
@@ -81,6 +95,12 @@ def choose_pool(pool: str, device: str, concurrency: int | None) -> tuple[str, i
     type=click.IntRange(1, 65535),
     help="Serve Prometheus metrics of this worker, its processes and its dispatcher on this port (default: off).",
 )
+@click.option(
+    "--decode-threads",
+    type=click.IntRange(min=0),
+    help="Threads that fetch, decode and preprocess the next batch while this one is encoded "
+    "(default: the cores on a GPU, 0 on a CPU: decode inline).",
+)
 @click.option("--loglevel", default="info", show_default=True)
 @pass_app
 def worker(
@@ -94,6 +114,7 @@ def worker(
     queues: tuple[str, ...],
     device: str | None,
     metrics_port: int | None,
+    decode_threads: int | None,
     loglevel: str,
 ) -> None:
     """Embed catalogue images as jobs arrive (Ctrl-C once: write what was fetched, hand the rest back, stop)."""
@@ -107,7 +128,12 @@ def worker(
     _check_model(settings)
     pool, processes = choose_pool(pool, settings.device, concurrency)
     threads = threads_per_process(processes)
-    options = WorkerOptions(batch_size=batch_size, lease=timedelta(seconds=lease), torch_threads=threads)
+    options = WorkerOptions(
+        batch_size=batch_size,
+        lease=timedelta(seconds=lease),
+        torch_threads=threads,
+        decode_threads=choose_decode_threads(decode_threads, settings.device),
+    )
     celery_app = make_app(settings, options)
     try:
         check_settings(celery_app)

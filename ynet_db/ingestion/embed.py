@@ -15,14 +15,17 @@ the culprit is found and the others still get their embeddings.
 A worker's loop writes each batch on a thread (`BatchWriter`) while it embeds the next one: the
 database's share of the time (the HNSW insert, the commit) then overlaps the encoder's, one write in
 flight at a time. A write that fails surfaces at the next batch or at the end of the loop, and the
-batch behind it was claimed but never written: the lease brings both batches' jobs back.
+batch behind it was claimed but never written: the lease brings both batches' jobs back. A GPU worker
+also decodes ahead (`drain`'s `decode_threads`): the next batch is claimed, fetched, decoded and
+preprocessed on a thread pool while the device encodes this one, one batch ahead at most.
 
 An item can also kill its process outright (a decoder crash, the OOM killer): nothing is recorded,
 and its whole batch comes back when the lease expires. So a job on its second or later attempt is
 embedded alone: a killer then takes only itself down, and ends dead after its attempts, while its
 former batch-mates are embedded. Before it, the previous batch's write is waited for, so that write
-does not go down with it either. (A first attempt that kills takes the write in flight along: those
-jobs come back once, and are then embedded alone.)
+does not go down with it either, and nothing is decoded ahead beside it. (A first attempt that kills
+takes the write in flight along, and when decoding ahead the batch being encoded too: those jobs come
+back once, and are then embedded alone.)
 
 A stopping worker (warm shutdown) hands its fetch the stop event, which cuts a download in flight. An
 item whose fetch was cut, and every item of the batch not yet fetched, is released to the queue with
@@ -38,7 +41,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Protocol
@@ -273,24 +277,73 @@ def embed_batch(
     writer: BatchWriter | None = None,
     stop: StopSignal | None = None,
     in_hand: jobs.InHand | None = None,
+    decoder: Executor | None = None,
 ) -> BatchResult:
     """Embed claimed jobs and record each outcome; never raises for a single item's failure. With a
     `writer` the embeddings are written behind the caller's back (counts final after `writer.wait`).
-    Once `stop` is set, the items not yet fetched are released; each job leaves `in_hand` when settled."""
+    Once `stop` is set, the items not yet fetched are released; each job leaves `in_hand` when settled.
+    With a `decoder` (a thread pool) the items are fetched, decoded and preprocessed on its threads."""
     stop, in_hand = stop or threading.Event(), in_hand or jobs.InHand()
+    ready = prepare_batch(engine, model, batch, worker, fetch=fetch, stop=stop, in_hand=in_hand, decoder=decoder)
+    return encode_batch(engine, model, ready, worker, writer=writer, in_hand=in_hand)
+
+
+@dataclass
+class ReadyBatch:
+    """Claimed jobs made ready to encode: `prepared` holds the items that are; the others are settled."""
+
+    result: BatchResult
+    prepared: list[Prepared]
+
+
+def prepare_batch(
+    engine: Engine,
+    model: ShopEncoder,
+    batch: Sequence[ClaimedJob],
+    worker: str,
+    *,
+    fetch: Fetch,
+    stop: StopSignal,
+    in_hand: jobs.InHand,
+    decoder: Executor | None = None,
+) -> ReadyBatch:
+    """Prepare each job (one after another, or all at once on `decoder`'s threads), recording each item's
+    failure and releasing the items a stop left unfetched."""
+
+    def attempt(job: ClaimedJob) -> Prepared | ItemFailure | Released:
+        if stop.is_set():
+            return Released(job.image_uri)
+        try:
+            return prepare(job, model, fetch, stop)
+        except (ItemFailure, Released) as outcome:
+            return outcome
+
     result = BatchResult(claimed=len(batch))
     prepared: list[Prepared] = []
     released: list[ClaimedJob] = []
-    for job in batch:
-        try:
-            if stop.is_set():
-                raise Released(job.image_uri)
-            prepared.append(prepare(job, model, fetch, stop))
-        except Released:
+    outcomes = decoder.map(attempt, batch) if decoder is not None else map(attempt, batch)
+    for job, outcome in zip(batch, outcomes, strict=True):
+        if isinstance(outcome, Released):
             released.append(job)
-        except ItemFailure as failure:
-            _record_failure(engine, job, worker, failure, result, in_hand)
+        elif isinstance(outcome, ItemFailure):
+            _record_failure(engine, job, worker, outcome, result, in_hand)
+        else:
+            prepared.append(outcome)
     _release(engine, worker, released, result, in_hand)
+    return ReadyBatch(result, prepared)
+
+
+def encode_batch(
+    engine: Engine,
+    model: ShopEncoder,
+    ready: ReadyBatch,
+    worker: str,
+    *,
+    writer: BatchWriter | None,
+    in_hand: jobs.InHand,
+) -> BatchResult:
+    """Encode the prepared items in one forward pass and write their embeddings (behind, with a `writer`)."""
+    result, prepared = ready.result, ready.prepared
     if not prepared:
         return result
     finished = []
@@ -334,6 +387,31 @@ def _release(
         log.info("stopping: %d jobs released to the queue unattempted", count)
 
 
+def claim_batch(
+    engine: Engine,
+    worker: str,
+    batch_size: int,
+    in_hand: jobs.InHand,
+    *,
+    model_id: int | None = None,
+    lease: timedelta = jobs.DEFAULT_LEASE,
+) -> list[ClaimedJob]:
+    """Up to `batch_size` ready jobs (of one model), held in `in_hand`. The first job is claimed alone: a
+    retried one is embedded alone (see the module's notes). Otherwise the rest of the batch is filled with
+    first attempts only, so no retried job shares a batch's fate."""
+    batch = jobs.claim(engine, worker, 1, lease=lease, model_id=model_id)
+    in_hand.hold(job.id for job in batch)
+    if batch and batch[0].attempts == 1 and batch_size > 1:
+        batch += jobs.claim(engine, worker, batch_size - 1, lease=lease, model_id=model_id, first_attempts_only=True)
+        in_hand.hold(job.id for job in batch)
+    return batch
+
+
+def retried(batch: Sequence[ClaimedJob]) -> bool:
+    """A batch of one job on its second or later attempt: it may kill the process, so nothing runs beside it."""
+    return bool(batch) and batch[0].attempts > 1
+
+
 def run_once(
     engine: Engine,
     model: ShopEncoder,
@@ -347,20 +425,13 @@ def run_once(
     stop: StopSignal | None = None,
     in_hand: jobs.InHand | None = None,
 ) -> BatchResult:
-    """Claim up to `batch_size` ready jobs (of one model) and embed them; `claimed == 0` means no work.
-
-    The first job is claimed alone: a retried one is embedded alone (see the module's notes). Otherwise
-    the rest of the batch is filled with first attempts only, so no retried job shares a batch's fate.
-    With a `writer`, the batch is written on its thread (the returned counts are final after its `wait`).
-    The claimed jobs are held in `in_hand` until each is written, failed or released.
+    """Claim up to `batch_size` ready jobs (of one model, `claim_batch`) and embed them; `claimed == 0`
+    means no work. With a `writer`, the batch is written on its thread (the returned counts are final after
+    its `wait`). The claimed jobs are held in `in_hand` until each is written, failed or released.
     """
     in_hand = in_hand or jobs.InHand()
-    batch = jobs.claim(engine, worker, 1, lease=lease, model_id=model_id)
-    in_hand.hold(job.id for job in batch)
-    if batch and batch[0].attempts == 1 and batch_size > 1:
-        batch += jobs.claim(engine, worker, batch_size - 1, lease=lease, model_id=model_id, first_attempts_only=True)
-        in_hand.hold(job.id for job in batch)
-    elif batch and writer is not None:
+    batch = claim_batch(engine, worker, batch_size, in_hand, model_id=model_id, lease=lease)
+    if retried(batch) and writer is not None:
         writer.wait()  # a retried job may kill the process: no other batch's write may go down with it
     return embed_batch(engine, model, batch, worker, fetch=fetch, writer=writer, stop=stop, in_hand=in_hand)
 
@@ -378,38 +449,59 @@ def drain(
     lease: timedelta = jobs.DEFAULT_LEASE,
     fetch: Fetch = default_fetch,
     on_written: Callable[[int], None] = lambda done: None,
+    decode_threads: int = 0,
 ) -> BatchResult:
     """Embed batch after batch, each written behind the next, until no work is left, the monotonic clock
     passes `until` or `stop` is set; the counts are final.
+
+    With `decode_threads`, a batch's images are fetched, decoded and preprocessed on that many threads at
+    once, and the next batch is claimed and made ready while this one is encoded (one batch ahead, and
+    never beside a retried job), so a GPU waits for no decoding. A CPU worker keeps 0: its cores run the
+    encoder, and decoding beside it would only take turns with it.
 
     If anything raises, the error is noted on the jobs still in hand and they are left to their lease
     (the caller's heartbeat stops renewing them once `in_hand` is no longer its), then it propagates.
     """
     batches: list[BatchResult] = []
+    ahead: Future[tuple[list[ClaimedJob], ReadyBatch | None]] | None = None
+
+    def working() -> bool:
+        return time.monotonic() < until and not stop.is_set()
+
+    def claimed(decoder: Executor | None) -> tuple[list[ClaimedJob], ReadyBatch | None]:
+        """The next batch, made ready unless it is a retried job (prepared only once the writes are done)."""
+        batch = claim_batch(engine, worker, batch_size, in_hand, model_id=model_id, lease=lease)
+        if retried(batch):
+            return batch, None
+        return batch, prepare_batch(
+            engine, model, batch, worker, fetch=fetch, stop=stop, in_hand=in_hand, decoder=decoder
+        )
+
     try:
-        with BatchWriter(engine, worker, on_written) as writer:
-            while time.monotonic() < until and not stop.is_set():
-                batch = run_once(
-                    engine,
-                    model,
-                    worker,
-                    batch_size,
-                    model_id=model_id,
-                    lease=lease,
-                    fetch=fetch,
-                    writer=writer,
-                    stop=stop,
-                    in_hand=in_hand,
-                )
-                if not batch.claimed:
+        with BatchWriter(engine, worker, on_written) as writer, ExitStack() as pools:
+            decoder = prefetch = None
+            if decode_threads > 0:
+                decoder = pools.enter_context(ThreadPoolExecutor(decode_threads, thread_name_prefix="ynet-decode"))
+                prefetch = pools.enter_context(ThreadPoolExecutor(1, thread_name_prefix="ynet-prefetch"))
+            while ahead is not None or working():
+                batch, ready = ahead.result() if ahead is not None else claimed(decoder)
+                ahead = None
+                if not batch:
                     break
-                batches.append(batch)
+                if ready is None:
+                    writer.wait()  # a retried job may kill the process: no other batch's write may go down with it
+                    ready = prepare_batch(engine, model, batch, worker, fetch=fetch, stop=stop, in_hand=in_hand)
+                elif prefetch is not None and working():
+                    ahead = prefetch.submit(claimed, decoder)
+                batches.append(encode_batch(engine, model, ready, worker, writer=writer, in_hand=in_hand))
     except BaseException as error:
+        if ahead is not None:
+            wait([ahead])  # the batch it claimed is in hand, and abandoned with the rest
         _abandon(engine, worker, in_hand, error)
         raise
     total = BatchResult()
-    for batch in batches:  # counted once the writer has finished every batch's write
-        total.add(batch)
+    for batch_result in batches:  # counted once the writer has finished every batch's write
+        total.add(batch_result)
     return total
 
 

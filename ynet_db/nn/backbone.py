@@ -56,8 +56,11 @@ class SameConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel, stride, padding=0, groups=groups, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad_h = _same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
-        pad_w = _same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
+        # int(): under the ONNX exporter's tracer a size is a tensor, and arithmetic on it would be exported
+        # as ~50 shape nodes a convolution, computed on every run; as ints the pads are constants of the
+        # graph (it serves one input size), which ONNX Runtime fuses into the convolution.
+        pad_h = _same_padding(int(x.shape[-2]), self.kernel_size[0], self.stride[0])
+        pad_w = _same_padding(int(x.shape[-1]), self.kernel_size[1], self.stride[1])
         if pad_h or pad_w:
             x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
         return F.conv2d(x, self.weight, None, self.stride, 0, self.dilation, self.groups)

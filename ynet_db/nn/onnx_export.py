@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 GraphKind = Literal["shop", "street"]
 GRAPHS: tuple[GraphKind, ...] = ("shop", "street")
 OPSET = 17
-RECIPE = "ynet-onnx/2"
+RECIPE = "ynet-onnx/3"
 """Bumped whenever the wrappers below change what a graph computes."""
 INPUTS: dict[GraphKind, tuple[str, ...]] = {"shop": ("pixels", "tag_query"), "street": ("pixels",)}
 OUTPUTS: dict[GraphKind, tuple[str, ...]] = {"shop": ("vectors", "weights"), "street": ("maps",)}
@@ -112,9 +112,26 @@ def export_graph(network: YNet, kind: GraphKind, path: Path) -> None:
                 output_names=list(OUTPUTS[kind]),
                 dynamic_axes={name: {0: "batch"} for name in names},
             )
+        drop_unset_trailing_inputs(Path(temporary))
         os.replace(temporary, path)
     finally:
         Path(temporary).unlink(missing_ok=True)
+
+
+def drop_unset_trailing_inputs(path: Path) -> None:
+    """Remove the empty names the exporter writes for optional inputs left unset (Pad's constant value).
+
+    An empty name means "not given" in ONNX, but ONNX Runtime fuses a Pad into the convolution after it
+    only when every input it has is a constant: with the empty one each 'SAME' convolution kept a Pad,
+    which copied its input and broke the blocked memory layout around it (a third of a batch-1 run).
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        while node.input and not node.input[-1]:
+            node.input.pop()
+    onnx.save(model, str(path))
 
 
 def cached_graph(network: YNet, kind: GraphKind, path: Path, *, fresh: bool = False) -> Path:

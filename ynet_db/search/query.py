@@ -275,8 +275,8 @@ def search(
     """Search the active model's catalogue with a photo (bytes, a path or URL, or a PIL image).
 
     `engine`: the database, or `SearchDatabases` to read from replicas first (`ynet_db/db/replicas.py`).
-    `model`: the loaded active model, for the model work in this process (default: the shipped
-    default model, loaded now: pass a loaded one to reuse it). `via`: a runner that does the model
+    `model`: the loaded active model, for the model work in this process (default: `configured_model()`,
+    loaded now: pass a loaded one to reuse it). `via`: a runner that does the model
     work elsewhere, e.g. `ynet_db.search.client.CeleryRunner`; give one or the other, not both.
     `rerank`: None re-ranks only if the model's re-ranker was measured to help. `policy`: where a path
     or URL may lead (default: the environment's settings, see `ynet_db/images/policy.py`).
@@ -296,11 +296,14 @@ def search_many_queries(
     if via is not None and model is not None:
         raise ValueError("give `model` (search in this process) or `via` (search in a worker), not both")
     if via is None:
-        via = InProcess(engine, model or _default_model())
+        via = InProcess(engine, model or configured_model())
     return via.run(queries)
 
 
-def _default_model() -> QueryModel:
-    from ynet_db.nn.model import RetrievalModel
+def configured_model() -> QueryModel:
+    """What an in-process search loads when given no model: the one the workers serve (YNET_MODEL, else the
+    shipped default), its encoders on the runtime YNET_RUNTIME chooses, so its query vectors are theirs."""
+    from ynet_db.config import Settings
+    from ynet_db.models.serving import load_configured
 
-    return RetrievalModel.load_default()
+    return load_configured(Settings.from_env())

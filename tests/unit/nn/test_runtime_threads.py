@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ynet_db.cli.worker import choose_pool
+from ynet_db.cli.worker import choose_decode_threads, choose_pool
 from ynet_db.nn.runtime_threads import threads_per_process, usable_cores
 
 
@@ -32,3 +32,10 @@ def test_the_default_pool_takes_one_process_per_usable_core() -> None:
     assert (pool, processes) == ("prefork", usable_cores())
     assert processes * threads_per_process(processes) <= usable_cores()
     assert choose_pool("solo", "cpu", None) == ("solo", 1)
+
+
+def test_a_gpu_worker_decodes_ahead_on_every_core_and_a_cpu_worker_inline() -> None:
+    assert choose_pool("auto", "cuda", None) == ("solo", 1)
+    assert choose_decode_threads(None, "cuda") == usable_cores()
+    assert choose_decode_threads(None, "cpu") == 0  # its cores run the encoder
+    assert choose_decode_threads(2, "cpu") == 2 and choose_decode_threads(0, "cuda") == 0  # as told
