@@ -139,10 +139,10 @@ def _fixture(draw: ImageDraw.ImageDraw, horizon: float, size: int, rng: np.rando
     """A window, door, sign or shelf on the wall: a rectangle with a frame."""
     w, h = rng.uniform(0.08, 0.4) * size, rng.uniform(0.05, 0.5) * size
     x0, y0 = rng.uniform(-0.1, 1.0) * size, rng.uniform(-0.1, 1.0) * max(horizon - h, 1.0)
-    fill = tuple(int(c * 255) for c in colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0, 0.6), rng.uniform(0.1, 1)))
+    fill = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0, 0.6), rng.uniform(0.1, 1))
     draw.rectangle(
         [x0, y0, x0 + w, y0 + h],
-        fill=fill + (int(rng.integers(150, 256)),),
+        fill=_paint(fill, alpha=int(rng.integers(150, 256))),
         outline=_grey(rng, alpha=(150, 256)),
         width=int(rng.integers(1, 5)),
     )
@@ -174,7 +174,7 @@ def _figure(draw: ImageDraw.ImageDraw, cx: float, top: float, height: float, rng
     def at(x: float, y: float) -> tuple[float, float]:
         return cx + x * height, top + y * height
 
-    skin = tuple(int(c * 255) for c in SKIN_TONES[int(rng.integers(len(SKIN_TONES)))]) + (255,)
+    skin = _paint(SKIN_TONES[int(rng.integers(len(SKIN_TONES)))])
     shirt, trousers = _clothing(rng), _clothing(rng)
     sleeves = shirt if rng.uniform() < 0.6 else skin
     stride = rng.uniform(0.03, 0.15)  # how far apart the feet are: standing or walking
@@ -222,8 +222,12 @@ def _limb(
 
 
 def _clothing(rng: np.random.Generator) -> Colour:
-    red, green, blue = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.0, 0.8), rng.uniform(0.1, 0.9))
-    return int(red * 255), int(green * 255), int(blue * 255), 255
+    return _paint(colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.0, 0.8), rng.uniform(0.1, 0.9)))
+
+
+def _paint(rgb: tuple[float, float, float], alpha: int = 255) -> Colour:
+    """An RGBA fill from an RGB colour in [0, 1]."""
+    return int(rgb[0] * 255), int(rgb[1] * 255), int(rgb[2] * 255), alpha
 
 
 def _uneven_light(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
