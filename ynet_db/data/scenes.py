@@ -3,7 +3,8 @@
 Shop photos are clean but show the product *beside* one or two other garments of similar size, so
 average pooling mixes them and only the tags say which one is for sale. Street photos show the
 product alone but badly: cluttered background (with pattern-like textures and other clothes), pose
-(rotation, perspective, drape), scale, lighting and colour cast, blur, occlusion, noise.
+(rotation, perspective, drape), scale, lighting and colour cast, blur, occlusion, noise. This is the
+classic street style; `hard_street.py` builds the hard one from the same parts (posing, pasting, camera).
 Each function takes its own numpy Generator: a photo is a pure function of its seed.
 """
 
@@ -55,9 +56,9 @@ def shop_photo(product: Garment, others: list[Garment], size: int, rng: np.rando
             round(cx * size - sprite.width / 2 + rng.normal(0, 0.02) * size),
             round(cy * size - sprite.height / 2 + rng.normal(0, 0.02) * size),
         )
-        _paste_with_shadow(canvas, sprite, at)
+        paste_with_shadow(canvas, sprite, at)
         if index == 0:
-            box = _placed_box(sprite, at, size) or box
+            box = placed_box(sprite, at, size) or box
     return Photo(canvas.convert("RGB"), box)
 
 
@@ -66,10 +67,10 @@ def _studio_background(size: int, rng: np.random.Generator) -> Image.Image:
     bottom = top * rng.uniform(0.9, 1.0)
     ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]
     pixels = (top * (1 - ramp) + bottom * ramp) * np.ones((1, size, 1), np.float32)
-    return Image.fromarray(_to_bytes(pixels), "RGB").convert("RGBA")
+    return Image.fromarray(to_bytes(pixels), "RGB").convert("RGBA")
 
 
-def _paste_with_shadow(canvas: Image.Image, sprite: Image.Image, at: tuple[int, int]) -> None:
+def paste_with_shadow(canvas: Image.Image, sprite: Image.Image, at: tuple[int, int]) -> None:
     source = _clip_source(canvas, sprite, at)
     if source[2] <= source[0] or source[3] <= source[1]:
         return  # entirely outside the photo
@@ -94,7 +95,7 @@ def _clip_source(canvas: Image.Image, sprite: Image.Image, at: tuple[int, int]) 
     return left, top, max(right, left), max(bottom, top)
 
 
-def _placed_box(sprite: Image.Image, at: tuple[int, int], size: int) -> Box | None:
+def placed_box(sprite: Image.Image, at: tuple[int, int], size: int) -> Box | None:
     bounds = sprite.getchannel("A").point(lambda a: 255 if a > 64 else 0).getbbox()
     if bounds is None:
         return None
@@ -107,15 +108,15 @@ def street_photo(product: Garment, companions: list[Garment], size: int, rng: np
     """The product as a shopper's phone sees it: posed, small or large, in clutter and bad light."""
     canvas = _clutter(size, rng)
     for companion in companions:  # other clothes in view, e.g. what the wearer has on too
-        sprite = _posed(render_garment(companion, round(size * rng.uniform(0.4, 0.8))), rng, size)
-        _paste_with_shadow(canvas, sprite, _random_spot(sprite, size, rng, inside=0.5))
-    sprite = _posed(render_garment(product, round(size * rng.uniform(0.5, 0.95))), rng, size)
-    sprite = _draped(sprite, rng)
-    at = _random_spot(sprite, size, rng, inside=0.85)
-    _paste_with_shadow(canvas, sprite, at)
-    box = _placed_box(sprite, at, size) or Box(0, 0, size, size)
+        sprite = posed(render_garment(companion, round(size * rng.uniform(0.4, 0.8))), rng, size)
+        paste_with_shadow(canvas, sprite, random_spot(sprite, size, rng, inside=0.5))
+    sprite = posed(render_garment(product, round(size * rng.uniform(0.5, 0.95))), rng, size)
+    sprite = draped(sprite, rng)
+    at = random_spot(sprite, size, rng, inside=0.85)
+    paste_with_shadow(canvas, sprite, at)
+    box = placed_box(sprite, at, size) or Box(0, 0, size, size)
     _occlude(canvas, box, rng)
-    return Photo(_camera(canvas.convert("RGB"), rng), box)
+    return Photo(camera(canvas.convert("RGB"), rng), box)
 
 
 def _clutter(size: int, rng: np.random.Generator) -> Image.Image:
@@ -124,7 +125,7 @@ def _clutter(size: int, rng: np.random.Generator) -> Image.Image:
     a, b = rng.uniform(0.1, 0.9, 3).astype(np.float32), rng.uniform(0.1, 0.9, 3).astype(np.float32)
     angle = rng.uniform(0, np.pi)
     t = np.clip(ramp[None, :] * np.cos(angle) + ramp[:, None] * np.sin(angle), 0, 1)[..., None]
-    canvas = Image.fromarray(_to_bytes(a * (1 - t) + b * t), "RGB").convert("RGBA")
+    canvas = Image.fromarray(to_bytes(a * (1 - t) + b * t), "RGB").convert("RGBA")
     draw = ImageDraw.Draw(canvas, "RGBA")
     for _ in range(int(rng.integers(10, 28))):
         _random_shape(draw, size, rng)
@@ -153,15 +154,15 @@ def _random_shape(draw: ImageDraw.ImageDraw, size: int, rng: np.random.Generator
             draw.rectangle([x0 + offset, y0, x0 + offset + step, y0 + h], fill=colour)
 
 
-def _posed(sprite: Image.Image, rng: np.random.Generator, size: int) -> Image.Image:
+def posed(sprite: Image.Image, rng: np.random.Generator, size: int) -> Image.Image:
     """Squash, rotate and tilt the flat garment as a body and a camera would."""
     squash = rng.uniform(0.8, 1.12)
     sprite = sprite.resize((max(8, round(sprite.width * squash)), sprite.height), Image.Resampling.BILINEAR)
     sprite = sprite.rotate(float(rng.uniform(-22, 22)), Image.Resampling.BILINEAR, expand=True)
-    return _perspective(sprite, rng, float(rng.uniform(0.0, 0.15)))
+    return perspective(sprite, rng, float(rng.uniform(0.0, 0.15)))
 
 
-def _perspective(sprite: Image.Image, rng: np.random.Generator, strength: float) -> Image.Image:
+def perspective(sprite: Image.Image, rng: np.random.Generator, strength: float) -> Image.Image:
     w, h = sprite.size
     corners = np.array([(0, 0), (w, 0), (w, h), (0, h)], np.float64)
     moved = corners + rng.uniform(-strength, strength, (4, 2)) * (w, h)
@@ -179,7 +180,7 @@ def _homography(dst: np.ndarray, src: np.ndarray) -> tuple[float, ...]:
     return tuple(np.linalg.solve(np.array(rows), src.reshape(-1)).tolist())
 
 
-def _draped(sprite: Image.Image, rng: np.random.Generator) -> Image.Image:
+def draped(sprite: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Folds: columns shift in a wave and light falls off across them."""
     pixels = np.asarray(sprite, dtype=np.float32)
     h, w = pixels.shape[:2]
@@ -191,10 +192,10 @@ def _draped(sprite: Image.Image, rng: np.random.Generator) -> Image.Image:
         0.5 + 0.5 * np.sin(2 * np.pi * np.arange(w) / (rng.uniform(0.15, 0.4) * w) + rng.uniform(0, 6.3))
     )
     pixels[..., :3] *= folds[None, :, None]
-    return Image.fromarray(_to_bytes(pixels / 255.0), "RGBA")
+    return Image.fromarray(to_bytes(pixels / 255.0), "RGBA")
 
 
-def _random_spot(sprite: Image.Image, size: int, rng: np.random.Generator, inside: float) -> tuple[int, int]:
+def random_spot(sprite: Image.Image, size: int, rng: np.random.Generator, inside: float) -> tuple[int, int]:
     """A paste position keeping at least `inside` of the sprite's width and height in the photo."""
     margin_x, margin_y = (1 - inside) * sprite.width, (1 - inside) * sprite.height
     x = rng.uniform(-margin_x, max(size - sprite.width + margin_x, -margin_x + 1))
@@ -227,7 +228,7 @@ def _occlude(canvas: Image.Image, box: Box, rng: np.random.Generator) -> None:
             )
 
 
-def _camera(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+def camera(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """Light, colour cast, blur and sensor noise of a phone camera."""
     pixels = np.asarray(image, dtype=np.float32) / 255.0
     warmth = rng.uniform(-0.18, 0.18)
@@ -241,12 +242,12 @@ def _camera(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     pixels = (pixels - mean) * rng.uniform(0.7, 1.15) + mean
     pixels = np.clip(pixels, 0, 1) ** rng.uniform(0.8, 1.25)
     pixels = pixels + rng.normal(0.0, rng.uniform(0.005, 0.035), pixels.shape).astype(np.float32)
-    image = Image.fromarray(_to_bytes(pixels), "RGB")
+    image = Image.fromarray(to_bytes(pixels), "RGB")
     radius = float(rng.uniform(0.0, 1.4))
     if rng.uniform() < 0.2:  # hand shake
         return image.filter(ImageFilter.BoxBlur(float(rng.uniform(1.0, 2.0))))
     return image.filter(ImageFilter.GaussianBlur(radius)) if radius > 0.3 else image
 
 
-def _to_bytes(values: np.ndarray) -> np.ndarray:
+def to_bytes(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8)

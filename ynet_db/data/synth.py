@@ -4,7 +4,8 @@ Every product is a drawn garment (`garments.py`) with one shop photo and a few s
 (`scenes.py`). It carries the two difficulties the method is about:
 - shop photos show the product beside one or two other garments of similar size (another
   category, or the same category in another colour), so only the tags say which one is for sale;
-- street photos show it posed, scaled, lit and blurred in clutter, partly occluded.
+- street photos show it posed, scaled, lit and blurred in clutter, partly occluded; in the "hard"
+  street style (`hard_street.py`) in photo-like places, behind passers-by, at stronger scale and pose.
 Tags (category, colour, pattern, sleeve length) are shared by many products; products differ in
 finer detail, so tags alone cannot identify one.
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,11 +27,17 @@ from tqdm import tqdm
 
 from ynet_db.data.deepfashion import ATTRIBUTE_ITEMS, ATTRIBUTE_NAMES, ATTRIBUTE_TYPES, BOXES, ITEMS, PARTITION
 from ynet_db.data.garments import CATEGORIES, COLOURS, PATTERNS, SLEEVES, Garment, sample_garment
-from ynet_db.data.records import Box
+from ynet_db.data.hard_street import hard_street_photo
+from ynet_db.data.records import Box, DatasetError
 from ynet_db.data.scenes import Photo, shop_photo, street_photo
 
 GENERATOR_VERSION = 1
 """Bump when the same seed would draw different pictures, so old numbers are not compared to new."""
+STREET_STYLES: dict[str, Callable[[Garment, list[Garment], int, np.random.Generator], Photo]] = {
+    "classic": street_photo,
+    "hard": hard_street_photo,
+}
+"""How street photos are drawn: "classic" is the benchmark every earlier number was measured on."""
 MANIFEST = "synth.json"
 SHOP_QUALITY = 92
 ATTRIBUTE_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -48,6 +55,8 @@ class SynthConfig:
     test_products: int = 1000
     street_per_product: int = 2
     size: int = 224
+    street: str = "classic"
+    """The street style, a key of STREET_STYLES; the shop photos are the same in every style."""
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -58,6 +67,8 @@ class SynthConfig:
             raise ValueError("street photos per product must be 1-99")
         if self.size < 32:
             raise ValueError("images must be at least 32 pixels on a side")
+        if self.street not in STREET_STYLES:
+            raise ValueError(f"unknown street style {self.street!r}; choose one of {', '.join(STREET_STYLES)}")
 
     @property
     def products(self) -> int:
@@ -133,7 +144,7 @@ def _draw_product(job: tuple[Path, SynthConfig, int]) -> ProductRecord:
     for number in range(1, config.street_per_product + 1):
         rng = np.random.default_rng([config.seed, index, 2, number])
         companions = [sample_garment(rng)] if rng.uniform() < 0.4 else []
-        photo = street_photo(garment, companions, config.size, rng)
+        photo = STREET_STYLES[config.street](garment, companions, config.size, rng)
         # The release spells consumer "comsumer"; so do we, so the reader is tested on the real spelling.
         street.append(_save(out_dir, f"{folder}/comsumer_{number:02d}.jpg", 2, photo, int(rng.integers(55, 91))))
     return ProductRecord(index, garment, shop, tuple(street))
@@ -193,6 +204,22 @@ def write_lists(out_dir: Path, config: SynthConfig, records: list[ProductRecord]
     )
     manifest = {"generator_version": GENERATOR_VERSION, "format": "deepfashion-consumer2shop", **asdict(config)}
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def describe(root: Path) -> str | None:
+    """How `generate` drew the dataset at `root`, from its manifest; None for a dataset it did not draw."""
+    path = root / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+        made = (
+            f"ynet-db dataset synth (generator version {manifest['generator_version']}), seed {manifest['seed']}, "
+            f"{manifest['size']} px, street style {manifest.get('street', 'classic')}"  # before styles: classic
+        )
+    except (ValueError, KeyError, TypeError) as error:
+        raise DatasetError(path, f"not a manifest written by ynet-db dataset synth ({error!r})") from error
+    return made
 
 
 def _box_line(image: ImageRecord, clothes_type: int) -> str:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -9,8 +11,8 @@ from PIL import Image
 
 from ynet_db.data import load_dataset
 from ynet_db.data.garments import render_garment, sample_garment
-from ynet_db.data.scenes import shop_photo
-from ynet_db.data.synth import SynthConfig, generate, product_garment
+from ynet_db.data.scenes import shop_photo, street_photo
+from ynet_db.data.synth import MANIFEST, SynthConfig, generate, product_garment
 
 TINY = SynthConfig(seed=7, train_products=4, test_products=2, street_per_product=2, size=32)
 
@@ -29,6 +31,29 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_same_seed_same_bytes(tiny: Path, tmp_path: Path) -> None:
     generate(tmp_path / "again", TINY, progress=False)
     assert files_of(tmp_path / "again") == files_of(tiny)
+
+
+def test_classic_street_photo_is_the_one_drawn_before_street_styles() -> None:
+    """Pinned from the code before `--street`: the classic style, and every number measured on it, stays.
+
+    Pinned under Pillow 13 and NumPy 2.4; if an upgrade of either fails this, it redraws the benchmark
+    (bump GENERATOR_VERSION and re-pin), as a change of the drawing code would.
+    """
+    photo = street_photo(product_garment(SynthConfig(seed=0), 0), [], 224, np.random.default_rng([0, 0, 2, 1]))
+    assert hashlib.sha256(photo.image.tobytes()).hexdigest() == (
+        "6334204807640736992b0d33995dd68b8f272e8489e0df10b44c8a2199dfc900"
+    )
+    assert (photo.box.left, photo.box.top, photo.box.right, photo.box.bottom) == (76, 82, 143, 224)
+
+
+def test_default_benchmark_files_are_the_ones_drawn_before_street_styles(tiny: Path) -> None:
+    """Images and list files as the code before `--street` wrote them; the manifest gained the style."""
+    digest = hashlib.sha256()
+    for name, content in files_of(tiny).items():
+        if name != MANIFEST:
+            digest.update(name.encode() + content)
+    assert digest.hexdigest() == "1cfce768f9398498d6e4a475557d2d3312e20af2326e7fa5ef131d274ae90f73"
+    assert json.loads((tiny / MANIFEST).read_text())["street"] == "classic"
 
 
 def test_worker_processes_do_not_change_the_bytes(tiny: Path, tmp_path: Path) -> None:
@@ -98,8 +123,9 @@ def test_shop_box_frames_the_product_not_its_companions() -> None:
         ({"train_products": 0, "test_products": 0}, "at least one product"),
         ({"street_per_product": 0}, "street photos per product must be 1-99"),
         ({"size": 16}, "at least 32 pixels"),
+        ({"street": "fancy"}, "unknown street style 'fancy'; choose one of classic, hard"),
     ],
 )
-def test_config_refuses_what_it_cannot_draw(changes: dict[str, int], message: str) -> None:
+def test_config_refuses_what_it_cannot_draw(changes: dict[str, int | str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SynthConfig(**changes)
