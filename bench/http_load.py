@@ -17,35 +17,28 @@ the numbers: on a busy machine they mean little.
 
 from __future__ import annotations
 
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-# Run as `python bench/http_load.py`, this folder comes first on the path, and this file would be the standard
-# library's `http`: leave it off the path until http.client is imported.
-BENCH = Path(__file__).resolve().parent
-sys.path[:] = [entry for entry in sys.path if Path(entry or ".").resolve() != BENCH]
-
-import http.client  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from collections import Counter  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from typing import Any  # noqa: E402
-
-import click  # noqa: E402
-import numpy as np  # noqa: E402
-
-sys.path.insert(0, str(BENCH))
-from search import IndexLinks, clustered_vectors, load_catalogue, photos  # noqa: E402 (bench/search.py)
+import click
+import numpy as np
+from bench_db import IndexLinks, load_catalogue
+from search import clustered_vectors, photos
 
 SETTINGS = ("YNET_MAX_CONCURRENT_SEARCHES", "YNET_SEARCH_WAIT_S", "YNET_RUNTIME", "YNET_DEVICE")
 """The environment's settings that shape the numbers, recorded beside them."""

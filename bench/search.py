@@ -29,37 +29,29 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import click
 import numpy as np
+from bench_db import (
+    CANDIDATES,
+    FILTER_SHARES,
+    IndexLinks,
+    K,
+    end_to_end,
+    fresh_database,
+    load_catalogue,
+    stats,
+    throughput,
+    timed,
+)
 from PIL import Image
-from sqlalchemy import Engine, text
-from tqdm import tqdm
-
-K = 20
-CANDIDATES = 256
-
-
-class IndexLinks(NamedTuple):
-    """The model index's graph (`ynet.build_model_index`): pgvector's defaults unless asked."""
-
-    m: int = 16
-    ef_construction: int = 64
-
-
-FILTER_SHARES = {"10%": 10, "1%": 100, "0.1%": 1000}
-"""Tag 'fN' is on every N-th product."""
+from sqlalchemy import Engine
 
 
 def clustered_vectors(n: int, dim: int, seed: int, centres: int = 400) -> np.ndarray:
@@ -79,80 +71,6 @@ def noisy(vectors: np.ndarray, seed: int) -> np.ndarray:
     noise = rng.standard_normal(vectors.shape).astype(np.float32) * (QUERY_NOISE / np.sqrt(vectors.shape[1]))
     out = vectors + noise
     return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-
-def stats(samples_s: Sequence[float]) -> dict[str, float]:
-    ms = np.asarray(samples_s) * 1000
-    return {"median_ms": round(float(np.median(ms)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
-
-
-def timed(run: Callable[[], Any]) -> tuple[Any, float]:
-    started = time.perf_counter()
-    value = run()
-    return value, time.perf_counter() - started
-
-
-def load_catalogue(engine: Engine, version: str, vectors: np.ndarray, links: IndexLinks) -> dict[str, float]:
-    """Model row, products (with the filter tags), embeddings by binary COPY; the HNSW index built after."""
-    n, dim = vectors.shape
-    with engine.begin() as conn:
-        model_id = conn.execute(
-            text(
-                "INSERT INTO ynet.models (name, version, embedding_dim, weights_sha256) "
-                "VALUES ('bench', :v, :d, :s) RETURNING id"
-            ),
-            {"v": version, "d": dim, "s": "0" * 64},
-        ).scalar_one()
-        index = conn.execute(text("SELECT ynet.model_index_name(:id)"), {"id": model_id}).scalar_one()
-        conn.execute(text(f'DROP INDEX ynet."{index}"'))
-        conn.execute(
-            text(
-                "INSERT INTO ynet.products (external_id, category, tags, image_uri) "
-                "SELECT 'p' || i, 'c' || (i % 20), "
-                "  array_remove(ARRAY[CASE WHEN i % 10 = 0 THEN 'f10' END, CASE WHEN i % 100 = 0 THEN 'f100' END, "
-                "                     CASE WHEN i % 1000 = 0 THEN 'f1000' END, 'all'], NULL), '/img/' || i "
-                "FROM generate_series(0, :n - 1) i"
-            ),
-            {"n": n},
-        )
-    started = time.perf_counter()
-    copy_embeddings(engine, model_id, vectors)
-    load_s = time.perf_counter() - started
-    started = time.perf_counter()
-    with engine.begin() as conn:
-        # Enough memory for the whole graph, or the build slows down on disk: per vector its floats,
-        # and up to 3m links (2m on the ground layer, m above) of 12 bytes with their tuple headers.
-        memory_mb = max(1024, int(n * (dim * 4 + 36 * links.m + 50) * 1.5 / 2**20))
-        conn.execute(text(f"SET LOCAL maintenance_work_mem = '{memory_mb}MB'"))
-        build = text("SELECT ynet.build_model_index(:id, :m, :ef)")  # as the trigger builds it, links as asked
-        conn.execute(build, {"id": model_id, "m": links.m, "ef": links.ef_construction})
-        conn.execute(
-            text("UPDATE ynet.models SET state = 'active', activated_at = now() WHERE id = :id"), {"id": model_id}
-        )
-    index_s = time.perf_counter() - started
-    with engine.begin() as conn:
-        conn.execute(text("ANALYZE ynet.products"))
-        conn.execute(text("ANALYZE ynet.embeddings"))
-    return {"load_s": round(load_s, 1), "index_build_s": round(index_s, 1), "index": links._asdict()}
-
-
-def copy_embeddings(engine: Engine, model_id: int, vectors: np.ndarray) -> None:
-    """Product p<i> gets vectors[i], through COPY in pgvector's binary form (no text round trip)."""
-    from pgvector.psycopg import register_vector
-
-    with engine.connect() as conn:
-        raw = conn.connection.driver_connection
-        register_vector(raw)
-        ids = dict(raw.execute("SELECT external_id, id FROM ynet.products").fetchall())
-        columns = "product_id, model_id, image_sha256, embedding"
-        with (
-            raw.cursor() as cursor,
-            cursor.copy(f"COPY ynet.embeddings ({columns}) FROM STDIN (FORMAT BINARY)") as copy,
-        ):
-            copy.set_types(["int4", "int4", "text", "vector"])
-            for i in tqdm(range(len(vectors)), desc="embeddings", unit="row", mininterval=5, leave=False):
-                copy.write_row((ids[f"p{i}"], model_id, "0" * 64, vectors[i]))
-        raw.commit()
 
 
 def recall_and_latency(engine: Engine, queries: np.ndarray) -> dict[str, Any]:
@@ -209,38 +127,6 @@ def photos(count: int, seed: int) -> list[Image.Image]:
     ]
 
 
-def end_to_end(engine: Engine, model: Any, images: list[Image.Image], via: Any = None) -> dict[str, float]:
-    from ynet_db.search.query import search
-
-    latencies = []
-    for image in images:
-        _, seconds = timed(
-            lambda i=image: search(
-                engine, i, k=K, candidates=CANDIDATES, rerank=True, model=model if via is None else None, via=via
-            )
-        )
-        latencies.append(seconds)
-    return stats(latencies)
-
-
-def throughput(engine: Engine, model: Any, images: list[Image.Image], clients: int, seconds: float) -> float:
-    from ynet_db.search.query import search
-
-    deadline = time.monotonic() + seconds
-
-    def client(offset: int) -> int:
-        done = 0
-        while time.monotonic() < deadline:
-            search(engine, images[(offset + done) % len(images)], k=K, candidates=CANDIDATES, rerank=True, model=model)
-            done += 1
-        return done
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        total = sum(pool.map(client, range(clients)))
-    return round(total / (time.perf_counter() - started), 2)
-
-
 def rerank_latency(model: Any, vectors: np.ndarray, repeats: int = 30) -> dict[str, float]:
     import torch
 
@@ -278,24 +164,17 @@ def worker_path(
 
 def run_size(n: int, dim: int, queries: int, worker_broker: str | None, links: IndexLinks) -> dict[str, Any]:
     from ynet_db.config import Settings
-    from ynet_db.db import migrate
-    from ynet_db.db.engine import make_engine
-    from ynet_db.db.server import start_embedded, stop_embedded
     from ynet_db.models.serving import load_serving
     from ynet_db.nn.config import ModelConfig
 
     config = None if dim == 1280 else ModelConfig().replace(embedding_dim=dim, projection="linear", name=f"bench-{dim}")
     model = load_serving(Settings.from_env(), config=config)  # encoders on YNET_RUNTIME's runtime, as in a worker
-    data_dir = Path(tempfile.mkdtemp(prefix="ynet-bench-"))
-    server = start_embedded(data_dir / "pgdata")
-    url = server.url()
-    engine = make_engine(url, pool_size=20, max_overflow=0)
-    try:
-        migrate.upgrade(engine)
+    with fresh_database() as (engine, url, data_dir):
         vectors = clustered_vectors(n, dim, seed=n)
         click.echo(f"[{n}] loading {n} x {dim} vectors ...", err=True)
-        result: dict[str, Any] = {"products": n, "dim": dim, "runtime": model.runtime}
-        result.update(load_catalogue(engine, model.version, vectors, links))
+        loaded = load_catalogue(engine, model.version, vectors, links)
+        del loaded["model_id"]
+        result: dict[str, Any] = {"products": n, "dim": dim, "runtime": model.runtime, **loaded}
         picks = np.random.default_rng(1).choice(n, size=queries, replace=False)
         query_vectors = noisy(vectors[picks], seed=2)
         own = np.einsum("ij,ij->i", query_vectors, vectors[picks])
@@ -314,10 +193,6 @@ def run_size(n: int, dim: int, queries: int, worker_broker: str | None, links: I
             click.echo(f"[{n}] worker path ...", err=True)
             url_text = url.render_as_string(hide_password=False)
             result["end_to_end_worker"] = worker_path(url_text, worker_broker, images, engine, data_dir, config)
-    finally:
-        engine.dispose()
-        stop_embedded(data_dir / "pgdata")
-        shutil.rmtree(data_dir, ignore_errors=True)
     return result
 
 

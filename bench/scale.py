@@ -1,0 +1,334 @@
+"""The scale benchmark of issue 13: search measured on the model's own embeddings (a benchmark command).
+
+    ynet-db dataset synth bench-data/synth-seed13-20000x2 --seed 13 --train-products 0 --test-products 20000
+    python bench/scale.py bench-data/synth-seed13-20000x2 --size 100000     # bench/results/scale-100000.json
+
+The catalogue and the queries come from the serving model (`bench/encoded.py`): every shop photo of the
+generated DATASET encoded as a worker embeds it, every street photo as a query is encoded, cached under the
+model's version. A catalogue larger than the dataset keeps every encoded product and adds mixtures of two
+encoded products of one category (`bench/grown.py`). Queries are encoded street photos of encoded products,
+drawn at random. Ground truth is NumPy brute force over exactly the vectors loaded (`bench/truth.py`), and the
+project's exact path is itself checked against it.
+
+Measured, with the machine's load average beside each figure:
+- the shipped defaults (`ynet_db.search.prefilter`, the model's index as `ynet.build_model_index` builds it):
+  recall of the 256 candidates, the true top 20 among them, the first 20 against the true first 20, and the
+  prefilter's latency;
+- the exact path against the NumPy truth (agreement, latency);
+- filters matching 10%, 1% and 0.1%: recall, rows and latency on the policy's path, the index path
+  (iterative scans, forced) and the exact path;
+- storage (`bench/storage.py`): the `vector`, `halfvec` and binary-quantized HNSW indexes on the same rows:
+  size, build time, recall of the 256 candidates, latency;
+- end-to-end in-process search of street photos (decode, encode, prefilter, re-rank) and the searches/s of
+  as many in-process clients as the machine has cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from bench_db import (
+    CANDIDATES,
+    FILTER_SHARES,
+    IndexLinks,
+    K,
+    build_memory_mb,
+    end_to_end,
+    filter_rows,
+    fresh_database,
+    load_catalogue,
+    stats,
+    throughput,
+)
+from encoded import EncodedCatalogue, encoded
+from grown import grown
+from sqlalchemy import Engine, text
+from storage import BIT, HALFVEC, VECTOR, Storage, centred_bit, inspect, nearest
+from tqdm import tqdm
+from truth import nearest_rows, ranks, recall
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def load() -> list[float]:
+    """The load average (1, 5, 15 minutes), recorded beside every figure: the machine is shared."""
+    return [round(value, 2) for value in os.getloadavg()]
+
+
+def measured(what: str, queries: np.ndarray, run: Callable[[np.ndarray], Any]) -> tuple[list[Any], list[float]]:
+    """Each query's answer and seconds, after one warm-up query that is not counted."""
+    run(queries[0])
+    answers, seconds = [], []
+    for query in tqdm(queries, desc=what, unit="query", mininterval=5, leave=False):
+        started = time.perf_counter()
+        answers.append(run(query))
+        seconds.append(time.perf_counter() - started)
+    return answers, seconds
+
+
+def summary(found: Sequence[Sequence[int]], truth: np.ndarray, seconds: Sequence[float]) -> dict[str, Any]:
+    recalls = recall([list(f) for f in found], truth)
+    return {
+        "recall": round(float(recalls.mean()), 4),
+        "recall_min": round(float(recalls.min()), 4),
+        "rows_min": min(len(f) for f in found),
+        **stats(seconds),
+        "load": load(),
+    }
+
+
+class Bench:
+    """One loaded catalogue: its engine, its model row and the mapping from product ids to catalogue rows."""
+
+    def __init__(self, engine: Engine, model_id: int, vectors: np.ndarray) -> None:
+        self.engine, self.model_id, self.vectors = engine, model_id, vectors
+        with engine.connect() as conn:
+            self.row_of = {
+                pid: int(ext[1:]) for pid, ext in conn.execute(text("SELECT id, external_id FROM ynet.products"))
+            }
+
+    def prefilter(self, query: np.ndarray, **options: Any) -> Any:
+        from ynet_db.search.prefilter import prefilter
+
+        return prefilter(self.engine, query, candidates=CANDIDATES, **options)
+
+    def rows(self, found: Any) -> list[int]:
+        return [self.row_of[c.product_id] for c in found.candidates]
+
+
+def shipped_defaults(bench: Bench, queries: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """The 256 candidates of the shipped prefilter (no filter: the model's HNSW index) against the truth."""
+    answers, seconds = measured("prefilter", queries, bench.prefilter)
+    found = [bench.rows(a) for a in answers]
+    recalls = recall(found, truth)
+    return {
+        "recall_at_256": round(float(recalls.mean()), 4),
+        "recall_at_256_min": round(float(recalls.min()), 4),
+        # What the re-rank can still put first: the true top 20 among the candidates.
+        "top_20_among_candidates": round(float(recall(found, truth[:, :K]).mean()), 4),
+        # The candidates' own first 20 (by distance) against the true first 20.
+        "top_20_overlap": round(float(recall([f[:K] for f in found], truth[:, :K]).mean()), 4),
+        "paths": sorted({a.path for a in answers}),
+        "hnsw_index_scanned": sorted({str(a.index_scanned) for a in answers}),
+        "prefilter": {**stats(seconds), "load": load()},
+    }
+
+
+def exact_check(bench: Bench, queries: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """The project's exact path against NumPy: the same 256 rows, in the same order?"""
+    answers, seconds = measured("exact path", queries, lambda q: bench.prefilter(q, exact=True))
+    found = [bench.rows(a) for a in answers]
+    return {
+        "queries": len(queries),
+        "agreement": round(float(recall(found, truth).mean()), 6),
+        "same_rows": sum(set(f) == set(t.tolist()) for f, t in zip(found, truth, strict=True)),
+        "same_order": sum(f == t.tolist() for f, t in zip(found, truth, strict=True)),
+        **stats(seconds),
+        "load": load(),
+    }
+
+
+def filtered(bench: Bench, queries: np.ndarray) -> dict[str, Any]:
+    """Per filter share: the policy's path, the index path (iterative scans, forced) and the exact path."""
+    from ynet_db.search import policy
+
+    out: dict[str, Any] = {}
+    n = len(bench.vectors)
+    for share, every in FILTER_SHARES.items():
+        rows = filter_rows(n, every)
+        truth = rows[nearest_rows(bench.vectors[rows], queries, CANDIDATES)]
+        filters = {"tags": [f"f{every}"]}
+        result: dict[str, Any] = {
+            "matching": len(rows),
+            "policy_path": "exact" if policy.exact_first(len(rows)) else "ann",
+        }
+        for path, exact in (("policy", None), ("index", False), ("exact", True)):
+            answers, seconds = measured(
+                f"{share} {path}", queries, lambda q, e=exact, f=filters: bench.prefilter(q, filters=f, exact=e)
+            )
+            result[path] = {
+                **summary([bench.rows(a) for a in answers], truth, seconds),
+                "paths": sorted({a.path for a in answers}),
+                "hnsw_index_scanned": sorted({str(a.index_scanned) for a in answers}),
+            }
+        result["recall"] = result["policy"]["recall"]  # what a shop gets: the shipped defaults
+        out[share] = result
+    return out
+
+
+def storage_choices(
+    bench: Bench,
+    queries: np.ndarray,
+    truth: np.ndarray,
+    links: IndexLinks,
+    vector_build_s: float,
+    overfetch: Sequence[int],
+) -> dict[str, Any]:
+    """Each index on the same rows: its size, build time, recall of the 256 candidates, latency."""
+    n, dim = bench.vectors.shape
+    out: dict[str, Any] = {}
+    with bench.engine.connect() as conn:
+        table = conn.execute(text("SELECT pg_table_size('ynet.embeddings')")).scalar_one()
+    out["table_bytes"] = table
+    out["table_bytes_per_product"] = round(table / n)
+    builds = {"vector": vector_build_s}
+    centred = centred_bit(bench.vectors.mean(axis=0))
+    for storage in (HALFVEC, BIT, centred):
+        started = time.perf_counter()
+        with bench.engine.begin() as conn:
+            conn.execute(text(f"SET LOCAL maintenance_work_mem = '{build_memory_mb(n, dim, links.m)}MB'"))
+            conn.execute(text(storage.create_index(bench.model_id, dim, links.m, links.ef_construction)))
+        builds[storage.name] = round(time.perf_counter() - started, 1)
+    with bench.engine.begin() as conn:
+        conn.execute(text("ANALYZE ynet.embeddings"))
+    bits = [replace(bit, overfetch=factor) for bit in (BIT, centred) for factor in overfetch]
+    variants = [VECTOR, HALFVEC, *bits]
+    for storage in variants:
+        out[storage.label] = measure_storage(bench, storage, queries, truth, builds[storage.name])
+    return out
+
+
+def measure_storage(
+    bench: Bench, storage: Storage, queries: np.ndarray, truth: np.ndarray, build_s: float
+) -> dict[str, Any]:
+    with bench.engine.connect() as conn:
+        size = conn.execute(
+            text("SELECT pg_relation_size(to_regclass('ynet.' || :name))"), {"name": storage.index_name(bench.model_id)}
+        ).scalar_one()
+    answers, seconds = measured(
+        storage.label, queries, lambda q: nearest(bench.engine, storage, bench.model_id, q, CANDIDATES)
+    )
+    found = [[bench.row_of[p] for p in a] for a in answers]
+    return {
+        "index_bytes": size,
+        "index_bytes_per_product": round(size / len(bench.vectors)),
+        "build_s": build_s,
+        "overfetch": storage.overfetch,
+        **inspect(bench.engine, storage, bench.model_id, queries[0], CANDIDATES),
+        **summary(found, truth, seconds),
+        "top_20_among_candidates": round(float(recall(found, truth[:, :K]).mean()), 4),
+    }
+
+
+def street_photos(root: Path, catalogue: EncodedCatalogue, picks: np.ndarray) -> list[bytes]:
+    """The picked street photos' files, as a shopper uploads them."""
+    return [(root / str(catalogue.street_paths[i])).read_bytes() for i in picks]
+
+
+def in_process(bench: Bench, model: Any, photos: list[bytes]) -> dict[str, Any]:
+    end_to_end(bench.engine, model, photos[:3])  # warm-up: the runtime's first runs, the caches
+    cores = os.cpu_count() or 1
+    result: dict[str, Any] = {"queries": len(photos), **end_to_end(bench.engine, model, photos), "load": load()}
+    qps = throughput(bench.engine, model, photos, cores, 20.0)
+    return {"end_to_end_in_process": result, "throughput": {"clients": cores, "queries_per_s": qps, "load": load()}}
+
+
+def query_picks(catalogue: EncodedCatalogue, count: int, seed: int) -> np.ndarray:
+    """Street photos drawn at random, at most one per product."""
+    rng = np.random.default_rng(seed)
+    first = np.unique(catalogue.street_product, return_index=True)[1]
+    return np.sort(rng.choice(first, size=min(count, len(first)), replace=False))
+
+
+@click.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--size", default=100_000, show_default=True, type=click.IntRange(1), help="Products in the catalogue.")
+@click.option(
+    "--queries", default=300, show_default=True, type=click.IntRange(1), help="Street photos searched (>= 200 for p99)."
+)
+@click.option(
+    "--exact-checks", default=100, show_default=True, type=click.IntRange(1), help="Queries the exact path answers."
+)
+@click.option(
+    "--overfetch", default="4,8", show_default=True, help="Binary-quantized index: rows scanned per candidate."
+)
+@click.option(
+    "--cache",
+    default=Path("bench-data/vectors"),
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the encoded vectors are kept, under the model version.",
+)
+@click.option("--threads", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(1))
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Mixtures and query draw.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON results [default: bench/results/scale-SIZE.json].",
+)
+def main(
+    dataset: Path,
+    size: int,
+    queries: int,
+    exact_checks: int,
+    overfetch: str,
+    cache: Path,
+    threads: int,
+    seed: int,
+    out: Path | None,
+) -> None:
+    """Measure search at SIZE products on DATASET's encoded vectors (a generated benchmark)."""
+    import torch
+
+    from ynet_db.config import Settings
+    from ynet_db.models.serving import load_configured
+
+    torch.set_num_threads(threads)
+    model = load_configured(Settings.from_env(), threads)
+    click.echo(f"model {model.version} on {model.runtime}; load {load()}", err=True)
+    catalogue = encoded(dataset, model, cache)
+    vectors, _ = grown(catalogue.shop, catalogue.categories, size, seed)
+    picks = query_picks(catalogue, queries, seed + 1)
+    query_vectors, own = catalogue.street[picks], catalogue.street_product[picks]
+    click.echo(f"ground truth of {len(picks)} queries over {size} products ...", err=True)
+    truth = nearest_rows(vectors, query_vectors, CANDIDATES)
+    rank = ranks(vectors, query_vectors, own)
+    result: dict[str, Any] = {
+        "products": size,
+        "encoded_products": len(catalogue.shop),
+        "mixtures": size - len(catalogue.shop),
+        "dim": int(vectors.shape[1]),
+        "model": model.version,
+        "runtime": model.runtime,
+        "queries": len(picks),
+        "encoding": catalogue.seconds,
+        # How real the queries are: where each photo's own product lies among all products (0 = nearest).
+        "own_product_rank": {
+            "median": float(np.median(rank)),
+            "first": round(float(np.mean(rank == 0)), 4),
+            "within_256": round(float(np.mean(rank < CANDIDATES)), 4),
+        },
+        "load_start": load(),
+    }
+    links = IndexLinks()
+    with fresh_database() as database:
+        click.echo(f"loading {size} x {vectors.shape[1]} vectors ...", err=True)
+        loaded = load_catalogue(database.engine, model.version, vectors, links)
+        result.update({key: loaded[key] for key in ("load_s", "index_build_s", "index")}, load_after_build=load())
+        bench = Bench(database.engine, loaded["model_id"], vectors)
+        result.update(shipped_defaults(bench, query_vectors, truth))
+        result["exact_check"] = exact_check(bench, query_vectors[:exact_checks], truth[:exact_checks])
+        result["filters"] = filtered(bench, query_vectors)
+        click.echo("end to end ...", err=True)
+        result.update(in_process(bench, model, street_photos(dataset, catalogue, picks)))
+        click.echo("storage choices ...", err=True)
+        factors = [int(f) for f in overfetch.split(",")]
+        result["storage"] = storage_choices(bench, query_vectors, truth, links, loaded["index_build_s"], factors)
+    result["load_end"] = load()
+    text_out = json.dumps(result, indent=2)
+    click.echo(text_out)
+    target = out or RESULTS / f"scale-{size}.json"
+    target.write_text(text_out + "\n")
+    click.echo(f"wrote {target}", err=True)
+
+
+if __name__ == "__main__":
+    main()
