@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import click
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -27,6 +28,7 @@ from ynet_db.images.decode import decode_image
 from ynet_db.nn.model import RetrievalModel
 
 BATCH = 32
+CACHE = Path("bench-data/vectors")
 T = TypeVar("T")
 
 
@@ -147,3 +149,32 @@ def _encode_all(items: Sequence[T], encode_batch: Callable[[Sequence[T]], torch.
 def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def serving_model(threads: int) -> RetrievalModel:
+    """The model workers serve (YNET_MODEL, else the shipped default) on the runtime they use."""
+    from ynet_db.config import Settings
+    from ynet_db.models.serving import load_configured
+
+    torch.set_num_threads(threads)
+    return load_configured(Settings.from_env(), threads)
+
+
+@click.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--cache", default=CACHE, show_default=True, type=click.Path(file_okay=False, path_type=Path), help="Vector cache."
+)
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1), help="Encoder threads.")
+def main(dataset: Path, cache: Path, threads: int) -> None:
+    """Encode DATASET's shop and street photos with the serving model, once (cached under its version)."""
+    model = serving_model(threads)
+    catalogue = encoded(dataset, model, cache)
+    click.echo(
+        f"{cache_path(cache, dataset, model.version)}: {len(catalogue.shop)} products, "
+        f"{len(catalogue.street)} street photos, {catalogue.seconds}"
+    )
+
+
+if __name__ == "__main__":
+    main()

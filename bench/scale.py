@@ -48,7 +48,7 @@ from bench_db import (
     stats,
     throughput,
 )
-from encoded import EncodedCatalogue, encoded
+from encoded import CACHE, EncodedCatalogue, encoded, serving_model
 from grown import grown
 from sqlalchemy import Engine, text
 from storage import BIT, HALFVEC, VECTOR, Storage, centred_bit, inspect, nearest
@@ -252,7 +252,7 @@ def query_picks(catalogue: EncodedCatalogue, count: int, seed: int) -> np.ndarra
 )
 @click.option(
     "--cache",
-    default=Path("bench-data/vectors"),
+    default=CACHE,
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
     help="Where the encoded vectors are kept, under the model version.",
@@ -276,13 +276,7 @@ def main(
     out: Path | None,
 ) -> None:
     """Measure search at SIZE products on DATASET's encoded vectors (a generated benchmark)."""
-    import torch
-
-    from ynet_db.config import Settings
-    from ynet_db.models.serving import load_configured
-
-    torch.set_num_threads(threads)
-    model = load_configured(Settings.from_env(), threads)
+    model = serving_model(threads)
     click.echo(f"model {model.version} on {model.runtime}; load {load()}", err=True)
     catalogue = encoded(dataset, model, cache)
     vectors, _ = grown(catalogue.shop, catalogue.categories, size, seed)
