@@ -1,14 +1,22 @@
 """The encoders' speed: eager PyTorch against ONNX Runtime (the default), and an int8 ONNX variant.
 
-    python bench/encoder.py [--repeats 7] [--threads 2] [--out bench/results/encoder.json]
+    python -P bench/encoder.py [--repeats 7] [--threads 2] [--out bench/results/encoder.json]
+    ynet-db dataset synth /tmp/synth --train-products 200 --test-products 500   # once, outside git
+    python -P bench/encoder.py --int8 /tmp/synth                                  # + the int8 column
+
+(`-P`: bench/http.py would otherwise stand in for the standard library's `http` module.)
 
 For the default model's shop encoder (`encode_shop`, tag attention included) and street encoder
 (`encode_street`, the maps the re-rank needs), at batch 1, 8 and 32: images/s of each runtime,
 measured interleaved (every repeat runs each runtime once, in turn, on the same pixels) so that a
 change of the machine's speed during the run hits all of them alike; the median over the repeats,
-and the ratio to eager PyTorch. The int8 variant is ONNX Runtime's dynamic quantization of the same
-graphs; its embeddings are compared with the fp32 ones (cosine) beside its speed. The machine's load
-average is recorded at the start and the end: on a shared machine, compare ratios, not absolutes.
+and the ratio to eager PyTorch. The machine's load average is recorded at the start and the end: on
+a shared machine, compare ratios, not absolutes.
+
+With `--int8 DATASET`, the same graphs statically quantized (per-channel int8 weights, uint8
+activations calibrated on `--calibration` of the generated benchmark's train photos, QDQ) run as a
+third runtime, and both runtimes are evaluated on its test split as `ynet-db evaluate` would: top-k
+of each, the queries int8 gains and loses, and the cosine of its vectors to fp32's.
 
 Then a worker's other per-image cost: decoding a JPEG shop photo (the generated benchmark's, drawn at
 224 and at 800 pixels) and preprocessing it, against ONNX Runtime's shop encoder per image at batch 16;
@@ -44,17 +52,67 @@ from ynet_db.nn.runtime import accelerate
 
 BATCHES = (1, 8, 32)
 ENCODERS = ("shop", "street")
+INT8_REDUCE_RANGE = True
+"""7-bit weights: without AVX-512 VNNI, ONNX Runtime's uint8 x int8 kernels can saturate their 16-bit partial
+sums; on this machine's AVX2 cores full-range weights gave the default model's vectors a mean cosine of 0.90
+to fp32 on the generated test split, reduced-range ones 0.96."""
 
 
-def int8_engine(fp32: OnnxEngine, cache: Path, threads: int) -> OnnxEngine:
-    """The same graphs with dynamically quantized int8 weights (activations quantized per run)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+class Calibration:
+    """ONNX Runtime's calibration reader: the graph's inputs for `pixels`, 16 images a batch (no tags)."""
+
+    def __init__(self, kind: str, pixels: np.ndarray, channels: int) -> None:
+        self.feeds = []
+        for start in range(0, len(pixels), 16):
+            batch = pixels[start : start + 16]
+            feed = {"pixels": batch}
+            if kind == "shop":
+                feed["tag_query"] = np.zeros((len(batch), channels), np.float32)
+            self.feeds.append(feed)
+        self.rewind()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.pending, None)
+
+    def rewind(self) -> None:
+        self.pending = iter(self.feeds)
+
+
+def calibration_pixels(model: RetrievalModel, dataset: Path, count: int) -> np.ndarray:
+    """`count` of the dataset's train-split photos, shop and street alike, preprocessed: never a test image."""
+    from ynet_db.data import load_dataset
+    from ynet_db.images.dataset import read_image
+
+    train = load_dataset(dataset).split("train")
+    refs = sorted({ref.path: ref for pair in train.pairs for ref in (pair.street, pair.shop)}.values(), key=str)
+    if len(refs) < count:
+        raise click.ClickException(f"{dataset}: {len(refs)} train images, fewer than the {count} to calibrate on")
+    chosen = [refs[i] for i in np.random.default_rng(0).choice(len(refs), count, replace=False)]
+    return np.stack([model.preprocess(read_image(ref)).numpy() for ref in chosen])
+
+
+def int8_engine(fp32: OnnxEngine, cache: Path, threads: int, pixels: np.ndarray) -> OnnxEngine:
+    """The same graphs statically quantized: int8 weights per output channel, uint8 activations whose ranges
+    were calibrated on `pixels` (QDQ format, which ONNX Runtime runs as integer convolutions)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     sessions = {}
     for kind in ENCODERS:
         source = Path(getattr(fp32, kind)._model_path)
-        target = cache / f"{source.stem}-int8.onnx"
-        quantize_dynamic(str(source), str(target), weight_type=QuantType.QUInt8)
+        prepared, target = cache / f"{source.stem}-prepared.onnx", cache / f"{source.stem}-int8.onnx"
+        quant_pre_process(str(source), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(target),
+            Calibration(kind, pixels, fp32.network.config.map_channels),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            reduce_range=INT8_REDUCE_RANGE,
+        )
         sessions[kind] = session(target, threads)
     return OnnxEngine(fp32.network, sessions["shop"], sessions["street"], threads, name="onnxruntime-int8")
 
@@ -98,20 +156,42 @@ def measure(models: dict[str, RetrievalModel], repeats: int) -> dict[str, Any]:
     }
 
 
-@torch.inference_mode()
-def int8_agreement(fp32: RetrievalModel, int8: RetrievalModel) -> dict[str, float]:
-    """Worst and mean cosine of int8 to fp32 embeddings on 16 random images (shop vectors, street vectors)."""
-    pixels = torch.randn(16, 3, 224, 224, generator=torch.Generator().manual_seed(7))
-    tags = [["category:dress"]] * 16
-    pairs = {
-        "shop": (int8.encode_shop(pixels, tags).vectors, fp32.encode_shop(pixels, tags).vectors),
-        "street": (int8.encode_street(pixels).vectors, fp32.encode_street(pixels).vectors),
+def int8_accuracy(fp32: RetrievalModel, int8: RetrievalModel, dataset: Path) -> dict[str, Any]:
+    """Both runtimes on the dataset's test split, as `ynet-db evaluate` measures a model: top-k of each, the
+    change and how many queries it moved, and the cosine of int8's vectors to fp32's (street queries, shop
+    gallery)."""
+    from ynet_db.data import load_dataset
+    from ynet_db.models.evaluate import encode_evaluation, evaluation_sets, score_evaluation
+
+    sets = evaluation_sets(load_dataset(dataset).split("test"), False, None, False)
+    encoded = {
+        name: encode_evaluation(model, *sets, progress=False) for name, model in (("fp32", fp32), ("int8", int8))
     }
-    result = {}
-    for name, (got, expected) in pairs.items():
-        cosine = F.cosine_similarity(got, expected, dim=-1)
-        result[f"int8_{name}_cosine_min"] = float(cosine.min())
-        result[f"int8_{name}_cosine_mean"] = float(cosine.mean())
+    scores = {name: score_evaluation(encoding) for name, encoding in encoded.items()}
+    ranks = {
+        name: np.array([np.inf if q["rank"] is None else q["rank"] for q in s["per_query"]])
+        for name, s in scores.items()
+    }
+    result: dict[str, Any] = {"dataset": str(dataset), "queries": scores["fp32"]["queries"]}
+    for k in ("1", "5", "10", "20", "50"):
+        hits = {name: ranks[name] < int(k) for name in ranks}
+        result[f"top{k}"] = {
+            "fp32": scores["fp32"]["top_k"][k],
+            "int8": scores["int8"]["top_k"][k],
+            "change": scores["int8"]["top_k"][k] - scores["fp32"]["top_k"][k],
+            "fp32_standard_error": scores["fp32"]["standard_error"][k],
+            "queries_gained": int((hits["int8"] & ~hits["fp32"]).sum()),
+            "queries_lost": int((hits["fp32"] & ~hits["int8"]).sum()),
+        }
+    for what, attribute in (("street_queries", "vectors"), ("shop_gallery", "gallery_vectors")):
+        cosine = F.cosine_similarity(getattr(encoded["int8"], attribute), getattr(encoded["fp32"], attribute), dim=-1)
+        result[f"cosine_{what}"] = {"min": float(cosine.min()), "mean": float(cosine.mean())}
+    top20 = result["top20"]
+    click.echo(
+        f"int8 on {dataset} ({result['queries']} queries): top-20 {top20['fp32']:.4f} -> {top20['int8']:.4f} "
+        f"({top20['queries_gained']} queries gained, {top20['queries_lost']} lost); cosine to fp32: street "
+        f"{result['cosine_street_queries']['mean']:.4f} mean, shop {result['cosine_shop_gallery']['mean']:.4f} mean"
+    )
     return result
 
 
@@ -185,10 +265,19 @@ def ratios(speeds: dict[str, Any], runtime: str) -> dict[str, float]:
 @click.command()
 @click.option("--repeats", type=click.IntRange(min=1), default=7, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="Intra-op threads, both.")
-@click.option("--int8/--no-int8", default=True, show_default=True, help="Also measure the int8 variant.")
+@click.option(
+    "--int8",
+    "int8_data",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Also measure int8 static quantization, calibrated on this generated benchmark's train photos "
+    "(`ynet-db dataset synth`) and evaluated on its test split.",
+)
+@click.option(
+    "--calibration", type=click.IntRange(min=16), default=300, show_default=True, help="int8 calibration photos."
+)
 @click.option("--decode/--no-decode", default=True, show_default=True, help="Also measure decode + preprocess.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench/results/encoder.json"))
-def main(repeats: int, threads: int, int8: bool, decode: bool, out: Path) -> None:
+def main(repeats: int, threads: int, int8_data: Path | None, calibration: int, decode: bool, out: Path) -> None:
     load_start = os.getloadavg()
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory(prefix="ynet-bench-onnx-") as folder:
@@ -198,23 +287,24 @@ def main(repeats: int, threads: int, int8: bool, decode: bool, out: Path) -> Non
         if onnx.engine is None:
             raise click.ClickException("the ONNX graphs failed their check (see the log); nothing to compare")
         models = {"torch": with_engine(eager, None), "onnxruntime": onnx}
-        if int8:
-            models["onnxruntime-int8"] = with_engine(eager, int8_engine(onnx.engine, cache, threads))
+        if int8_data is not None:
+            pixels = calibration_pixels(eager, int8_data, calibration)
+            models["onnxruntime-int8"] = with_engine(eager, int8_engine(onnx.engine, cache, threads, pixels))
         results: dict[str, Any] = {"model": eager.version, "threads": threads, "repeats": repeats}
         results["cores"] = os.cpu_count()
         results["load_average_start"] = load_start
         speeds = measure(models, repeats)
         results.update(ratios(speeds, "onnxruntime"))
-        if int8:
+        if int8_data is not None:
             results.update(ratios(speeds, "onnxruntime-int8"))
-            results.update(int8_agreement(onnx, models["onnxruntime-int8"]))
+            results["int8"] = int8_accuracy(onnx, models["onnxruntime-int8"], int8_data)
         results["images_per_s"] = speeds
         if decode:
             results["decode"] = decode_share(onnx)
     results["load_average_end"] = os.getloadavg()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
-    click.echo(json.dumps({k: v for k, v in results.items() if k not in ("images_per_s", "decode")}, indent=2))
+    click.echo(json.dumps({k: v for k, v in results.items() if k not in ("images_per_s", "decode", "int8")}, indent=2))
     click.echo(f"written to {out}")
 
 
