@@ -240,7 +240,11 @@ def attended_refs(network: YNet, side: ShopSide, *, cache_dir: Path | None, devi
         side_cells = network.config.map_size
         for offset, cells in enumerate(weights.view(-1, side_cells, side_cells).cpu()):
             ref = side.street_refs[start + offset]
-            width, height = read(ref).size
+            try:
+                width, height = read(ref).size
+            except (ValueError, OSError):  # unreadable: the trunk cache records why; nothing to cut
+                refs.append(ref)
+                continue
             refs.append(ImageRef(ref.path, attended_box(cells, width, height)))
     return refs
 

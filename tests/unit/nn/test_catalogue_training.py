@@ -153,3 +153,17 @@ def test_street_views_are_cut_from_the_tagged_garment(tmp_path: Path) -> None:
     side = cache_shop_side(untrained, products, vocabulary, cache_dir=None, device=torch.device("cpu"))
     whole = attended_refs(untrained, side, cache_dir=None, device=torch.device("cpu"))
     assert {crop.box for crop in whole} == {Box(0, 0, 64, 64)}
+
+
+def test_an_unreadable_photo_is_not_cut_and_does_not_stop_training(tmp_path: Path) -> None:
+    products = catalogue(tmp_path, 8)
+    broken = products["p00"].shop_images[0].path
+    broken.write_bytes(b"not a picture")
+    plan = CataloguePlan(epochs=1, tag_epochs=1, views=1, embedding_dim=16, batch_size=4, input_size=128, map_size=4)
+    network, vocabulary, losses = train_from_catalogue(products, plan, progress=False)
+    assert len(losses) == 1
+    side = cache_shop_side(network, products, vocabulary, cache_dir=None, device=torch.device("cpu"), progress=False)
+    crops = attended_refs(network, side, cache_dir=None, device=torch.device("cpu"))
+    by_path = {crop.path: crop.box for crop in crops}
+    assert by_path[broken] is None  # left whole: the trunk cache records why it could not be read
+    assert all(box is not None for path, box in by_path.items() if path != broken)
