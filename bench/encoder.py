@@ -1,17 +1,17 @@
 """The encoders' speed: eager PyTorch against ONNX Runtime (the default), and an int8 ONNX variant.
 
-    python -P bench/encoder.py [--repeats 7] [--threads 2] [--out bench/results/encoder.json]
+    python bench/encoder.py [--repeats 7] [--threads 2] [--out bench/results/encoder.json]
     ynet-db dataset synth /tmp/synth --train-products 200 --test-products 500   # once, outside git
-    python -P bench/encoder.py --int8 /tmp/synth                                  # + the int8 column
-
-(`-P`: bench/http.py would otherwise stand in for the standard library's `http` module.)
+    python bench/encoder.py --int8 /tmp/synth                                     # + the int8 column
 
 For the default model's shop encoder (`encode_shop`, tag attention included) and street encoder
 (`encode_street`, the maps the re-rank needs), at batch 1, 8 and 32: images/s of each runtime,
 measured interleaved (every repeat runs each runtime once, in turn, on the same pixels) so that a
 change of the machine's speed during the run hits all of them alike; the median over the repeats,
-and the ratio to eager PyTorch. The machine's load average is recorded at the start and the end: on
-a shared machine, compare ratios, not absolutes.
+and the ratio to eager PyTorch. A third column, `onnxruntime-pytorch-pool`, is ONNX Runtime with
+PyTorch's thread pool left at full size beside it (what the workers did before PyTorch was left one
+thread under ONNX Runtime): the cost of two thread pools on the same cores. The machine's load
+average is recorded at the start and the end: on a shared machine, compare ratios, not absolutes.
 
 With `--int8 DATASET`, the same graphs statically quantized (per-channel int8 weights, uint8
 activations calibrated on `--calibration` of the generated benchmark's train photos, QDQ) run as a
@@ -33,6 +33,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,10 @@ from ynet_db.nn.runtime import accelerate
 
 BATCHES = (1, 8, 32)
 ENCODERS = ("shop", "street")
+SHARED_POOL = "onnxruntime-pytorch-pool"
+SETTLE_S = 0.05
+"""A pause before each timed call: the previous runtime's threads (PyTorch's OpenMP workers spin for a while
+after each op) must not run into the next one's time, as they never would in a worker that runs one runtime."""
 INT8_REDUCE_RANGE = True
 """7-bit weights: without AVX-512 VNNI, ONNX Runtime's uint8 x int8 kernels can saturate their 16-bit partial
 sums; on this machine's AVX2 cores full-range weights gave the default model's vectors a mean cosine of 0.90
@@ -117,6 +122,10 @@ def int8_engine(fp32: OnnxEngine, cache: Path, threads: int, pixels: np.ndarray)
     return OnnxEngine(fp32.network, sessions["shop"], sessions["street"], threads, name="onnxruntime-int8")
 
 
+def uses_pytorch_pool(name: str, model: RetrievalModel) -> bool:
+    return model.engine is None or name == SHARED_POOL
+
+
 def with_engine(base: RetrievalModel, engine: OnnxEngine | None) -> RetrievalModel:
     model = RetrievalModel(base.network, base.info, base.version, base.device)
     model.engine = engine
@@ -136,17 +145,27 @@ def timed(call: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def measure(models: dict[str, RetrievalModel], repeats: int) -> dict[str, Any]:
-    """images/s medians per encoder, batch and runtime, interleaved runtime by runtime."""
+def measure(models: dict[str, RetrievalModel], repeats: int, threads: int) -> dict[str, Any]:
+    """images/s medians per encoder, batch and runtime, interleaved runtime by runtime.
+
+    Each runtime runs with PyTorch's threads as its process would have them: eager PyTorch on all
+    `threads`; ONNX Runtime's sessions on `threads` and PyTorch, for the work around them, on one
+    (`runtime_threads.leave_cores_to_onnxruntime`), except in the `onnxruntime-pytorch-pool` column,
+    which keeps PyTorch's pool beside ONNX Runtime's, to show what that arrangement costs.
+    """
     seconds: dict[tuple[str, int, str], list[float]] = {}
     for encoder in ENCODERS:
         for batch in BATCHES:
             pixels = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(batch))
             calls = {name: encoder_call(model, encoder, pixels) for name, model in models.items()}
-            for call in calls.values():
+            pools = {name: threads if uses_pytorch_pool(name, model) else 1 for name, model in models.items()}
+            for name, call in calls.items():
+                torch.set_num_threads(pools[name])
                 call()  # warm-up: allocations, ONNX Runtime's first-run planning
             for _ in range(repeats):
                 for name, call in calls.items():
+                    torch.set_num_threads(pools[name])
+                    time.sleep(SETTLE_S)
                     seconds.setdefault((encoder, batch, name), []).append(timed(call))
             line = ", ".join(f"{n} {batch / statistics.median(seconds[(encoder, batch, n)]):.1f}" for n in calls)
             click.echo(f"{encoder} batch {batch}: {line} images/s")
@@ -212,6 +231,15 @@ def draft_decode(data: bytes, size: int) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.draft("RGB", (size, size))
     return image.convert("RGB")
+
+
+def cpu_model() -> str:
+    """The processor's name (Linux): eager PyTorch's speed differs more between processors than ONNX Runtime's."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [
+        line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+    ]
+    return names[0] if names else "unknown"
 
 
 def best_of_three(call: Callable[[], object]) -> float:
@@ -286,20 +314,24 @@ def main(repeats: int, threads: int, int8_data: Path | None, calibration: int, d
         onnx = accelerate(RetrievalModel.load_default(), "onnxruntime", cache, threads)
         if onnx.engine is None:
             raise click.ClickException("the ONNX graphs failed their check (see the log); nothing to compare")
-        models = {"torch": with_engine(eager, None), "onnxruntime": onnx}
+        models = {"torch": with_engine(eager, None), "onnxruntime": onnx, SHARED_POOL: with_engine(eager, onnx.engine)}
         if int8_data is not None:
             pixels = calibration_pixels(eager, int8_data, calibration)
             models["onnxruntime-int8"] = with_engine(eager, int8_engine(onnx.engine, cache, threads, pixels))
         results: dict[str, Any] = {"model": eager.version, "threads": threads, "repeats": repeats}
         results["cores"] = os.cpu_count()
+        results["cpu"] = cpu_model()
+        results["versions"] = {"torch": torch.__version__, "onnxruntime": version("onnxruntime")}
         results["load_average_start"] = load_start
-        speeds = measure(models, repeats)
+        speeds = measure(models, repeats, threads)
         results.update(ratios(speeds, "onnxruntime"))
+        results.update(ratios(speeds, SHARED_POOL))
         if int8_data is not None:
             results.update(ratios(speeds, "onnxruntime-int8"))
             results["int8"] = int8_accuracy(onnx, models["onnxruntime-int8"], int8_data)
         results["images_per_s"] = speeds
         if decode:
+            torch.set_num_threads(1)  # as in a worker whose encoders run on ONNX Runtime
             results["decode"] = decode_share(onnx)
     results["load_average_end"] = os.getloadavg()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ which PostgreSQL makes in a few milliseconds. Brokers: see brokers.py.
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +25,16 @@ from ynet_db.db.engine import make_engine
 from ynet_db.db.server import start_embedded, stop_embedded
 
 TEMPLATE = "ynet_test_template"
+
+
+@pytest.fixture(autouse=True)
+def pytorch_gets_its_threads_back() -> Iterator[None]:
+    """A model put on ONNX Runtime leaves PyTorch one thread in its process (`nn/runtime_threads.py`); in this
+    shared test process, the next test (training, say) gets the process's threads back."""
+    yield
+    threads = sys.modules.get("ynet_db.nn.runtime_threads")
+    if threads is not None:
+        threads.set_inference_threads(threads.inference_threads())
 
 
 @pytest.fixture(scope="session")

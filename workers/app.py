@@ -51,8 +51,8 @@ class WorkerOptions:
     drain_s: float = 240.0
     """A task claims batches until no work is left or this long has passed, then returns."""
     task_time_limit_s: float = 900.0
-    torch_threads: int | None = None
-    """Intra-op threads per worker process; None lets torch decide."""
+    intra_op_threads: int | None = None
+    """Intra-op threads per worker process (`runtime_threads.threads_per_process`); None lets torch decide."""
     decode_threads: int = 0
     """Threads that make the next batch ready while this one is encoded (a GPU worker); 0: decode inline."""
     extra_conf: dict[str, object] = field(default_factory=dict)

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import torch
 from celery import current_app, signals
 from sqlalchemy import Engine, event
 from ynet_db.workers.heartbeat import Heartbeat, WorkerIdentity
@@ -43,6 +42,7 @@ from ynet_db.db.replicas import SearchDatabases
 from ynet_db.models.registry import ModelIdentity, ModelRecord, register
 from ynet_db.models.serving import load_configured, load_registered
 from ynet_db.nn.model import RetrievalModel
+from ynet_db.nn.runtime_threads import inference_threads, set_inference_threads
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +96,12 @@ def current() -> WorkerResources:
     return _current
 
 
-def start(settings: Settings, torch_threads: int | None = None, lease: timedelta | None = None) -> WorkerResources:
+def start(settings: Settings, intra_op_threads: int | None = None, lease: timedelta | None = None) -> WorkerResources:
     """Build this process's engine and model, and make sure the model is registered."""
     global _current
     _drop_inherited_broker_engines()
-    if torch_threads:
-        torch.set_num_threads(torch_threads)  # ONNX Runtime's sessions take the same number
+    if intra_op_threads:
+        set_inference_threads(intra_op_threads)  # ONNX Runtime's sessions take them when it serves
     engine = engine_from_settings(settings)
     event.listen(engine, "do_connect", _name_connection)
     model = load_configured(settings)
@@ -127,7 +127,7 @@ def start(settings: Settings, torch_threads: int | None = None, lease: timedelta
         record.version,
         record.id,
         model.runtime,
-        torch.get_num_threads(),
+        inference_threads(),
     )
     return _current
 
@@ -150,7 +150,7 @@ def _drop_inherited_broker_engines() -> None:
 def _on_process_init(**_: Any) -> None:
     app = current_app._get_current_object()
     try:
-        start(app.ynet_settings, app.ynet_options.torch_threads, app.ynet_options.lease)
+        start(app.ynet_settings, app.ynet_options.intra_op_threads, app.ynet_options.lease)
     except Exception as error:
         # Celery only logs a failing handler and would serve on with a process that has no model.
         message = f"worker process {os.getpid()} cannot serve: {type(error).__name__}: {error}"

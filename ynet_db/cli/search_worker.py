@@ -77,10 +77,8 @@ def search_worker(
     health_port: int | None,
 ) -> None:
     """Answer search requests inserted in SQL until SIGTERM (or Ctrl-C), then hand back what it holds."""
-    import torch
-
     from ynet_db.liveness import Liveness, serve_health
-    from ynet_db.nn.runtime_threads import usable_cores
+    from ynet_db.nn.runtime_threads import set_inference_threads, usable_cores
     from ynet_db.search.requests import RegisteredModels, RequestWorker, RequestWorkerOptions
 
     logging.getLogger("ynet_db").setLevel(logging.INFO)
@@ -95,7 +93,7 @@ def search_worker(
         )
     except ValueError as error:
         raise click.UsageError(str(error)) from error
-    torch.set_num_threads(threads or usable_cores())  # ONNX Runtime's sessions take the same number
+    set_inference_threads(threads or usable_cores())  # ONNX Runtime's sessions take them when it serves
     engine = app.migrated_engine
     liveness = Liveness(stale_after_s=lease)
     worker = RequestWorker(engine, settings, RegisteredModels(engine, settings), options, liveness)

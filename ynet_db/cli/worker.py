@@ -131,7 +131,7 @@ def worker(
     options = WorkerOptions(
         batch_size=batch_size,
         lease=timedelta(seconds=lease),
-        torch_threads=threads,
+        intra_op_threads=threads,
         decode_threads=choose_decode_threads(decode_threads, settings.device),
     )
     celery_app = make_app(settings, options)

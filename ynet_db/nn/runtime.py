@@ -30,6 +30,7 @@ from ynet_db.nn.model import RetrievalModel
 from ynet_db.nn.onnx_engine import GraphMismatch, OnnxEngine, verified_engine
 from ynet_db.nn.onnx_export import GRAPHS, cached_graph, graph_path, network_digest
 from ynet_db.nn.runtime_gpu import HalfPrecisionEngine, half_precision_engine
+from ynet_db.nn.runtime_threads import inference_threads, leave_cores_to_onnxruntime
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,10 @@ def accelerate(model: RetrievalModel, setting: str, cache_dir: Path, threads: in
     """Put `model`'s encoders on the runtime YNET_RUNTIME chooses; fp32 PyTorch stays where that one fails."""
     runtime = resolve_runtime(setting, model.device)
     if runtime == "onnxruntime":
-        model.engine = onnx_engine(model, cache_dir, threads or torch.get_num_threads())
+        threads = threads or inference_threads()
+        model.engine = onnx_engine(model, cache_dir, threads)
+        if model.engine is not None:
+            leave_cores_to_onnxruntime(threads)
     elif runtime == "torch-fp16":
         model.engine = fp16_engine(model)
     return model

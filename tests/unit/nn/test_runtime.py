@@ -24,6 +24,7 @@ from ynet_db.nn.model import RetrievalModel
 from ynet_db.nn.onnx_engine import MIN_COSINE
 from ynet_db.nn.onnx_export import GRAPHS, graph_path, network_digest
 from ynet_db.nn.runtime import RuntimeUnavailable, accelerate, resolve_runtime
+from ynet_db.nn.runtime_threads import set_inference_threads
 from ynet_db.presentation.demo import demo_checkpoint
 
 pytest.importorskip("onnxruntime")
@@ -214,7 +215,7 @@ def test_runtime_settings(tmp_path: Path) -> None:
         resolve_runtime("onnxruntime", cuda)
 
 
-def test_serving_loads_put_the_encoders_on_onnxruntime_with_torchs_threads(
+def test_serving_loads_give_onnxruntime_the_process_threads_and_pytorch_one(
     tmp_path: Path, onnx_cache: Path, default_on_onnx: RetrievalModel
 ) -> None:
     # The worker's load: the default model, graphs cached in the data directory (copied from the session's).
@@ -222,9 +223,12 @@ def test_serving_loads_put_the_encoders_on_onnxruntime_with_torchs_threads(
     (tmp_path / "onnx").mkdir()
     for graph in onnx_cache.glob(f"{default_on_onnx.version.replace('@', '_')}-*.onnx"):
         (tmp_path / "onnx" / graph.name).write_bytes(graph.read_bytes())
+    set_inference_threads(2)  # as a worker process is started
     model = load_serving(settings)
     assert model.runtime == "onnxruntime" and model.engine is not None
-    assert model.engine.threads == torch.get_num_threads()
+    assert (model.engine.threads, torch.get_num_threads()) == (2, 1)  # PyTorch's pool would spin beside it
+    second = load_serving(settings)  # a second model of the same process (a search worker's next active one)
+    assert second.engine is not None and second.engine.threads == 2
     assert load_serving(replace(settings, runtime="torch")).runtime == "torch"
 
 
