@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from runtime_accuracy import compare
 
 from ynet_db.data.garments import sample_garment
 from ynet_db.data.scenes import shop_photo
@@ -175,45 +176,6 @@ def measure(models: dict[str, RetrievalModel], repeats: int, threads: int) -> di
     }
 
 
-def int8_accuracy(fp32: RetrievalModel, int8: RetrievalModel, dataset: Path) -> dict[str, Any]:
-    """Both runtimes on the dataset's test split, as `ynet-db evaluate` measures a model: top-k of each, the
-    change and how many queries it moved, and the cosine of int8's vectors to fp32's (street queries, shop
-    gallery)."""
-    from ynet_db.data import load_dataset
-    from ynet_db.models.evaluate import encode_evaluation, evaluation_sets, score_evaluation
-
-    sets = evaluation_sets(load_dataset(dataset).split("test"), False, None, False)
-    encoded = {
-        name: encode_evaluation(model, *sets, progress=False) for name, model in (("fp32", fp32), ("int8", int8))
-    }
-    scores = {name: score_evaluation(encoding) for name, encoding in encoded.items()}
-    ranks = {
-        name: np.array([np.inf if q["rank"] is None else q["rank"] for q in s["per_query"]])
-        for name, s in scores.items()
-    }
-    result: dict[str, Any] = {"dataset": str(dataset), "queries": scores["fp32"]["queries"]}
-    for k in ("1", "5", "10", "20", "50"):
-        hits = {name: ranks[name] < int(k) for name in ranks}
-        result[f"top{k}"] = {
-            "fp32": scores["fp32"]["top_k"][k],
-            "int8": scores["int8"]["top_k"][k],
-            "change": scores["int8"]["top_k"][k] - scores["fp32"]["top_k"][k],
-            "fp32_standard_error": scores["fp32"]["standard_error"][k],
-            "queries_gained": int((hits["int8"] & ~hits["fp32"]).sum()),
-            "queries_lost": int((hits["fp32"] & ~hits["int8"]).sum()),
-        }
-    for what, attribute in (("street_queries", "vectors"), ("shop_gallery", "gallery_vectors")):
-        cosine = F.cosine_similarity(getattr(encoded["int8"], attribute), getattr(encoded["fp32"], attribute), dim=-1)
-        result[f"cosine_{what}"] = {"min": float(cosine.min()), "mean": float(cosine.mean())}
-    top20 = result["top20"]
-    click.echo(
-        f"int8 on {dataset} ({result['queries']} queries): top-20 {top20['fp32']:.4f} -> {top20['int8']:.4f} "
-        f"({top20['queries_gained']} queries gained, {top20['queries_lost']} lost); cosine to fp32: street "
-        f"{result['cosine_street_queries']['mean']:.4f} mean, shop {result['cosine_shop_gallery']['mean']:.4f} mean"
-    )
-    return result
-
-
 def jpeg_photos(count: int, size: int) -> list[bytes]:
     """The generated benchmark's shop photos (product beside a second garment) as JPEG bytes."""
     config, photos = SynthConfig(seed=7), []
@@ -328,7 +290,7 @@ def main(repeats: int, threads: int, int8_data: Path | None, calibration: int, d
         results.update(ratios(speeds, SHARED_POOL))
         if int8_data is not None:
             results.update(ratios(speeds, "onnxruntime-int8"))
-            results["int8"] = int8_accuracy(onnx, models["onnxruntime-int8"], int8_data)
+            results["int8"] = compare(onnx, models["onnxruntime-int8"], ("fp32", "int8"), int8_data)
         results["images_per_s"] = speeds
         if decode:
             torch.set_num_threads(1)  # as in a worker whose encoders run on ONNX Runtime

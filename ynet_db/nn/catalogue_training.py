@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -254,29 +254,48 @@ def learn_tag_attention(
 ) -> list[float]:
     """Tag prediction alone (the tag attention and the head; every other weight frozen): where the
     attention must rest for the pooled map to predict the product's tags. Returns the epoch losses."""
-    params = [network.tag_attention.weight, *head.parameters()]
-    for param in network.parameters():
-        param.requires_grad_(False)
-    for param in params:
-        param.requires_grad_(True)
+    params = only_trainable(network, [network.tag_attention.weight, *head.parameters()])
     optimizer = torch.optim.Adam(params, lr=1e-3)
     with torch.no_grad():
         maps = torch.cat(
             [network.shop(side.shop[s : s + 64].to(device, torch.float32)) for s in range(0, len(side.items), 64)]
         )
+
+    def loss_of(rows: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        pooled, _ = network.tag_attention(maps[rows], side.tags[rows].to(device))
+        return F.binary_cross_entropy_with_logits(head(pooled), side.tags[rows].to(device))
+
     losses = []
     for epoch in tqdm(range(plan.tag_epochs), desc="tag attention", disable=not progress, leave=False):
         g = torch.Generator().manual_seed(plan.seed * 100_003 + 50_000 + epoch)
-        total, steps = 0.0, 0
-        for rows in batches(len(side.items), plan.batch_size, g):
-            pooled, _ = network.tag_attention(maps[rows], side.tags[rows].to(device))
-            loss = F.binary_cross_entropy_with_logits(head(pooled), side.tags[rows].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, steps = total + float(loss.detach()), steps + 1
-        losses.append(total / max(steps, 1))
+        losses.append(epoch_loss(optimizer, list(batches(len(side.items), plan.batch_size, g)), loss_of, g))
     return losses
+
+
+def only_trainable(network: YNet, params: list[nn.Parameter]) -> list[nn.Parameter]:
+    """Freeze every weight of `network`, then unfreeze `params` (which may include others, e.g. a head)."""
+    for param in network.parameters():
+        param.requires_grad_(False)
+    for param in params:
+        param.requires_grad_(True)
+    return params
+
+
+def epoch_loss(
+    optimizer: torch.optim.Optimizer,
+    rows: Iterable[torch.Tensor],
+    loss_of: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    g: torch.Generator,
+) -> float:
+    """One pass of SGD steps over the batches `rows`; the mean loss."""
+    total, steps = 0.0, 0
+    for batch in rows:
+        loss = loss_of(batch, g)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, steps = total + float(loss.detach()), steps + 1
+    return total / max(steps, 1)
 
 
 @torch.inference_mode()
@@ -364,29 +383,21 @@ def train_from_catalogue(
     teachers = teacher_vectors(copy.deepcopy(network), data, device)
     learned = ("street", "shop") + (("tag_attention.",) if plan.use_tags else ())
     params = [p for n, p in network.named_parameters() if n.startswith(learned)]
-    for param in network.parameters():
-        param.requires_grad_(False)
-    for param in [*params, *head.parameters()]:
-        param.requires_grad_(True)
-    optimizer = torch.optim.SGD([*params, *head.parameters()], lr=plan.lr, momentum=0.9, weight_decay=1e-5)
+    params = only_trainable(network, [*params, *head.parameters()])
+    optimizer = torch.optim.SGD(params, lr=plan.lr, momentum=0.9, weight_decay=1e-5)
+
+    def loss_of(rows: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return catalogue_loss(network, head, data, teachers, rows, plan, g, device)
+
     losses = []
     for epoch in range(plan.epochs):
         g = torch.Generator().manual_seed(plan.seed * 100_003 + epoch)
         network.train()
         network.freeze_batchnorm()
-        total, steps = 0.0, 0
-        for rows in tqdm(
-            list(batches(len(data.items), plan.batch_size, g)),
-            desc=f"epoch {epoch + 1}",
-            disable=not progress,
-            leave=False,
-        ):
-            loss = catalogue_loss(network, head, data, teachers, rows, plan, g, device)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total, steps = total + float(loss.detach()), steps + 1
-        losses.append(total / max(steps, 1))
+        rows = list(batches(len(data.items), plan.batch_size, g))
+        losses.append(
+            epoch_loss(optimizer, tqdm(rows, desc=f"epoch {epoch + 1}", disable=not progress, leave=False), loss_of, g)
+        )
     network.eval()
     for param in network.parameters():
         param.requires_grad_(False)
