@@ -43,14 +43,26 @@ class Database(NamedTuple):
 
 
 @contextmanager
-def fresh_database() -> Iterator[Database]:
-    """An embedded PostgreSQL in a temporary directory, migrated; stopped and removed afterwards."""
+def fresh_database(shared_buffers: str | None = None) -> Iterator[Database]:
+    """An embedded PostgreSQL in a temporary directory, migrated; stopped and removed afterwards.
+
+    `shared_buffers` (e.g. '4GB'), as a server that searches a large catalogue is given: PostgreSQL's
+    default (128MB) holds a fraction of a 1280-d HNSW index, and every page an index scan visits beyond
+    it is copied in from the operating system's cache, evicting another
+    (docs/operations.md#a-growing-catalogue-the-models-index).
+    """
     from ynet_db.db import migrate
     from ynet_db.db.engine import make_engine
-    from ynet_db.db.server import start_embedded, stop_embedded
+    from ynet_db.db.server import libpq_dsn, restart_embedded, start_embedded, stop_embedded
 
     data_dir = Path(tempfile.mkdtemp(prefix="ynet-bench-"))
     server = start_embedded(data_dir / "pgdata")
+    if shared_buffers:
+        import psycopg
+
+        with psycopg.connect(libpq_dsn(server.url("postgres")), autocommit=True) as conn:
+            conn.execute(f"ALTER SYSTEM SET shared_buffers = '{shared_buffers}'")
+        server = restart_embedded(data_dir / "pgdata")  # shared_buffers is read at start only
     engine = make_engine(server.url(), pool_size=20, max_overflow=0)
     try:
         migrate.upgrade(engine)

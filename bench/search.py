@@ -162,19 +162,23 @@ def worker_path(
         process.wait(30)
 
 
-def run_size(n: int, dim: int, queries: int, worker_broker: str | None, links: IndexLinks) -> dict[str, Any]:
+def run_size(
+    n: int, dim: int, queries: int, worker_broker: str | None, links: IndexLinks, shared_buffers: str
+) -> dict[str, Any]:
     from ynet_db.config import Settings
     from ynet_db.models.serving import load_serving
     from ynet_db.nn.config import ModelConfig
 
     config = None if dim == 1280 else ModelConfig().replace(embedding_dim=dim, projection="linear", name=f"bench-{dim}")
     model = load_serving(Settings.from_env(), config=config)  # encoders on YNET_RUNTIME's runtime, as in a worker
-    with fresh_database() as (engine, url, data_dir):
+    with fresh_database(shared_buffers) as (engine, url, data_dir):
         vectors = clustered_vectors(n, dim, seed=n)
         click.echo(f"[{n}] loading {n} x {dim} vectors ...", err=True)
         loaded = load_catalogue(engine, model.version, vectors, links)
         del loaded["model_id"]
         result: dict[str, Any] = {"products": n, "dim": dim, "runtime": model.runtime, **loaded}
+        result["shared_buffers"] = shared_buffers
+        result["load_average_start"] = os.getloadavg()
         picks = np.random.default_rng(1).choice(n, size=queries, replace=False)
         query_vectors = noisy(vectors[picks], seed=2)
         own = np.einsum("ij,ij->i", query_vectors, vectors[picks])
@@ -193,6 +197,7 @@ def run_size(n: int, dim: int, queries: int, worker_broker: str | None, links: I
             click.echo(f"[{n}] worker path ...", err=True)
             url_text = url.render_as_string(hide_password=False)
             result["end_to_end_worker"] = worker_path(url_text, worker_broker, images, engine, data_dir, config)
+        result["load_average_end"] = os.getloadavg()
     return result
 
 
@@ -205,15 +210,30 @@ def run_size(n: int, dim: int, queries: int, worker_broker: str | None, links: I
 @click.option(
     "--ef-construction", type=click.IntRange(4, 1000), default=64, show_default=True, help="HNSW build list (>= 2m)."
 )
+@click.option(
+    "--shared-buffers",
+    default="4GB",
+    show_default=True,
+    help="The server's shared_buffers: enough to hold the HNSW index, as a search server is configured.",
+)
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the numbers as JSON.")
 def main(
-    sizes: str, dim: str, queries: int, worker_broker: str | None, m: int, ef_construction: int, out: Path | None
+    sizes: str,
+    dim: str,
+    queries: int,
+    worker_broker: str | None,
+    m: int,
+    ef_construction: int,
+    shared_buffers: str,
+    out: Path | None,
 ) -> None:
     import torch
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     links = IndexLinks(m, ef_construction)
-    results = [run_size(int(size), int(dim), queries, worker_broker, links) for size in sizes.split(",")]
+    results = [
+        run_size(int(size), int(dim), queries, worker_broker, links, shared_buffers) for size in sizes.split(",")
+    ]
     text_out = json.dumps(results, indent=2)
     click.echo(text_out)
     if out:

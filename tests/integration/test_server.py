@@ -70,3 +70,21 @@ def test_a_server_without_pgvector_is_refused_with_what_to_do() -> None:
 def test_an_unreachable_server_is_named() -> None:
     with pytest.raises(DatabaseUnavailable, match="cannot connect to PostgreSQL at 127.0.0.1:1/x"):
         check_pgvector(make_url("postgresql+psycopg://nobody@127.0.0.1:1/x"))
+
+
+def test_a_restart_of_the_embedded_server_applies_settings_read_at_start(tmp_path: Path) -> None:
+    from ynet_db.db.server import libpq_dsn, restart_embedded, start_embedded, stop_embedded
+
+    server = start_embedded(tmp_path)
+    try:
+        with psycopg.connect(libpq_dsn(server.url("postgres")), autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET shared_buffers = '160MB'")  # read at start only
+            assert conn.execute("SHOW shared_buffers").fetchone() != ("160MB",)
+        restarted = restart_embedded(tmp_path)
+        assert restarted.pid != server.pid
+        with psycopg.connect(libpq_dsn(restarted.url("postgres")), autocommit=True) as conn:
+            assert conn.execute("SHOW shared_buffers").fetchone() == ("160MB",)
+    finally:
+        stop_embedded(tmp_path)
+    with pytest.raises(RuntimeError, match="no embedded server is running"):
+        restart_embedded(tmp_path)

