@@ -10,6 +10,9 @@
    (its heartbeat means the model is loaded), then the N products are inserted in one transaction
    (import -> triggers -> jobs -> NOTIFY -> dispatcher -> Celery -> worker -> embeddings); the rate is
    N over the time from the insert to the last embedding.
+   While it runs, the CPU seconds of the worker's processes, of PostgreSQL's and of everything else on
+   the machine are counted (psutil), per embedding: where the cores went when the pipeline falls short
+   of the encoder alone.
 4. Light load, with one worker: products are inserted one at a time at a low rate and each is polled
    until its embedding is committed (HNSW is updated in the same statement: committed = searchable);
    median and p99 of insert-to-searchable.
@@ -36,6 +39,7 @@ from typing import Any
 
 import click
 import numpy as np
+import psutil
 import psycopg
 import torch
 from psycopg import sql
@@ -118,7 +122,7 @@ def fresh_database() -> Iterator[URL]:
 @contextmanager
 def running_worker(
     url: URL, processes: int, batch_size: int, broker: str | None, log: Path, images: Path
-) -> Iterator[None]:
+) -> Iterator[psutil.Process]:
     env = {**os.environ, "YNET_DATABASE_URL": url.render_as_string(hide_password=False), "YNET_DEVICE": "cpu"}
     env["YNET_IMAGE_ROOTS"] = str(images.resolve())  # the fetch policy reads local images only under it
     if broker:
@@ -128,7 +132,7 @@ def running_worker(
     with log.open("ab") as sink:
         process = subprocess.Popen(argv, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        yield
+        yield psutil.Process(process.pid)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -172,16 +176,69 @@ def reset(engine: Engine) -> None:
         conn.execute(text("DELETE FROM ynet.workers"))
 
 
-def pipeline_rate(engine: Engine, items: list[Item], timeout_s: float) -> dict[str, float]:
+def tree_cpu_s(root: psutil.Process) -> float:
+    """CPU seconds of a process, its live descendants, and the children it has already reaped (PostgreSQL's
+    backends that ended, a worker's replaced pool processes)."""
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:  # ended between the listing and the reading
+            continue
+        total += times.user + times.system
+    times = root.cpu_times()
+    return total + times.children_user + times.children_system
+
+
+def postmaster(engine: Engine) -> psutil.Process | None:
+    """The PostgreSQL server's main process when it runs on this machine (its backends are its children)."""
+    with engine.connect() as conn:
+        backend = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+    try:
+        return psutil.Process(backend).parent()
+    except psutil.Error:  # another machine's server
+        return None
+
+
+def machine_busy_s() -> float:
+    times = psutil.cpu_times()
+    return times.user + times.system + times.nice + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+
+
+def cpu_counts(worker: psutil.Process, server: psutil.Process | None) -> dict[str, float]:
+    return {
+        "worker": tree_cpu_s(worker),
+        "postgres": tree_cpu_s(server) if server else float("nan"),
+        "machine": machine_busy_s(),
+    }
+
+
+def cpu_per_embedding(before: dict[str, float], after: dict[str, float], embeddings: int) -> dict[str, float]:
+    """CPU milliseconds per embedding: the worker's processes, PostgreSQL's, and the rest of the machine
+    (this process's polling, the broker, any other job)."""
+    spent = {name: after[name] - before[name] for name in before}
+    spent["other"] = spent.pop("machine") - spent["worker"] - spent["postgres"]
+    return {f"{name}_ms": 1000 * seconds / embeddings for name, seconds in spent.items()}
+
+
+def pipeline_rate(
+    engine: Engine, items: list[Item], timeout_s: float, worker: psutil.Process, server: psutil.Process | None
+) -> dict[str, Any]:
     rows = [
         {"sku": f"p{i}", "category": it.category, "tags": it.tags, "uri": str(it.path)} for i, it in enumerate(items)
     ]
+    before = cpu_counts(worker, server)
     start = time.perf_counter()
     with engine.begin() as conn:
         conn.execute(INSERT, rows)
     committed = time.perf_counter()
     done = wait_until(engine, "SELECT count(*) FROM ynet.embeddings", len(items), timeout_s, RATE_POLL_S)
-    return {"insert_s": committed - start, "total_s": done - start, "embeddings_per_s": len(items) / (done - start)}
+    return {
+        "insert_s": committed - start,
+        "total_s": done - start,
+        "embeddings_per_s": len(items) / (done - start),
+        "cpu_per_embedding": cpu_per_embedding(before, cpu_counts(worker, server), len(items)),
+    }
 
 
 def latency(engine: Engine, items: list[Item], samples: int, interval_s: float) -> dict[str, float]:
@@ -226,12 +283,18 @@ def main(
     torch.set_num_threads(threads)
     model = load_serving(Settings.from_env())  # on the runtime YNET_RUNTIME picks, as the workers' will be
     encoder_alone(model, items[:batch_size], batch_size)  # warm-up
+    here = psutil.Process()
+    before = sum(here.cpu_times()[:2])
     alone = encoder_alone(model, items, batch_size)
+    cpu_alone_ms = 1000 * (sum(here.cpu_times()[:2]) - before) / len(items)
     click.echo(f"encoder alone ({threads} threads, {model.runtime}): {alone:.1f} embeddings/s")
+    click.echo(f"load average before the runs: {os.getloadavg()}")
     broker = broker or Settings.from_env().broker_url
     results: dict[str, Any] = {"products": products, "batch_size": batch_size, "broker": broker or "database"}
     results["encoder_alone_per_s"] = alone
     results["runtime"] = model.runtime
+    results["encoder_alone_cpu_ms_per_embedding"] = cpu_alone_ms
+    results["load_average_at_start"] = os.getloadavg()
     results["runs"] = []
     timeout = max(600.0, 20 * products / alone)
     with fresh_database() as url:
@@ -243,9 +306,10 @@ def main(
         for count in worker_counts:
             reset(engine)
             log = out.with_suffix(f".worker{count}.log")
-            with running_worker(url, count, batch_size, broker, log, folder):
+            with running_worker(url, count, batch_size, broker, log, folder) as worker:
                 wait_until(engine, LIVE_WORKERS, count, 300)
-                run: dict[str, Any] = {"worker_processes": count, **pipeline_rate(engine, items, timeout)}
+                rate = pipeline_rate(engine, items, timeout, worker, postmaster(engine))
+                run: dict[str, Any] = {"worker_processes": count, **rate}
                 run["vs_encoder_alone"] = run["embeddings_per_s"] / alone
                 if count == 1:
                     run["insert_to_searchable"] = latency(engine, items, latency_samples, latency_interval)
@@ -267,6 +331,12 @@ def print_table(results: dict[str, Any]) -> None:
         tail = f"{lat['median_s']:>10.2f}{lat['p99_s']:>8.2f}" if lat else ""
         name = f"{run['worker_processes']} worker process(es)"
         click.echo(f"{name:<26}{run['embeddings_per_s']:>14.1f}{run['vs_encoder_alone']:>12.2f}{tail}")
+    alone_ms = results["encoder_alone_cpu_ms_per_embedding"]
+    click.echo(f"CPU ms per embedding: encoder alone {alone_ms:.1f}; worker / PostgreSQL / other:")
+    for run in results["runs"]:
+        cpu = run["cpu_per_embedding"]
+        spent = " / ".join(f"{cpu[name]:.1f}" for name in ("worker_ms", "postgres_ms", "other_ms"))
+        click.echo(f"  {run['worker_processes']} worker process(es): {spent}")
 
 
 if __name__ == "__main__":
