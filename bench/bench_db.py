@@ -161,19 +161,23 @@ def copy_embeddings(engine: Engine, model_id: int, vectors: np.ndarray) -> None:
         raw.commit()
 
 
-def end_to_end(engine: Engine, model: Any, images: Sequence[Photo], via: Any = None) -> dict[str, float]:
-    """In-process (or through `via`) search latency of each photo: decode, encode, prefilter, re-rank."""
+def end_to_end(engine: Engine, model: Any, images: Sequence[Photo], via: Any = None) -> dict[str, Any]:
+    """In-process (or through `via`) search latency of each photo: decode, encode, prefilter, re-rank; and
+    the median of each stage the search itself timed, with the rest (decode, reading the active model,
+    building rows and statements, a worker's messaging) as `other`."""
     from ynet_db.search.query import search
 
-    latencies = []
+    latencies, stages = [], []
     for image in tqdm(images, desc="end to end", unit="query", mininterval=5, leave=False):
-        _, seconds = timed(
+        result, seconds = timed(
             lambda i=image: search(
                 engine, i, k=K, candidates=CANDIDATES, rerank=True, model=model if via is None else None, via=via
             )
         )
         latencies.append(seconds)
-    return stats(latencies)
+        stages.append({**result.timings_ms, "other": 1000 * seconds - sum(result.timings_ms.values())})
+    medians = {name: round(float(np.median([s[name] for s in stages])), 2) for name in stages[0]}
+    return {**stats(latencies), "stages_median_ms": medians}
 
 
 def throughput(engine: Engine, model: Any, images: Sequence[Photo], clients: int, seconds: float) -> float:
