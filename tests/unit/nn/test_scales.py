@@ -18,6 +18,8 @@ from ynet_db.nn.features import compute_trunk_features
 from ynet_db.nn.model import DEFAULT_CONFIG, RetrievalModel
 from ynet_db.nn.onnx_engine import MIN_COSINE
 from ynet_db.nn.runtime import accelerate
+from ynet_db.nn.runtime_gpu import MIN_COSINE as GPU_MIN_COSINE
+from ynet_db.nn.runtime_gpu import half_precision_engine
 from ynet_db.presentation.attention_map import query_attention
 
 TWO_SCALES = ModelConfig(pooling_power=3.0, second_input_size=320)
@@ -107,8 +109,10 @@ def test_both_encoders_and_the_rerank_pool_all_149_locations(two_scale: Retrieva
     shop_maps = network.branch_maps(pixels, network.shop)
     torch.testing.assert_close(shop.vectors, F.normalize(shop_maps.pow(3).mean(dim=1).pow(1 / 3), dim=-1))
     candidates = F.normalize(torch.randn(20, 1280, generator=torch.Generator().manual_seed(8)), dim=-1)
+    # calibrations.json records the benchmark's beta for this version (bench/default_path.py's two-scale row)
+    assert two_scale.context_calibration is not None and two_scale.rerank_measured_to_help
     scores = two_scale.rerank(street.maps[0], candidates)
-    assert scores.shape == (20,) and bool(torch.isfinite(scores).all())
+    torch.testing.assert_close(scores, two_scale.free_rerank(street.maps[0], candidates, 20.0))
     at_zero = two_scale.free_rerank(street.maps[0], candidates, 0.0)  # beta 0: the first stage's order
     torch.testing.assert_close(at_zero, -(street.vectors[0] - candidates).pow(2).sum(-1), atol=1e-5, rtol=1e-5)
     weights = two_scale.context_weights(street.maps[0], candidates[:1])
@@ -146,3 +150,14 @@ def test_the_onnx_graphs_of_the_option_match_pytorch(two_scale: RetrievalModel, 
         street, street_expected = onnx.encode_street(pixels), two_scale.encode_street(pixels)
         assert street.maps.shape == (batch, LOCATIONS, 1280)
         assert float(F.cosine_similarity(street.maps, street_expected.maps, dim=-1).min()) >= MIN_COSINE
+
+
+def test_the_gpu_engine_cuts_the_canvas_too() -> None:
+    """The fp16 engine (here under CPU autocast, slow: small sizes) passes its check on the canvas."""
+    config = ModelConfig(input_size=64, map_size=2, second_input_size=96)
+    reference, model = RetrievalModel.load_default(config=config), RetrievalModel.load_default(config=config)
+    model.engine = half_precision_engine(model.network, model.device)  # raises below cosine 0.999
+    pixels = torch.randn(2, 3, 96, 160, generator=torch.Generator().manual_seed(11))
+    street, expected = model.encode_street(pixels), reference.encode_street(pixels)
+    assert model.runtime == "torch-fp16" and street.maps.shape == (2, 2 * 2 + 3 * 3, 1280)
+    assert float(F.cosine_similarity(street.vectors, expected.vectors).min()) >= GPU_MIN_COSINE
