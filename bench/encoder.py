@@ -210,7 +210,7 @@ def best_of_three(call: Callable[[], object]) -> float:
 
 def decode_costs(model: RetrievalModel, photos: list[bytes]) -> dict[str, float]:
     """Seconds for all `photos`: decode + preprocess (full, draft), the shop encoder; draft's worst cosine."""
-    size, tags = model.config.input_size, [["category:dress"]] * len(photos)
+    size, tags = max(model.config.scales.sizes), [["category:dress"]] * len(photos)
     full = torch.stack([model.preprocess(decode_image(p, source="bench")) for p in photos])
     draft = torch.stack([model.preprocess(draft_decode(p, size)) for p in photos])
     cosine = F.cosine_similarity(model.encode_shop(draft, tags).vectors, model.encode_shop(full, tags).vectors)

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ynet_db.nn.scales import Scales
+
 ContextForm = Literal["linear", "dot", "mlp"]
 CONTEXT_FORMS: tuple[str, ...] = ("linear", "dot", "mlp")
 
@@ -87,6 +89,9 @@ class ModelConfig:
     query_mask: bool = False
     """Pool the query (street) map only over the locations whose summed activation reaches the map's
     mean: a crop to the garment as the backbone sees it. Identity projection only; changes the version."""
+    second_input_size: int | None = None
+    """A second size each image is also seen at (e.g. 320): both sizes' maps pooled together as one map
+    of map_size ** 2 + (second_input_size / 32) ** 2 locations (nn/scales.py). Changes the version."""
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -103,8 +108,15 @@ class ModelConfig:
             raise ValueError("query_mask needs the identity projection (it reads the map's activations)")
 
     @property
+    def scales(self) -> Scales:
+        if self.second_input_size is None:
+            return Scales((self.input_size,), (self.map_size,))
+        return Scales((self.input_size, self.second_input_size), (self.map_size, self.second_input_size // STRIDE))
+
+    @property
     def locations(self) -> int:
-        return self.map_size * self.map_size
+        """L: the map's locations at every input size together."""
+        return self.scales.locations
 
     def to_dict(self) -> dict[str, Any]:
         described = dataclasses.asdict(self)
@@ -113,6 +125,8 @@ class ModelConfig:
             del described["pooling_power"]
         if not self.query_mask:
             del described["query_mask"]
+        if self.second_input_size is None:
+            del described["second_input_size"]
         return described
 
     @classmethod
@@ -131,14 +145,20 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """An RGB PIL image -> normalised Tensor[3, input_size, input_size] (whole-image resize)."""
+        """An RGB PIL image -> normalised Tensor[3, input_size, input_size] (whole-image resize); with a
+        second input size, both sizes on one canvas (`scales.pixel_shape`)."""
         rgb = image if image.mode == "RGB" else image.convert("RGB")
-        resized = rgb.resize((self.input_size, self.input_size), Image.Resampling.BILINEAR)
+        scales = self.scales
+        pixels = scales.pack([self._normalised(rgb, size) for size in scales.sizes])
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+    def _normalised(self, rgb: Image.Image, size: int) -> np.ndarray:
+        """The image resized to size x size and normalised, [size, size, 3] float32."""
+        resized = rgb.resize((size, size), Image.Resampling.BILINEAR)
         # NumPy, not torch: a few elementwise passes over 150,000 values are slower through torch's thread
         # pool when the cores are busy (77 ms against 4 ms an image, 2 threads on a loaded 2-core machine).
         pixels = np.asarray(resized, dtype=np.float32) / np.float32(255.0)
-        normalised = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return torch.from_numpy(np.ascontiguousarray(normalised.transpose(2, 0, 1)))
+        return (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
 
 
 def _check_fields(config: ModelConfig) -> None:
@@ -160,10 +180,23 @@ def _check_fields(config: ModelConfig) -> None:
             f"input_size {config.input_size} and map_size {config.map_size}: input_size must be a multiple of "
             f"{STRIDE} and map_size input_size / {STRIDE}"
         )
+    _check_second_size(config.second_input_size, config.input_size)
     for key in ("mean", "std"):
         _check_channels(key, getattr(config, key))
     if not isinstance(config.extra, dict):
         raise ValueError(f"extra: expected an object, got {type(config.extra).__name__}")
+
+
+def _check_second_size(second: Any, first: int) -> None:
+    if second is None:
+        return
+    low, high = INT_BOUNDS["input_size"]
+    if not isinstance(second, int) or isinstance(second, bool) or not low <= second <= high or second % STRIDE:
+        raise ValueError(
+            f"second_input_size {second!r}: expected a whole number from {low} to {high}, a multiple of {STRIDE}"
+        )
+    if second == first:
+        raise ValueError(f"second_input_size {second}: the same as input_size (one size is seen once)")
 
 
 def _check_channels(key: str, values: Any) -> None:

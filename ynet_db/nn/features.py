@@ -71,6 +71,8 @@ def compute_trunk_features(
     reader: ImageReader | None = None,
     progress: str | None = None,
 ) -> TrunkFeatures:
+    if config.scales.several:
+        raise ValueError("trunk features are cached at one input size: a model with two cannot be trained")
     read = reader or default_reader()
     rng = random.Random(seed)
     trunk = trunk.to(device).eval()

@@ -185,8 +185,7 @@ class RetrievalModel:
         if self.engine is not None and self.engine.handles(pixels):
             vectors, weights = self.engine.shop_vectors(pixels, batch.multi_hot)
         else:
-            trunk = self.network.trunk(pixels.to(self.device))
-            vectors, weights = self.network.shop_vectors(trunk, batch.multi_hot.to(self.device))
+            vectors, weights = self.network.pixels_to_shop(pixels.to(self.device), batch.multi_hot.to(self.device))
         return ShopEncoding(
             vectors=F.normalize(vectors.float(), dim=-1).cpu(),
             attention=weights.float().cpu(),
@@ -199,7 +198,7 @@ class RetrievalModel:
         if self.engine is not None and self.engine.handles(pixels):
             maps = self.engine.street_maps(pixels)
         else:
-            maps = self.network.street_maps(self.network.trunk(pixels.to(self.device))).float()
+            maps = self.network.pixels_to_street(pixels.to(self.device)).float()
         pooled = power_mean(maps, self.query_pooling(maps)[:, None], self.config.pooling_power)[:, 0]
         return StreetEncoding(vectors=F.normalize(pooled, dim=-1).cpu(), maps=maps.cpu())
 

@@ -1,7 +1,7 @@
 """The shop and street encoders on ONNX Runtime (CPU), checked against the PyTorch network they came from.
 
-`RetrievalModel` hands a batch to its engine when the engine `handles` it (CPU float32 pixels at the
-config's input size); anything else runs in PyTorch. An engine is only made through `verified_engine`,
+`RetrievalModel` hands a batch to its engine when the engine `handles` it (CPU float32 pixels of the
+config's pixel shape); anything else runs in PyTorch. An engine is only made through `verified_engine`,
 which compares both graphs with the network on a fixed input and refuses them below `MIN_COSINE`.
 """
 
@@ -52,22 +52,21 @@ class OnnxEngine:
     name: str = "onnxruntime"
 
     def handles(self, pixels: torch.Tensor) -> bool:
-        size = self.network.config.input_size
         return (
             pixels.device.type == "cpu"
             and pixels.dtype == torch.float32
-            and tuple(pixels.shape[1:]) == (3, size, size)
+            and tuple(pixels.shape[1:]) == self.network.config.scales.pixel_shape
             and pixels.shape[0] > 0
         )
 
     def shop_vectors(self, pixels: torch.Tensor, multi_hot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """As `YNet.shop_vectors(trunk(pixels), multi_hot)`: (vectors [B, D], weights [B, L])."""
+        """As `YNet.pixels_to_shop(pixels, multi_hot)`: (vectors [B, D], weights [B, L])."""
         inputs = dict(zip(INPUTS["shop"], (_array(pixels), _array(tag_query(self.network, multi_hot)))))
         vectors, weights = self.shop.run(None, inputs)
         return torch.from_numpy(vectors), torch.from_numpy(weights)
 
     def street_maps(self, pixels: torch.Tensor) -> torch.Tensor:
-        """As `YNet.street_maps(trunk(pixels))`: [B, L, D]."""
+        """As `YNet.pixels_to_street(pixels)`: [B, L, D]."""
         (maps,) = self.street.run(None, {"pixels": _array(pixels)})
         return torch.from_numpy(maps)
 
@@ -102,9 +101,8 @@ def check(engine: Engine, min_cosine: float = MIN_COSINE) -> None:
     network = engine.network
     pixels, multi_hot = check_input(network)
     device = next(network.parameters()).device
-    trunk = network.trunk(pixels.to(device))
-    vectors, weights = network.shop_vectors(trunk, multi_hot.to(device))
-    maps = network.street_maps(trunk)
+    vectors, weights = network.pixels_to_shop(pixels.to(device), multi_hot.to(device))
+    maps = network.pixels_to_street(pixels.to(device))
     got_vectors, got_weights = engine.shop_vectors(pixels, multi_hot)
     pairs = {
         "shop vectors": (got_vectors, vectors),
@@ -120,9 +118,9 @@ def check(engine: Engine, min_cosine: float = MIN_COSINE) -> None:
 
 
 def check_input(network: YNet) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fixed pixels and tags: seeded noise at the input size, and every other tag of the vocabulary on."""
-    size = network.config.input_size
-    pixels = torch.randn(CHECK_BATCH, 3, size, size, generator=torch.Generator().manual_seed(12))
+    """Fixed pixels and tags: seeded noise of the model's pixel shape, and every other tag of the vocabulary on."""
+    shape = network.config.scales.pixel_shape
+    pixels = torch.randn(CHECK_BATCH, *shape, generator=torch.Generator().manual_seed(12))
     num_tags = network.tag_attention.weight.shape[1]
     multi_hot = torch.zeros(CHECK_BATCH, num_tags)
     multi_hot[0, 0::2] = 1.0

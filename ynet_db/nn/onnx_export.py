@@ -3,7 +3,8 @@
     path = cached_graph(network, "shop", graph_path(cache_dir, model.version, "shop", network_digest(network)))
 
 Each graph holds the shared trunk and its own branch, with a dynamic batch axis; the spatial size is
-the config's `input_size` (the 'SAME' padding is computed from it at export). The shop graph takes
+the config's pixel shape (`input_size` square, or the two-scale canvas, which the graph cuts into its
+two images: nn/scales.py), and the 'SAME' padding is computed from it at export. The shop graph takes
 the tag attention's query (the multi-hot tags times the attention's weight, [B, C]) instead of the
 tags themselves: a model without tags would otherwise need a zero-width input, and the product is one
 small matrix multiply that stays in PyTorch. Normalisation also stays outside, as in `RetrievalModel`.
@@ -43,27 +44,27 @@ OUTPUTS: dict[GraphKind, tuple[str, ...]] = {"shop": ("vectors", "weights"), "st
 
 
 class ShopGraph(nn.Module):
-    """pixels [B, 3, S, S], tag query [B, C] -> (shop vectors before normalisation [B, D], weights [B, L])."""
+    """pixels [B, 3, H, W], tag query [B, C] -> (shop vectors before normalisation [B, D], weights [B, L])."""
 
     def __init__(self, network: YNet):
         super().__init__()
         self.network = network
 
     def forward(self, pixels: torch.Tensor, tag_query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        maps = self.network.shop(self.network.trunk(pixels))
+        maps = self.network.branch_maps(pixels, self.network.shop)
         pooled, weights = self.network.tag_attention.pool(maps, torch.einsum("blc,bc->bl", maps, tag_query))
         return self.network.shop_projection(pooled), weights
 
 
 class StreetGraph(nn.Module):
-    """pixels [B, 3, S, S] -> street maps in the embedding space [B, L, D]."""
+    """pixels [B, 3, H, W] -> street maps in the embedding space [B, L, D]."""
 
     def __init__(self, network: YNet):
         super().__init__()
         self.network = network
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.network.street_maps(self.network.trunk(pixels))
+        return self.network.pixels_to_street(pixels)
 
 
 def tag_query(network: YNet, multi_hot: torch.Tensor) -> torch.Tensor:
@@ -74,6 +75,9 @@ def tag_query(network: YNet, multi_hot: torch.Tensor) -> torch.Tensor:
 def network_digest(network: YNet) -> str:
     """A hash of every tensor of the network and of the export recipe: what a graph file is named by."""
     digest = hashlib.sha256(f"{RECIPE}|opset {OPSET}|torch {torch.__version__}".encode())
+    scales = network.config.scales
+    if scales.several:  # the same tensors make another graph at other sizes (one size: named as before)
+        digest.update(f"|sizes {scales.sizes}".encode())
     for name, tensor in sorted(network.state_dict().items()):
         value = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{value.dtype}|{tuple(value.shape)}".encode())
@@ -89,8 +93,7 @@ def graph_path(cache_dir: Path, label: str, kind: GraphKind, digest: str) -> Pat
 
 def export_graph(network: YNet, kind: GraphKind, path: Path) -> None:
     """Write the graph of `kind` to `path` (a temporary name first, so a reader never sees half a file)."""
-    size = network.config.input_size
-    pixels = torch.zeros(2, 3, size, size)
+    pixels = torch.zeros(2, *network.config.scales.pixel_shape)
     wrapper: nn.Module = ShopGraph(network) if kind == "shop" else StreetGraph(network)
     query = torch.zeros(2, network.config.map_channels)
     args: tuple[torch.Tensor, ...] = (pixels, query) if kind == "shop" else (pixels,)

@@ -44,14 +44,13 @@ class HalfPrecisionEngine:
     @torch.inference_mode()
     def shop_vectors(self, pixels: torch.Tensor, multi_hot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.autocast(self.device.type, dtype=self.dtype):
-            trunk = self.network.trunk(self.upload(pixels))
-            vectors, weights = self.network.shop_vectors(trunk, multi_hot.to(self.device))
+            vectors, weights = self.network.pixels_to_shop(self.upload(pixels), multi_hot.to(self.device))
         return vectors.float().cpu(), weights.float().cpu()
 
     @torch.inference_mode()
     def street_maps(self, pixels: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.dtype):
-            maps = self.network.street_maps(self.network.trunk(self.upload(pixels)))
+            maps = self.network.pixels_to_street(self.upload(pixels))
         return maps.float().cpu()
 
 

@@ -1,7 +1,8 @@
 """Y-Net: a shared trunk, then street and shop branches with separate weights, then the attention heads.
 
 Both branches are copies of the backbone's top layers, so both start from the same pretrained
-weights (the Y). Each ends in a map of L = 7 x 7 locations, projected to the embedding dimension.
+weights (the Y). Each ends in a map of L = 7 x 7 locations, projected to the embedding dimension
+(with a second input size, both sizes' maps as one map: 7 x 7 + 10 x 10, nn/scales.py).
 
 Where the projection is applied: the street side projects every location (its map is kept for
 CtxYNet re-ranking, and the candidates live in the embedding space). The shop side scores and pools
@@ -91,6 +92,21 @@ class YNet(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.eval()
+
+    def branch_maps(self, pixels: torch.Tensor, branch: Branch) -> torch.Tensor:
+        """Pixels [B, 3, H, W] -> `branch`'s map [B, L, C] over every input size's locations (each size's
+        image through the trunk on its own: see nn/scales.py for why not the whole canvas)."""
+        scales = self.config.scales
+        return scales.join([branch(self.trunk(view)) for view in scales.views(pixels)])
+
+    def pixels_to_shop(self, pixels: torch.Tensor, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`shop_vectors` from pixels: (vectors before normalisation [B, D], tag attention weights [B, L])."""
+        pooled, weights = self.tag_attention(self.branch_maps(pixels, self.shop), tags)
+        return self.shop_projection(pooled), weights
+
+    def pixels_to_street(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`street_maps` from pixels: [B, L, D]."""
+        return self.street_projection(self.branch_maps(pixels, self.street))
 
     def shop_vectors(self, trunk_features: torch.Tensor, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """TagYNet shop embedding before normalisation [B, D] and its attention weights [B, L]."""

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from ynet_db.nn.model import RetrievalModel
@@ -19,18 +20,25 @@ from ynet_db.nn.model import RetrievalModel
 def shop_attention(model: RetrievalModel, image: Image.Image, tags: Sequence[str]) -> torch.Tensor:
     """TagYNet weights over the shop map, [side, side]."""
     encoding = model.encode_shop(model.preprocess(image)[None], [list(tags)])
-    return square(encoding.attention[0])
+    return square(model, encoding.attention[0])
 
 
 def query_attention(model: RetrievalModel, image: Image.Image, candidate: torch.Tensor) -> torch.Tensor:
     """CtxYNet weights over the query map given one candidate's normalised vector, [side, side]."""
     street = model.encode_street(model.preprocess(image)[None])
-    return square(model.context_weights(street.maps[0], candidate.reshape(1, -1))[0])
+    return square(model, model.context_weights(street.maps[0], candidate.reshape(1, -1))[0])
 
 
-def square(weights: torch.Tensor) -> torch.Tensor:
-    side = int(round(weights.numel() ** 0.5))
-    return weights.reshape(side, side)
+def square(model: RetrievalModel, weights: torch.Tensor) -> torch.Tensor:
+    """Weights over the map's L locations -> [side, side] over the image. With two input sizes, the
+    weight per unit of image area of both sizes' grids, added on the finer grid."""
+    grids = model.config.scales.grids(weights)
+    if len(grids) == 1:
+        return grids[0]
+    side = max(grid.shape[0] for grid in grids)
+    # A cell of a side-s grid covers 1/s**2 of the image, so its weight spread over that area is w * s**2.
+    density = [F.interpolate((g * g.shape[0] ** 2)[None, None], size=(side, side), mode="nearest") for g in grids]
+    return torch.stack(density).sum(dim=0)[0, 0] / side**2
 
 
 def overlay(image: Image.Image, weights: torch.Tensor, alpha: float = 0.5) -> Image.Image:
