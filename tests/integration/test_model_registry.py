@@ -298,3 +298,20 @@ def test_the_demo_stops_waiting_when_its_worker_exits(
     with pytest.raises(RuntimeError) as raised:
         wait_until_serving(engine, "m@2", FakeWorker(returncode=1), tmp_path / "log")
     assert str(raised.value) == f"the worker exited with status 1; see {tmp_path / 'log'}"
+
+
+def test_the_two_scale_default_is_registered_from_the_command_line_and_a_bad_size_is_refused(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
+    monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    refused = CliRunner().invoke(main, ["model", "register", "--second-input-size", "300"])
+    assert refused.exit_code == 2, refused.output
+    assert "second_input_size 300: expected a whole number from 32 to 1024, a multiple of 32" in refused.output
+    assert states(engine) == {}, "nothing registered"
+    result = CliRunner().invoke(main, ["model", "register", "--second-input-size", "320"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ynet-lite0-default@dee8bed5 (ynet-lite0-default, 1280 dims)"), result.output
+    with engine.connect() as conn:
+        config = conn.execute(text("SELECT config FROM ynet.models")).scalar_one()
+    assert config["model"]["second_input_size"] == 320, "workers rebuild the model from the registered config"

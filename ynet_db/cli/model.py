@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,6 +23,9 @@ from ynet_db.models.registry import (
     register,
 )
 
+if TYPE_CHECKING:
+    from ynet_db.nn.model import RetrievalModel
+
 
 @click.group()
 def model() -> None:
@@ -29,13 +34,34 @@ def model() -> None:
 
 @model.command("register")
 @click.argument("path", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--second-input-size",
+    type=int,
+    help="Register the shipped default model seen at this second input size too (e.g. 320): two input scales, "
+    "a new version that needs its own back-fill and costs about 3x the encoder (README, two input scales).",
+)
 @pass_app
-def register_(app: App, path: Path | None) -> None:
+def register_(app: App, path: Path | None, second_input_size: int | None) -> None:
     """Register the checkpoint at PATH (default: YNET_MODEL, else the shipped default model)."""
-    path = path or app.settings.model_path
-    loaded = load_model(path)
+    if second_input_size is not None:
+        loaded = two_scale_default(path, second_input_size)
+    else:
+        path = path or app.settings.model_path
+        loaded = load_model(path)
     record = register(app.migrated_engine, ModelIdentity.of(loaded, path))
     click.echo(safe(f"{record.version} ({record.name}, {record.embedding_dim} dims): {record.state}"))
+
+
+def two_scale_default(path: Path | None, second_input_size: int) -> RetrievalModel:
+    from ynet_db.nn.model import DEFAULT_CONFIG, RetrievalModel
+
+    if path is not None:
+        raise click.UsageError("--second-input-size makes a variant of the shipped default model, not of a checkpoint")
+    try:
+        config = dataclasses.replace(DEFAULT_CONFIG, second_input_size=second_input_size)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--second-input-size") from error
+    return RetrievalModel.load_default(config=config)
 
 
 @model.command("activate")
