@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from ynet_db.db.vectors import stored_vectors, vector_text
 
@@ -21,3 +22,10 @@ def test_the_binary_form_is_read_as_pgvector_sends_it() -> None:
     vector = np.asarray([0.5, -2.0, 3.25], dtype=np.float32)
     blob = np.asarray([3, 0], dtype=">i2").tobytes() + vector.astype(">f4").tobytes()
     np.testing.assert_array_equal(stored_vectors([blob, blob]), np.stack([vector, vector]))
+
+
+def test_binary_vectors_of_different_sizes_are_refused_not_misread() -> None:
+    short = np.asarray([2, 0], dtype=">i2").tobytes() + np.asarray([1.0, 2.0], dtype=">f4").tobytes()
+    long = np.asarray([3, 0], dtype=">i2").tobytes() + np.asarray([1.0, 2.0, 3.0], dtype=">f4").tobytes()
+    with pytest.raises(ValueError, match="different or malformed sizes"):
+        stored_vectors([short, long])

@@ -17,4 +17,9 @@ def stored_vectors(blobs: Sequence[bytes]) -> np.ndarray:
     """pgvector's binary form (`vector_send`: int16 dim, int16 unused, big-endian float32s) -> float32 [N, D]."""
     if not blobs:
         return np.zeros((0, 0), dtype=np.float32)
-    return np.stack([np.frombuffer(bytes(blob), dtype=">f4", offset=4) for blob in blobs]).astype(np.float32)
+    # One buffer for all rows: each row's 4-byte header is one float32 slot, dropped as a column.
+    joined = b"".join(blobs)
+    width = len(blobs[0])
+    if width < 4 or width % 4 or len(joined) != width * len(blobs):
+        raise ValueError(f"stored vectors of different or malformed sizes ({width} bytes first, {len(joined)} in all)")
+    return np.frombuffer(joined, dtype=">f4").reshape(len(blobs), width // 4)[:, 1:].astype(np.float32)

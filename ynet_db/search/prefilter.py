@@ -276,7 +276,28 @@ def _fetch(
 ) -> list[Any]:
     statement = prefilter_statement(model, query, where, limit, exact=exact, with_vectors=with_vectors)
     # Iterative scans return rows in relaxed order; ties broken by id so both paths agree exactly.
-    return sorted(conn.execute(statement).all(), key=lambda row: (row.distance, row.id))
+    return sorted(fetch_binary(conn, statement), key=lambda row: (row.distance, row.id))
+
+
+def fetch_binary(conn: Connection, statement: Select[Any]) -> list[Any]:
+    """The statement's rows, fetched in PostgreSQL's binary format on the caller's connection (and transaction).
+
+    256 candidates with their 1280-d vectors are 1.3 MB: in the text format SQLAlchemy's driver asks for,
+    each bytea doubles as hex and is decoded again, and each row's tags pass through the ARRAY type's
+    processor. At 20,000 products that took the prefilter's fetch from 19 to 25 ms.
+
+    The bound values go to psycopg as they are, without SQLAlchemy's bind processors: that holds because
+    each is a str, a number, a bool or a list of str (the query's text form, the limit, and the values
+    `filters.py` checked)."""
+    from psycopg.rows import namedtuple_row
+
+    compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    driver = conn.connection.driver_connection
+    assert driver is not None, "a checked-out connection has its driver connection"
+    with driver.cursor(binary=True, row_factory=namedtuple_row) as cursor:
+        cursor.execute(str(compiled), compiled.params)
+        rows: list[Any] = cursor.fetchall()
+    return rows
 
 
 def _prefilter(
