@@ -37,6 +37,8 @@ class Loopback(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.hits: Counter[str] = Counter()
         self.first_byte_sent = threading.Event()
+        self.held = threading.Semaphore(0)
+        """Released once for each held response whose first byte is out."""
         self.release = threading.Event()
         """Set by the test when the held response may finish (or give up)."""
 
@@ -101,6 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"x")
         self.wfile.flush()
         self.server.first_byte_sent.set()
+        self.server.held.release()
         self.server.release.wait(120)
 
     def log_message(self, format: str, *args: object) -> None:  # keep test output clean

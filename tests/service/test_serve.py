@@ -228,19 +228,46 @@ def test_routing_errors_are_json_too(served: ServeProcess) -> None:
     assert (reply.status, reply.json()) == (405, {"error": "Method Not Allowed", "field": None})
 
 
-def test_a_full_service_answers_429_with_retry_after(served: ServeProcess, images: Loopback) -> None:
-    # The served process has one search slot and does not wait for one: a fetch the loopback server holds
-    # keeps the slot busy until the test releases it.
-    held: list[Reply] = []
-    first = threading.Thread(target=lambda: held.append(served.post_json("/search", {"url": images.url("/held")})))
-    first.start()
-    assert images.first_byte_sent.wait(60)
-    reply = served.post_form("/search", {}, {"image": png(1)})
+def hold_url_searches(served: ServeProcess, images: Loopback, count: int) -> tuple[list[threading.Thread], list[Reply]]:
+    """`count` searches by URL whose fetches the loopback server holds (first byte out, then nothing)."""
+    replies: list[Reply] = []
+    threads = [
+        threading.Thread(target=lambda: replies.append(served.post_json("/search", {"url": images.url("/held")})))
+        for _ in range(count)
+    ]
+    for thread in threads:
+        thread.start()
+    for _ in range(count):
+        assert images.held.acquire(timeout=60), "the held fetch never started"
+    return threads, replies
+
+
+def release(images: Loopback, threads: list[threading.Thread], replies: list[Reply]) -> None:
     images.release.set()
-    first.join(60)
+    for thread in threads:
+        thread.join(60)
+    # The held bodies never completed: each search by URL is refused on its field, none lost.
+    assert [(reply.status, reply.json()["field"]) for reply in replies] == [(422, "url")] * len(threads)
+
+
+def test_a_slow_url_does_not_hold_a_search_slot(served: ServeProcess, images: Loopback) -> None:
+    # The served process has one search slot and does not wait for one: were the fetch held inside it,
+    # the upload below would be answered 429.
+    threads, replies = hold_url_searches(served, images, 1)
+    reply = served.post_form("/search", {"k": "3"}, {"image": png(1)})
+    release(images, threads, replies)
+    assert reply.status == 200, reply.body
+    assert len(reply.json()["rows"]) == 3
+
+
+def test_a_full_service_answers_429_with_retry_after(served: ServeProcess, images: Loopback) -> None:
+    # One search slot gives four fetch slots; the loopback server holds four fetches until released.
+    threads, replies = hold_url_searches(served, images, 4)
+    reply = served.post_json("/search", {"url": images.url("/ok.png")})
+    release(images, threads, replies)
     assert (reply.status, reply.headers["retry-after"]) == (429, "1")
-    assert reply.json() == {"error": "all 1 search slots are busy; retry after 1 s", "field": None}
-    assert held[0].status == 422 and held[0].json()["field"] == "url"  # the held body never completed
+    assert reply.json() == {"error": "all 4 image fetch slots are busy; retry after 1 s", "field": None}
+    assert images.hits["/ok.png"] == 0, "refused before any fetch"
 
 
 # -- similar products ---------------------------------------------------------------------------------

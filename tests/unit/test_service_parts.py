@@ -1,4 +1,4 @@
-"""Parts of the HTTP service that need no server: the search gate and the naming of fields in errors."""
+"""Parts of the HTTP service that need no server: the gates and the naming of fields in errors."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import asyncio
 import pytest
 
 from ynet_db.service.errors import ApiError, field_of
-from ynet_db.service.gate import SearchGate
+from ynet_db.service.gate import Gate
 from ynet_db.service.requests import checked, parse_json
 
 
 def test_the_gate_answers_429_when_every_slot_stays_busy() -> None:
     async def scenario() -> tuple[ApiError, bool]:
-        gate = SearchGate(1, 0.05)
+        gate = Gate.for_searches(1, 0.05)
         async with gate.slot():
             with pytest.raises(ApiError) as caught:
                 async with gate.slot():
@@ -30,7 +30,7 @@ def test_the_gate_answers_429_when_every_slot_stays_busy() -> None:
 
 def test_a_free_slot_is_taken_even_without_waiting() -> None:
     async def scenario() -> int:
-        gate = SearchGate(2, 0.0)
+        gate = Gate.for_searches(2, 0.0)
         async with gate.slot(), gate.slot():
             return 2
 
@@ -39,7 +39,7 @@ def test_a_free_slot_is_taken_even_without_waiting() -> None:
 
 def test_a_waiting_search_gets_the_slot_that_frees_up() -> None:
     async def scenario() -> list[str]:
-        gate, order = SearchGate(1, 5.0), []
+        gate, order = Gate.for_searches(1, 5.0), []
 
         async def hold() -> None:
             async with gate.slot():
@@ -85,3 +85,17 @@ def test_json_that_cannot_be_stored_is_refused() -> None:
     assert (caught.value.status, caught.value.field) == (422, "filters")
     assert caught.value.message.startswith("filters is not valid JSON (")
     assert parse_json('{"a": [1, 2.5, "b"]}', "filters") == {"a": [1, 2.5, "b"]}
+
+
+def test_the_fetch_gate_has_slots_of_its_own_and_says_so_when_full() -> None:
+    async def scenario() -> ApiError:
+        fetches = Gate.for_fetches(1, 0.0)
+        async with fetches.slot(), fetches.slot(), fetches.slot(), fetches.slot(), Gate.for_searches(1, 0.0).slot():
+            with pytest.raises(ApiError) as caught:
+                async with fetches.slot():
+                    pass
+        return caught.value
+
+    error = asyncio.run(scenario())
+    assert (error.status, error.headers) == (429, {"Retry-After": "1"})
+    assert error.message == "all 4 image fetch slots are busy; retry after 1 s"

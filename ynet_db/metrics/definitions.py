@@ -84,6 +84,13 @@ HTTP_SEARCHES_IN_FLIGHT = Gauge(
 HTTP_SEARCHES_REJECTED = Counter(
     "ynet_http_searches_rejected_total", "Searches answered 429 because every slot stayed busy past YNET_SEARCH_WAIT_S."
 )
+HTTP_FETCHES_IN_FLIGHT = Gauge(
+    "ynet_http_fetches_in_flight", "Query image URLs being fetched now.", multiprocess_mode="livesum"
+)
+HTTP_FETCHES_REJECTED = Counter(
+    "ynet_http_fetches_rejected_total",
+    "Searches by URL answered 429 because every fetch slot stayed busy past YNET_SEARCH_WAIT_S.",
+)
 
 
 def observe_search(path: str, reranked: bool, short: bool, candidates: int, timings_ms: dict[str, float]) -> None:

@@ -1,5 +1,5 @@
 """What every route of the HTTP service shares: settings, the engine (the primary), the databases searches
-read from (read replicas first, `ynet_db/db/replicas.py`), the query runner, the search gate, the fetch
+read from (read replicas first, `ynet_db/db/replicas.py`), the query runner, the search and fetch gates, the fetch
 policy and the metrics registry. Built once by `ynet-db serve` (or a test) and handed to
 `create_app`; routes reach it as `request.app.state.service`."""
 
@@ -17,7 +17,7 @@ from ynet_db.images.decode import ImageLimits
 from ynet_db.images.policy import FetchPolicy
 from ynet_db.metrics.exposition import registry
 from ynet_db.search.query import QueryRunner
-from ynet_db.service.gate import SearchGate
+from ynet_db.service.gate import Gate
 from ynet_db.service.runners import VIA, ActiveModelRunner, worker_runner
 
 WORKER_TIMEOUT_S = 30.0
@@ -33,7 +33,10 @@ class Service:
     via: str
     """'process' (the query model runs here) or 'worker' (search workers run it)."""
     runner: QueryRunner
-    gate: SearchGate
+    gate: Gate
+    """Searches running at once."""
+    fetch_gate: Gate
+    """Query image URLs fetched at once, before their searches take a slot of `gate`."""
     policy: FetchPolicy
     metrics: CollectorRegistry
 
@@ -51,7 +54,8 @@ class Service:
             searches=searches,
             via=via,
             runner=runner,
-            gate=SearchGate(settings.max_concurrent_searches, settings.search_wait_s),
+            gate=Gate.for_searches(settings.max_concurrent_searches, settings.search_wait_s),
+            fetch_gate=Gate.for_fetches(settings.max_concurrent_searches, settings.search_wait_s),
             policy=FetchPolicy.from_settings(settings),
             metrics=registry(engine),
         )

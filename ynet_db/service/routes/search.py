@@ -57,13 +57,22 @@ async def search(request: Request) -> dict[str, Any]:
     is fetched under the fetch policy. `k`, `candidates`, `rerank` and `filters` as the search API takes them."""
     service = service_of(request)
     query = await read_search(request, service.settings.max_upload_bytes)
+    data = await image_bytes(service, query)
     async with service.gate.slot():
-        result = await run_in_threadpool(answer, service, query)
+        result = await run_in_threadpool(answer, service, query, data)
     return search_answer(result)
 
 
-def answer(service: Service, query: SearchInput) -> SearchResult:
-    data, field = (query.image, "image") if query.image is not None else (fetch(service, str(query.url)), "url")
+async def image_bytes(service: Service, query: SearchInput) -> bytes:
+    """The uploaded photo, or the one at the query's URL, fetched under the fetch gate (not a search slot)."""
+    if query.image is not None:
+        return query.image
+    async with service.fetch_gate.slot():
+        return await run_in_threadpool(fetch, service, str(query.url))
+
+
+def answer(service: Service, query: SearchInput, data: bytes) -> SearchResult:
+    field = "image" if query.image is not None else "url"
     try:
         picture = decode_image(
             data, source="upload" if field == "image" else str(query.url), limits=service.image_limits
