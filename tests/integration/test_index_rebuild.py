@@ -258,6 +258,34 @@ def test_an_index_a_rebuild_left_behind_is_warned_about_dropped_and_said(
     assert "warning" not in cli("status").output
 
 
+def test_a_swap_stopped_after_the_old_index_was_dropped_is_finished_first_not_dropped(tagged_engine: Engine) -> None:
+    # The state between the swap's two statements: the model's own index dropped, the new one built under
+    # the rebuild's name. Dropping it would leave the model with no index while the next build runs.
+    model = active(tagged_engine)
+    name = f"embeddings_hnsw_model_{model.id}"
+    with tagged_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(text(f'ALTER INDEX ynet."{name}" RENAME TO "{name}_rebuild"'))
+    assert [(i.name, i.valid) for i in indexes(tagged_engine)] == [(f"{name}_rebuild", True)]
+    warnings = catalogue_status(tagged_engine).warnings
+    assert any("`ynet-db index rebuild --model small@1` swaps it in and rebuilds the index" in w for w in warnings)
+    said: list[str] = []
+    during: list[list[tuple[str, bool]]] = []
+
+    def say(line: str) -> None:
+        said.append(line)
+        if line.startswith("model small@1: building"):  # what searches have while the new index is built
+            during.append([(i.name, i.valid) for i in indexes(tagged_engine)])
+
+    rebuilt = rebuild(tagged_engine, model, DENSER.m, DENSER.ef_construction, say=say)
+    assert said[0] == (
+        f"renamed ynet.{name}_rebuild to ynet.{name}: a built index whose swap was interrupted after the old "
+        "index was dropped; it serves searches while the rebuild runs"
+    )
+    assert during == [[(name, True)]], "the model kept an index to search through the build"
+    assert rebuilt.leftover == "a built index whose swap was interrupted after the old index was dropped"
+    assert [(i.name, i.links, i.valid) for i in indexes(tagged_engine)] == [(name, DENSER, True)]
+
+
 def waiting_build(engine: Engine, said: list[str], timeout_s: float = 60.0) -> int:
     """The pid of the concurrent index build, once its progress says that it waits for the writers before it."""
     deadline = time.monotonic() + timeout_s

@@ -170,10 +170,11 @@ def index_warnings(row: Coverage, indexes: Sequence[IndexState], rule: SizeRule)
     command = f"ynet-db index rebuild --model {shlex.quote(model.version)}"
     if any(i.rebuilding for i in own):
         return [f"model {model.version}: its index is being rebuilt now (`ynet-db index rebuild`)"]
+    swap_in = not any(i.serving for i in own)  # the swap stopped after dropping the old index (model_index.py)
     warnings = [
         f"model {model.version}: ynet.{i.name} was left by an interrupted rebuild "
         f"({'built, not swapped in' if i.valid else 'invalid'}) and slows every write: "
-        f"`{command}` drops it and rebuilds the index"
+        f"`{command}` {'swaps it in' if i.valid and swap_in else 'drops it'} and rebuilds the index"
         for i in own
         if not i.serving
     ]

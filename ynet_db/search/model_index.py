@@ -5,7 +5,8 @@ searches or writes (`ynet-db index rebuild`).
 1. a session advisory lock on the model (`REBUILD_LOCK`): a second rebuild of it is refused, and `status`
    tells a build in progress from a leftover;
 2. DROP INDEX CONCURRENTLY of whatever an earlier rebuild left under the new name (`REBUILD_SUFFIX`): an
-   invalid index from a failed build, or a built one whose swap was interrupted;
+   invalid index from a failed build, or a built one whose swap was interrupted; except a built one whose
+   swap stopped between its two statements, the model's only index then: it is renamed (the swap finished);
 3. CREATE INDEX CONCURRENTLY under the new name, the statement `ynet.model_index_definition` makes (the same
    expression and predicate as the old index, so the planner serves searches from either);
 4. the swap: DROP INDEX CONCURRENTLY the old index, then rename the new one to `ynet.model_index_name`,
@@ -122,7 +123,7 @@ def rebuild(
         )
         name = str(conn.execute(text("SELECT ynet.model_index_name(:id)"), {"id": model.id}).scalar_one())
         building = name + REBUILD_SUFFIX
-        leftover = _drop_leftover(conn, model, building, say)
+        leftover = _drop_leftover(conn, model, name, building, say)
         replaced = next((i.links for i in model_indexes(conn) if i.name == name and i.valid), None)
         say(
             f"model {model.version}: building ynet.{building} with {links} ({_why(m, ef_construction, rows)}) "
@@ -185,11 +186,19 @@ def _qualified(name: str) -> str:
     return f'ynet."{name}"'
 
 
-def _drop_leftover(conn: Connection, model: ModelRecord, building: str, say: Say) -> str | None:
-    """Step 2. We hold the model's lock, so no rebuild is building this index now."""
-    found = [i for i in model_indexes(conn) if i.model_id == model.id and i.name == building]
+def _drop_leftover(conn: Connection, model: ModelRecord, name: str, building: str, say: Say) -> str | None:
+    """Step 2. We hold the model's lock, so no rebuild is building this index now. A built index whose swap
+    stopped after the old index was dropped is the only index the model has: it is renamed to serve now
+    (the swap finished), not dropped, and the rebuild goes on beside it."""
+    mine = {i.name: i for i in model_indexes(conn) if i.model_id == model.id}
+    found = [mine[building]] if building in mine else []
     if not found:
         return None
+    if found[0].valid and name not in mine:
+        conn.exec_driver_sql(f'ALTER INDEX {_qualified(building)} RENAME TO "{name}"')
+        what = "a built index whose swap was interrupted after the old index was dropped"
+        say(f"renamed ynet.{building} to ynet.{name}: {what}; it serves searches while the rebuild runs")
+        return what
     what = (
         "a built index whose swap was interrupted"
         if found[0].valid
