@@ -96,7 +96,7 @@ class Rebuilt:
     replaced: Links | None
     """The links of the index it replaced; None when the model had no valid index."""
     leftover: str | None
-    """What an earlier rebuild had left and this one dropped first, if anything."""
+    """What an earlier rebuild had left and this one dropped (or renamed into place) first, if anything."""
     build_s: float
 
 
@@ -123,7 +123,7 @@ def rebuild(
         )
         name = str(conn.execute(text("SELECT ynet.model_index_name(:id)"), {"id": model.id}).scalar_one())
         building = name + REBUILD_SUFFIX
-        leftover = _drop_leftover(conn, model, name, building, say)
+        leftover = _settle_leftover(conn, model, name, building, say)
         replaced = next((i.links for i in model_indexes(conn) if i.name == name and i.valid), None)
         say(
             f"model {model.version}: building ynet.{building} with {links} ({_why(m, ef_construction, rows)}) "
@@ -186,7 +186,7 @@ def _qualified(name: str) -> str:
     return f'ynet."{name}"'
 
 
-def _drop_leftover(conn: Connection, model: ModelRecord, name: str, building: str, say: Say) -> str | None:
+def _settle_leftover(conn: Connection, model: ModelRecord, name: str, building: str, say: Say) -> str | None:
     """Step 2. We hold the model's lock, so no rebuild is building this index now. A built index whose swap
     stopped after the old index was dropped is the only index the model has: it is renamed to serve now
     (the swap finished), not dropped, and the rebuild goes on beside it."""

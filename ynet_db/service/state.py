@@ -1,6 +1,6 @@
 """What every route of the HTTP service shares: settings, the engine (the primary), the databases searches
-read from (read replicas first, `ynet_db/db/replicas.py`), the query runner, the search and fetch gates, the fetch
-policy and the metrics registry. Built once by `ynet-db serve` (or a test) and handed to
+read from (read replicas first, `ynet_db/db/replicas.py`), the query runner, the search and fetch gates,
+the fetch policy and the metrics registry. Built once by `ynet-db serve` (or a test) and handed to
 `create_app`; routes reach it as `request.app.state.service`."""
 
 from __future__ import annotations
