@@ -23,6 +23,7 @@ from PIL import Image
 from sqlalchemy import Engine, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from ynet_db.db.engine import make_engine
@@ -157,6 +158,22 @@ def test_without_an_active_model_search_says_what_to_do(engine: Engine, model: R
     with pytest.raises(SearchError) as raised:
         search(engine, photo(1), model=model)
     assert str(raised.value) == "no model is active: run `ynet-db model activate NAME` once its embeddings exist"
+
+
+def test_a_database_error_in_the_prefilter_is_sqlalchemys_as_callers_expect(
+    tagged_url: URL, tagged_engine: Engine
+) -> None:
+    # The replicas' fall-back and the HTTP service's 503 catch SQLAlchemy's errors: the prefilter's own
+    # binary fetch must raise them too, not the driver's.
+    timid = make_engine(tagged_url, connect_args={"options": "-c lock_timeout=100"})
+    try:
+        with tagged_engine.begin() as holder:
+            holder.execute(text("LOCK TABLE ynet.embeddings IN ACCESS EXCLUSIVE MODE"))
+            with pytest.raises(OperationalError, match="lock timeout"):
+                prefilter(timid, unit_vectors(1, DIM, seed=3)[0], candidates=10, exact=False)
+        assert len(prefilter(timid, unit_vectors(1, DIM, seed=3)[0], candidates=10).candidates) == 10, "usable again"
+    finally:
+        timid.dispose()
 
 
 # -- filters that still return k rows ---------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 from sqlalchemy import Connection, Engine, Float, Integer, String, bindparam, cast, func, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Select
 
 from ynet_db.db.tables import Embedding, Product
@@ -288,15 +289,25 @@ def fetch_binary(conn: Connection, statement: Select[Any]) -> list[Any]:
 
     The bound values go to psycopg as they are, without SQLAlchemy's bind processors: that holds because
     each is a str, a number, a bool or a list of str (the query's text form, the limit, and the values
-    `filters.py` checked)."""
+    `filters.py` checked). A driver error is raised as SQLAlchemy's (`OperationalError` for a lock timeout
+    or a lost server), as every other statement's is, and a lost connection is invalidated: the callers
+    that fall back to the primary or answer 503 catch SQLAlchemy's errors."""
+    from psycopg import Error as DriverError
     from psycopg.rows import namedtuple_row
 
     compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    sql, params = str(compiled), compiled.params
     driver = conn.connection.driver_connection
     assert driver is not None, "a checked-out connection has its driver connection"
-    with driver.cursor(binary=True, row_factory=namedtuple_row) as cursor:
-        cursor.execute(str(compiled), compiled.params)
-        rows: list[Any] = cursor.fetchall()
+    try:
+        with driver.cursor(binary=True, row_factory=namedtuple_row) as cursor:
+            cursor.execute(sql, params)
+            rows: list[Any] = cursor.fetchall()
+    except DriverError as error:
+        lost = conn.dialect.is_disconnect(error, driver, None)  # type: ignore[arg-type]  # the DB-API Error
+        if lost:
+            conn.invalidate(error)
+        raise DBAPIError.instance(sql, params, error, DriverError, connection_invalidated=lost) from error
     return rows
 
 
