@@ -179,15 +179,15 @@ def reset(engine: Engine) -> None:
 def tree_cpu_s(root: psutil.Process) -> float:
     """CPU seconds of a process, its live descendants, and the children it has already reaped (PostgreSQL's
     backends that ended, a worker's replaced pool processes)."""
-    total = 0.0
-    for process in [root, *root.children(recursive=True)]:
+    times = root.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for process in root.children(recursive=True):
         try:
             times = process.cpu_times()
         except psutil.NoSuchProcess:  # ended between the listing and the reading
             continue
         total += times.user + times.system
-    times = root.cpu_times()
-    return total + times.children_user + times.children_system
+    return total
 
 
 def postmaster(engine: Engine) -> psutil.Process | None:

@@ -12,7 +12,6 @@ two-scale time to the one-scale time. The load average is recorded: on a shared 
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -26,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from encoder import SETTLE_S, cpu_model, encoder_call, timed
 
+from ynet_db.models.evaluate import write_json
 from ynet_db.nn.model import DEFAULT_CONFIG, RetrievalModel
 from ynet_db.nn.runtime import accelerate
 
@@ -97,8 +97,7 @@ def main(repeats: int, threads: int, out: Path) -> None:
         results["models"] = {label: models[(label, "torch")].version for label in CONFIGS}
         results["milliseconds"] = measure(models, repeats, threads)
     results["load_average_end"] = os.getloadavg()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(results, out)
     click.echo(f"written to {out}")
 
 

@@ -171,10 +171,8 @@ def _check_fields(config: ModelConfig) -> None:
         raise ValueError(f"weights_sha256 {config.weights_sha256!r}: expected 64 lowercase hex digits")
     if config.projection not in PROJECTIONS:
         raise ValueError(f"projection {config.projection!r}: expected one of {', '.join(PROJECTIONS)}")
-    for key, (low, high) in INT_BOUNDS.items():
-        value = getattr(config, key)
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise ValueError(f"{key} {value!r}: expected a whole number from {low} to {high}")
+    for key, bounds in INT_BOUNDS.items():
+        _check_whole(key, getattr(config, key), bounds)
     if config.input_size % STRIDE or config.map_size != config.input_size // STRIDE:
         raise ValueError(
             f"input_size {config.input_size} and map_size {config.map_size}: input_size must be a multiple of "
@@ -187,14 +185,17 @@ def _check_fields(config: ModelConfig) -> None:
         raise ValueError(f"extra: expected an object, got {type(config.extra).__name__}")
 
 
+def _check_whole(key: str, value: Any, bounds: tuple[int, int], multiple_of: int = 1) -> None:
+    low, high = bounds
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high or value % multiple_of:
+        multiple = f", a multiple of {multiple_of}" if multiple_of > 1 else ""
+        raise ValueError(f"{key} {value!r}: expected a whole number from {low} to {high}{multiple}")
+
+
 def _check_second_size(second: Any, first: int) -> None:
     if second is None:
         return
-    low, high = INT_BOUNDS["input_size"]
-    if not isinstance(second, int) or isinstance(second, bool) or not low <= second <= high or second % STRIDE:
-        raise ValueError(
-            f"second_input_size {second!r}: expected a whole number from {low} to {high}, a multiple of {STRIDE}"
-        )
+    _check_whole("second_input_size", second, INT_BOUNDS["input_size"], STRIDE)
     if second == first:
         raise ValueError(f"second_input_size {second}: the same as input_size (one size is seen once)")
 

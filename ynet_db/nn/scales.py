@@ -44,15 +44,19 @@ class Scales:
         """L: the locations of every size's map together."""
         return sum(side * side for side in self.map_sides)
 
+    @property
+    def columns(self) -> list[tuple[int, int]]:
+        """(left, size) of each size's image on the canvas, first size at the left."""
+        lefts = np.cumsum((0, *self.sizes[:-1]))
+        return [(int(left), size) for left, size in zip(lefts, self.sizes, strict=True)]
+
     def pack(self, images: list[np.ndarray]) -> np.ndarray:
         """Normalised images [S_i, S_i, 3] (one a size, in order) -> the pixel array [H, W, 3]."""
         if not self.several:
             return images[0]
         canvas = np.zeros((max(self.sizes), sum(self.sizes), 3), dtype=np.float32)
-        left = 0
-        for size, image in zip(self.sizes, images, strict=True):
+        for (left, size), image in zip(self.columns, images, strict=True):
             canvas[:size, left : left + size] = image
-            left += size
         return canvas
 
     def views(self, pixels: torch.Tensor) -> list[torch.Tensor]:
@@ -64,11 +68,7 @@ class Scales:
                 f"pixels of shape {tuple(pixels.shape[1:])}: a model with input sizes "
                 f"{' and '.join(map(str, self.sizes))} takes {self.pixel_shape} (ModelConfig.preprocess)"
             )
-        views, left = [], 0
-        for size in self.sizes:
-            views.append(pixels[:, :, :size, left : left + size])
-            left += size
-        return views
+        return [pixels[:, :, :size, left : left + size] for left, size in self.columns]
 
     def join(self, maps: list[torch.Tensor]) -> torch.Tensor:
         """Each size's map [B, L_i, C] -> one map [B, L, C] (no copy for one size)."""

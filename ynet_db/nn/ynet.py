@@ -101,8 +101,7 @@ class YNet(nn.Module):
 
     def pixels_to_shop(self, pixels: torch.Tensor, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`shop_vectors` from pixels: (vectors before normalisation [B, D], tag attention weights [B, L])."""
-        pooled, weights = self.tag_attention(self.branch_maps(pixels, self.shop), tags)
-        return self.shop_projection(pooled), weights
+        return self.shop_from_map(self.branch_maps(pixels, self.shop), tags)
 
     def pixels_to_street(self, pixels: torch.Tensor) -> torch.Tensor:
         """`street_maps` from pixels: [B, L, D]."""
@@ -110,7 +109,11 @@ class YNet(nn.Module):
 
     def shop_vectors(self, trunk_features: torch.Tensor, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """TagYNet shop embedding before normalisation [B, D] and its attention weights [B, L]."""
-        pooled, weights = self.tag_attention(self.shop(trunk_features), tags)
+        return self.shop_from_map(self.shop(trunk_features), tags)
+
+    def shop_from_map(self, maps: torch.Tensor, tags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shop branch's map [B, L, C] -> tag-attention pooled and projected vectors [B, D], weights [B, L]."""
+        pooled, weights = self.tag_attention(maps, tags)
         return self.shop_projection(pooled), weights
 
     def street_maps(self, trunk_features: torch.Tensor) -> torch.Tensor:

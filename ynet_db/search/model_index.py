@@ -191,17 +191,17 @@ def _settle_leftover(conn: Connection, model: ModelRecord, name: str, building: 
     stopped after the old index was dropped is the only index the model has: it is renamed to serve now
     (the swap finished), not dropped, and the rebuild goes on beside it."""
     mine = {i.name: i for i in model_indexes(conn) if i.model_id == model.id}
-    found = [mine[building]] if building in mine else []
-    if not found:
+    leftover = mine.get(building)
+    if leftover is None:
         return None
-    if found[0].valid and name not in mine:
+    if leftover.valid and name not in mine:
         conn.exec_driver_sql(f'ALTER INDEX {_qualified(building)} RENAME TO "{name}"')
         what = "a built index whose swap was interrupted after the old index was dropped"
         say(f"renamed ynet.{building} to ynet.{name}: {what}; it serves searches while the rebuild runs")
         return what
     what = (
         "a built index whose swap was interrupted"
-        if found[0].valid
+        if leftover.valid
         else "an invalid index left by a failed or interrupted concurrent build"
     )
     conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {_qualified(building)}")
