@@ -14,10 +14,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from sqlalchemy import Connection, Engine, Float, Integer, String, bindparam, cast, func, select, text
+from sqlalchemy import (
+    Boolean,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    String,
+    bindparam,
+    cast,
+    func,
+    literal_column,
+    select,
+    text,
+)
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import ColumnElement, Select
 
@@ -88,7 +103,10 @@ class SearchRow:
 
 @dataclass(frozen=True)
 class Prefilter:
-    candidates: list[SearchRow]
+    fetched: Sequence[Any]
+    """The candidates as the database returned them, nearest first: `row` makes a `SearchRow` of those a
+    caller keeps (a search keeps k of 256)."""
+    model_version: str
     vectors: np.ndarray | None
     """float32 [N, D] stored vectors of the candidates, in order (when asked for)."""
     path: Path_
@@ -102,7 +120,24 @@ class Prefilter:
 
     @property
     def short(self) -> bool:
-        return len(self.candidates) < self.asked
+        return self.returned < self.asked
+
+    @property
+    def returned(self) -> int:
+        return len(self.fetched)
+
+    def row(self, index: int, rank: int, rerank_score: float | None = None) -> SearchRow:
+        """The `index`-th candidate as a search result row at `rank`."""
+        r = self.fetched[index]
+        return SearchRow(
+            rank, r.id, r.external_id, r.title, r.category, list(r.tags), r.image_uri, r.distance, rerank_score,
+            self.model_version,
+        )  # fmt: skip
+
+    @cached_property
+    def candidates(self) -> list[SearchRow]:
+        """Every candidate as a row, ranked by distance."""
+        return [self.row(index, index + 1) for index in range(self.returned)]
 
 
 def prefilter_statement(
@@ -120,20 +155,61 @@ def prefilter_statement(
     its limit: encoded below the sort, every row matching the filter would be (10 ms per 1,000 at 1280-d).
     """
     e, p = Embedding.__table__.c, Product.__table__.c
-    distance = distance_to(query, model.embedding_dim, indexed=not exact)
+    distance = distance_to(query, model.embedding_dim, indexed=not exact, name=QUERY)
     columns = [p.id, p.external_id, p.title, p.category, p.tags, p.image_uri, distance.label("distance")]
     statement = (
         select(*columns, *([e.embedding.label("stored")] if with_vectors else []))
         .select_from(Embedding.__table__.join(Product.__table__, p.id == e.product_id))
         .where(e.model_id == model_constant(model.id), where)
         .order_by(distance)
-        .limit(bindparam("limit", limit, Integer))
+        .limit(bindparam(LIMIT, limit, Integer))
     )
     if not with_vectors:
         return statement
     ranked = statement.subquery("nearest")
     kept = [column for column in ranked.c if column.name != "stored"]
     return select(*kept, func.vector_send(ranked.c.stored).label("vector"))
+
+
+QUERY, LIMIT = "query", "limit"
+"""The prefilter statement's own parameters. A filter's are SQLAlchemy's anonymous names, which always end
+in a number (`category_1`), so the two never meet."""
+
+FILTERS_MARK = "__ynet_filters__"
+
+
+@lru_cache(maxsize=256)
+def statement_template(model_id: int, dim: int, exact: bool, with_vectors: bool, dialect: Dialect) -> str:
+    """The prefilter statement's SQL for one model and path, with `FILTERS_MARK` where the filter goes.
+
+    Only the filter differs from one search to the next, so the rest is built and compiled once:
+    building and compiling the whole statement took 2 ms of a 40 ms search."""
+    statement = prefilter_statement(
+        ActiveModel(model_id, "", dim),
+        np.zeros(dim, np.float32),
+        literal_column(FILTERS_MARK, Boolean),
+        0,
+        exact=exact,
+        with_vectors=with_vectors,
+    )
+    return str(statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}))
+
+
+def prefilter_sql(
+    dialect: Dialect,
+    model: IndexedModel,
+    query: np.ndarray,
+    filters: CompiledFilters,
+    limit: int,
+    *,
+    exact: bool,
+    with_vectors: bool,
+) -> tuple[str, dict[str, Any]]:
+    """The prefilter statement as SQL text and parameters for the driver (`prefilter_statement`, compiled)."""
+    where = filters.where.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    template = statement_template(model.id, model.embedding_dim, exact, with_vectors, dialect)
+    sql = template.replace(FILTERS_MARK, f"({where})")
+    return sql, {QUERY: vector_text(query), LIMIT: limit, **where.params}
 
 
 def model_constant(model_id: int) -> ColumnElement[int]:
@@ -143,12 +219,13 @@ def model_constant(model_id: int) -> ColumnElement[int]:
     return bindparam("model_id", int(model_id), Integer, literal_execute=True)
 
 
-def distance_to(query: np.ndarray, dim: int, *, indexed: bool = True) -> ColumnElement[float]:
+def distance_to(query: np.ndarray, dim: int, *, indexed: bool = True, name: str | None = None) -> ColumnElement[float]:
     """Cosine distance of stored vectors to `query`: in the form the model's HNSW index serves
-    (`embedding::vector(dim) <=> q`), or, for exact search, in a form no index has."""
+    (`embedding::vector(dim) <=> q`), or, for exact search, in a form no index has. `name`: the query's
+    parameter name (anonymous by default, so that one statement may hold several distances)."""
     from pgvector.sqlalchemy import Vector
 
-    q = cast(bindparam(None, vector_text(query), String), Vector(dim))
+    q = cast(bindparam(name, vector_text(query), String), Vector(dim))
     stored = cast(Embedding.__table__.c.embedding, Vector(dim)) if indexed else Embedding.__table__.c.embedding
     return stored.op("<=>", return_type=Float())(q)
 
@@ -193,15 +270,32 @@ generic plan that ignores the filter's values: a 10% tag filter at 100,000 produ
 to 460 ms on a pooled connection's sixth query. A plan for these values costs well under 1 ms."""
 
 
-INDEX_SCANS = text(
-    "SELECT CASE WHEN current_setting('track_counts')::boolean "
+SCANS_OF_MODEL_INDEX = (
+    "CASE WHEN current_setting('track_counts')::boolean "
     "THEN pg_stat_get_xact_numscans(to_regclass('ynet.' || ynet.model_index_name(:model_id))) END"
+)
+
+INDEX_SCANS = text(f"SELECT {SCANS_OF_MODEL_INDEX}")
+
+SETTINGS_AND_SCANS = text(
+    "SELECT (SELECT count(set_config(name, value, true)) "
+    "FROM unnest(CAST(:names AS text[]), CAST(:values AS text[])) AS s(name, value)), "
+    f"{SCANS_OF_MODEL_INDEX}"
 )
 
 
 def index_scans(conn: Connection, model: IndexedModel) -> int | None:
     """Scans of the model's HNSW index counted in this backend and not yet reported; None when unknown."""
-    count = conn.execute(INDEX_SCANS, {"model_id": model.id}).scalar_one()
+    return _count_or_none(conn.execute(INDEX_SCANS, {"model_id": model.id}).scalar_one())
+
+
+def set_local_then_count_scans(conn: Connection, model: IndexedModel, settings: Mapping[str, object]) -> int | None:
+    """`set_local` and `index_scans` in one round trip (a search's first two statements)."""
+    values = {"names": list(settings), "values": [str(value) for value in settings.values()], "model_id": model.id}
+    return _count_or_none(conn.execute(SETTINGS_AND_SCANS, values).one()[1])
+
+
+def _count_or_none(count: int | None) -> int | None:
     return None if count is None else int(count)
 
 
@@ -244,12 +338,11 @@ def nearest(
             f"the query vector has shape {tuple(query.shape)}, model {model.version} stores "
             f"{model.embedding_dim} dimensions"
         )
-    set_local(conn, CUSTOM_PLANS | policy.ann_settings(limit))
+    before = set_local_then_count_scans(conn, model, CUSTOM_PLANS | policy.ann_settings(limit))
     if exact is None and filters.narrows:
         exact = policy.exact_first(count_matching(conn, filters.where, policy.EXACT_BELOW + 1))
     if not exact:
-        before = index_scans(conn, model)
-        rows = _fetch(conn, model, query, filters.where, limit, exact=False, with_vectors=with_vectors)
+        rows = _fetch(conn, model, query, filters, limit, exact=False, with_vectors=with_vectors)
         scanned = _grew(before, index_scans(conn, model))
         if (
             exact is False
@@ -257,7 +350,7 @@ def nearest(
             or not policy.exact_again(len(rows), limit, count_capped(conn, model, filters.where, limit))
         ):
             return _prefilter(rows, "ann", limit, model.version, with_vectors, scanned)
-    rows = _fetch(conn, model, query, filters.where, limit, exact=True, with_vectors=with_vectors)
+    rows = _fetch(conn, model, query, filters, limit, exact=True, with_vectors=with_vectors)
     return _prefilter(rows, "exact", limit, model.version, with_vectors, False)
 
 
@@ -269,19 +362,20 @@ def _fetch(
     conn: Connection,
     model: IndexedModel,
     query: np.ndarray,
-    where: ColumnElement[bool],
+    filters: CompiledFilters,
     limit: int,
     *,
     exact: bool,
     with_vectors: bool,
 ) -> list[Any]:
-    statement = prefilter_statement(model, query, where, limit, exact=exact, with_vectors=with_vectors)
+    sql, params = prefilter_sql(conn.dialect, model, query, filters, limit, exact=exact, with_vectors=with_vectors)
     # Iterative scans return rows in relaxed order; ties broken by id so both paths agree exactly.
-    return sorted(fetch_binary(conn, statement), key=lambda row: (row.distance, row.id))
+    return sorted(fetch_binary(conn, sql, params), key=lambda row: (row.distance, row.id))
 
 
-def fetch_binary(conn: Connection, statement: Select[Any]) -> list[Any]:
-    """The statement's rows, fetched in PostgreSQL's binary format on the caller's connection (and transaction).
+def fetch_binary(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[Any]:
+    """The rows of `sql` (compiled for the connection's dialect), fetched in PostgreSQL's binary format on
+    the caller's connection (and transaction).
 
     256 candidates with their 1280-d vectors are 1.3 MB: in the text format SQLAlchemy's driver asks for,
     each bytea doubles as hex and is decoded again, and each row's tags pass through the ARRAY type's
@@ -295,8 +389,6 @@ def fetch_binary(conn: Connection, statement: Select[Any]) -> list[Any]:
     from psycopg import Error as DriverError
     from psycopg.rows import namedtuple_row
 
-    compiled = statement.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    sql, params = str(compiled), compiled.params
     driver = conn.connection.driver_connection
     assert driver is not None, "a checked-out connection has its driver connection"
     try:
@@ -314,9 +406,5 @@ def fetch_binary(conn: Connection, statement: Select[Any]) -> list[Any]:
 def _prefilter(
     rows: Sequence[Any], path: Path_, asked: int, version: str, with_vectors: bool, index_scanned: bool | None
 ) -> Prefilter:
-    found = [
-        SearchRow(rank, r.id, r.external_id, r.title, r.category, list(r.tags), r.image_uri, r.distance, None, version)
-        for rank, r in enumerate(rows, 1)
-    ]
     vectors = stored_vectors([r.vector for r in rows]) if with_vectors else None
-    return Prefilter(found, vectors, path, asked, index_scanned)
+    return Prefilter(rows, version, vectors, path, asked, index_scanned)

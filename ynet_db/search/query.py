@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
@@ -215,8 +215,8 @@ def _answer(
     prefilter_ms = 1000 * (time.perf_counter() - started)
     started = time.perf_counter()
     scores: np.ndarray | None = None
-    order = np.arange(len(found.candidates))
-    if rerank and found.candidates:
+    order = np.arange(found.returned)
+    if rerank and found.returned:
         assert found.vectors is not None
         vectors = torch.from_numpy(found.vectors)
         scores = (
@@ -225,8 +225,7 @@ def _answer(
         order = np.argsort(-scores, kind="stable")  # ties keep the prefilter's order
     rerank_ms = 1000 * (time.perf_counter() - started)
     rows = [
-        replace(found.candidates[i], rank=rank, rerank_score=None if scores is None else float(scores[i]))
-        for rank, i in enumerate(order[: query.k], 1)
+        found.row(i, rank, None if scores is None else float(scores[i])) for rank, i in enumerate(order[: query.k], 1)
     ]
     return SearchResult(
         rows=rows,
@@ -234,7 +233,7 @@ def _answer(
         path=found.path,
         short=found.short,
         candidates_asked=query.candidates,
-        candidates_returned=len(found.candidates),
+        candidates_returned=found.returned,
         reranked=rerank,
         timings_ms={"encode": encode_ms, "prefilter": prefilter_ms, "rerank": rerank_ms},
         index_scanned=found.index_scanned,
