@@ -39,6 +39,7 @@ from ynet_db.workers.heartbeat import Heartbeat, WorkerIdentity
 from ynet_db.config import Settings
 from ynet_db.db.engine import engine_from_settings
 from ynet_db.db.replicas import SearchDatabases
+from ynet_db.models.loaded import LoadedModels
 from ynet_db.models.registry import ModelIdentity, ModelRecord, register
 from ynet_db.models.serving import load_configured, load_registered
 from ynet_db.nn.model import RetrievalModel
@@ -62,7 +63,7 @@ class WorkerResources:
     device: str = "cpu"
     settings: Settings = field(default_factory=Settings)
     """What the models are loaded with (device, runtime, the data directory that caches their graphs)."""
-    others: dict[int, RetrievalModel] = field(default_factory=dict)
+    others: LoadedModels[RetrievalModel] = field(default_factory=LoadedModels)
     """Other registered models this process has loaded on demand (a back-fill, a newly active model)."""
 
     def model_for(self, model_id: int) -> RetrievalModel:
@@ -73,18 +74,18 @@ class WorkerResources:
         """
         if model_id == self.record.id:
             return self.model
-        if model_id not in self.others:
-            self.others.clear()  # at most one model beside the process's own: the one being filled or served
-            model = load_registered(self.engine, model_id, self.settings)
-            log.info(
-                "worker process %s loaded model %s (id %s) on demand, encoders on %s",
-                os.getpid(),
-                model.version,
-                model_id,
-                model.runtime,
-            )
-            self.others[model_id] = model
-        return self.others[model_id]
+        return self.others.get(model_id, lambda: self._load(model_id))
+
+    def _load(self, model_id: int) -> RetrievalModel:
+        model = load_registered(self.engine, model_id, self.settings)
+        log.info(
+            "worker process %s loaded model %s (id %s), encoders on %s",
+            os.getpid(),
+            model.version,
+            model_id,
+            model.runtime,
+        )
+        return model
 
 
 _current: WorkerResources | None = None

@@ -40,6 +40,7 @@ from ynet_db.images.decode import decode_image
 from ynet_db.images.fetch import DEFAULT_TIMEOUT_S, FetchCancelled, fetch_image_bytes
 from ynet_db.images.policy import FetchPolicy
 from ynet_db.liveness import Liveness
+from ynet_db.models.loaded import LoadedModels
 from ynet_db.search.prefilter import ActiveModel, active_model
 from ynet_db.search.query import QueryModel, SearchQuery, SearchResult, on_search_database, run_queries
 from ynet_db.search.requests import queue
@@ -86,20 +87,18 @@ class ModelSource(Protocol):
 
 @dataclass
 class RegisteredModels:
-    """The active model, loaded from the registry when first needed and again when another one is activated."""
+    """The active model, loaded from the registry when first needed and again when another one is activated
+    (`ynet_db/models/loaded.py` holds them)."""
 
     engine: Engine
     settings: Settings
-    _loaded: dict[int, QueryModel] = field(default_factory=dict)
+    models: LoadedModels[QueryModel] = field(default_factory=LoadedModels)
 
     def model_for(self, active: ActiveModel) -> QueryModel:
-        if active.id not in self._loaded:
-            from ynet_db.models.serving import load_record
+        from ynet_db.models.serving import load_record
 
-            self._loaded.clear()  # one model in memory: the one that serves
-            self._loaded[active.id] = load_record(active, self.settings)
-            log.info("search worker %s loaded model %s (id %s)", os.getpid(), active.version, active.id)
-        return self._loaded[active.id]
+        model: QueryModel = self.models.get(active.id, lambda: load_record(active, self.settings))
+        return model
 
 
 @dataclass(frozen=True)
