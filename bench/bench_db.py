@@ -4,7 +4,10 @@ the latency measures (the prefilter's statistics, end-to-end in-process search).
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -197,3 +200,12 @@ def throughput(engine: Engine, model: Any, images: Sequence[Photo], clients: int
     with ThreadPoolExecutor(clients) as pool:
         total = sum(pool.map(client, range(clients)))
     return round(total / (time.perf_counter() - started), 2)
+
+
+def start_search_worker(url: str, broker: str, data_dir: Path) -> subprocess.Popen[bytes]:
+    """A `ynet-db worker` process for search tasks on this database and broker (CPU, one solo process, no
+    dispatcher: nothing to embed); in a session of its own, so `os.killpg` stops it with its children."""
+    env = {**os.environ, "YNET_DATABASE_URL": url, "YNET_BROKER_URL": broker, "YNET_DATA_DIR": str(data_dir)}
+    env["YNET_DEVICE"] = "cpu"
+    argv = [sys.executable, "-m", "ynet_db", "worker", "--pool", "solo", "--no-dispatcher", "--queues", "search"]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

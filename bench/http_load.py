@@ -3,11 +3,14 @@ by 1, 4 and 16 concurrent clients uploading photos.
 
     python bench/http_load.py                                  # 10,000 products, >= 200 queries per level
     python bench/http_load.py --products 2000 --samples 20     # a quick check that it works (not for the README)
+    python bench/http_load.py --via worker --out bench/results/http-worker.json   # queries to a search worker
 
 A fresh embedded PostgreSQL in a temporary directory gets the default model (active) and generated
 catalogue vectors, as bench/search.py makes them. The service runs as `ynet-db serve` with its default
 settings (the model in its process, YNET_MAX_CONCURRENT_SEARCHES=4, YNET_SEARCH_WAIT_S=2) unless told
-otherwise. Each client is a thread with one keep-alive connection that posts 224x224 photos as
+otherwise; with `--via worker` it hands the queries through `--broker` to one `ynet-db worker --queues search`
+process (solo pool), started first, as `ynet-db serve --via worker` is deployed. Each client is a thread
+with one keep-alive connection that posts 224x224 photos as
 multipart uploads, one after another. A level ends when it has `--samples` answers or after
 `--max-seconds`, whichever comes first (so the run is bounded in count and time); it reports queries/s
 (answered 200 per second of wall time), p50 and p99 latency of the 200 answers, and every other status
@@ -37,7 +40,7 @@ from typing import Any
 
 import click
 import numpy as np
-from bench_db import IndexLinks, load_catalogue
+from bench_db import IndexLinks, load_catalogue, start_search_worker
 from search import clustered_vectors, photos
 
 SETTINGS = ("YNET_MAX_CONCURRENT_SEARCHES", "YNET_SEARCH_WAIT_S", "YNET_RUNTIME", "YNET_DEVICE")
@@ -138,10 +141,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_serve(url: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    """`ynet-db serve`, the model in its process, with the settings of the environment."""
-    env = {**os.environ, "YNET_DATABASE_URL": url, "YNET_DATA_DIR": str(data_dir)}
-    argv = [sys.executable, "-m", "ynet_db", "serve", "--port", str(port), "--log-level", "warning"]
+def start_serve(url: str, data_dir: Path, port: int, via: str, broker: str) -> subprocess.Popen[bytes]:
+    """`ynet-db serve`, the model in its process or in search workers, with the settings of the environment."""
+    env = {**os.environ, "YNET_DATABASE_URL": url, "YNET_DATA_DIR": str(data_dir), "YNET_BROKER_URL": broker}
+    argv = [sys.executable, "-m", "ynet_db", "serve", "--port", str(port), "--via", via, "--log-level", "warning"]
     process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=sys.stderr, start_new_session=True)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -165,8 +168,18 @@ def start_serve(url: str, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
 @click.option("--samples", type=click.IntRange(1), default=200, show_default=True, help="Queries per level (at least).")
 @click.option("--max-seconds", type=click.FloatRange(1), default=300.0, show_default=True, help="Time bound per level.")
 @click.option("--k", type=click.IntRange(1, 200), default=20, show_default=True)
+@click.option(
+    "--via",
+    type=click.Choice(["process", "worker"]),
+    default="process",
+    show_default=True,
+    help="The model in the service's process, or in a search worker it hands queries to through --broker.",
+)
+@click.option("--broker", default="redis://127.0.0.1:6379/14", show_default=True, help="The broker for --via worker.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("bench/results/http.json"))
-def main(products: int, levels: str, samples: int, max_seconds: float, k: int, out: Path) -> None:
+def main(
+    products: int, levels: str, samples: int, max_seconds: float, k: int, via: str, broker: str, out: Path
+) -> None:
     from ynet_db.db import migrate
     from ynet_db.db.engine import make_engine
     from ynet_db.db.server import start_embedded, stop_embedded
@@ -177,7 +190,7 @@ def main(products: int, levels: str, samples: int, max_seconds: float, k: int, o
     data_dir = Path(tempfile.mkdtemp(prefix="ynet-bench-http-"))
     server = start_embedded(data_dir / "pgdata")
     engine = make_engine(server.url())
-    process = None
+    process = worker = None
     try:
         migrate.upgrade(engine)
         click.echo(f"loading {products} products ...", err=True)
@@ -185,7 +198,9 @@ def main(products: int, levels: str, samples: int, max_seconds: float, k: int, o
         port = free_port()
         click.echo("starting ynet-db serve (the first start exports the model's ONNX graphs) ...", err=True)
         url = server.url().render_as_string(hide_password=False)
-        process = start_serve(url, data_dir, port)
+        if via == "worker":  # first: the service is healthy only once a search worker answers
+            worker = start_search_worker(url, broker, data_dir)
+        process = start_serve(url, data_dir, port, via, broker)
         bodies = jpeg_bodies(30, k)
         run_level(port, 1, 5, 60.0, bodies)  # warm-up: first queries pay for lazy initialisation
         results = []
@@ -194,16 +209,17 @@ def main(products: int, levels: str, samples: int, max_seconds: float, k: int, o
             results.append(run_level(port, clients, samples, max_seconds, bodies).report())
             click.echo(json.dumps(results[-1]), err=True)
     finally:
-        if process is not None:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(30)
+        for started in (process, worker):
+            if started is not None:
+                os.killpg(started.pid, signal.SIGTERM)
+                started.wait(30)
         engine.dispose()
         stop_embedded(data_dir / "pgdata")
         shutil.rmtree(data_dir, ignore_errors=True)
     report = {
         "products": products,
         "k": k,
-        "via": "process",
+        "via": via,
         "samples_per_level": samples,
         "settings": {name: os.environ.get(name, "default") for name in SETTINGS},
         "cpu_count": os.cpu_count(),

@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,7 @@ from bench_db import (
     end_to_end,
     fresh_database,
     load_catalogue,
+    start_search_worker,
     stats,
     throughput,
     timed,
@@ -147,12 +146,7 @@ def worker_path(
 
     if config is not None:
         return {"skipped": "the worker serves the default 1280-d model; run with --dim 1280"}
-    env = {**os.environ, "YNET_DATABASE_URL": url, "YNET_BROKER_URL": broker, "YNET_DATA_DIR": str(data_dir)}
-    env["YNET_DEVICE"] = "cpu"
-    argv = [sys.executable, "-m", "ynet_db", "worker", "--pool", "solo", "--no-dispatcher"]
-    process = subprocess.Popen(
-        argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    process = start_search_worker(url, broker, data_dir)
     try:
         runner = CeleryRunner(make_app(replace(Settings(), database_url=url, broker_url=broker)), timeout_s=180)
         end_to_end(engine, None, images[:1], via=runner)  # waits for the worker to come up

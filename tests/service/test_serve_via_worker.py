@@ -8,7 +8,6 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from catalogue_vectors import catalogue, photo, unit_vectors
 from serve_process import start_serve
 from sqlalchemy import Engine
@@ -29,7 +28,8 @@ def png(seed: int) -> bytes:
     return out.getvalue()
 
 
-@pytest.mark.slow  # about 40 s: a service and a worker start, each loading the model
+# In the default suite (about 25 s, a service and a worker each loading the model): while it was marked slow,
+# `serve --via worker` stopped starting (an import of the wrong module) and no default test saw it.
 def test_searches_handed_to_a_worker_give_the_in_process_answers(
     engine: Engine,
     settings: Settings,

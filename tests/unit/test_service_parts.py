@@ -99,3 +99,15 @@ def test_the_fetch_gate_has_slots_of_its_own_and_says_so_when_full() -> None:
     error = asyncio.run(scenario())
     assert (error.status, error.headers) == (429, {"Retry-After": "1"})
     assert error.message == "all 4 image fetch slots are busy; retry after 1 s"
+
+
+def test_serving_via_workers_builds_the_search_client() -> None:
+    """`ynet-db serve --via worker` builds its runner when it starts: an import of the wrong module there stopped
+    the service at start (seen by `bench/http_load.py --via worker`, while its end-to-end test ran only in the
+    slow suite)."""
+    from ynet_db.config import Settings
+    from ynet_db.search.client import CeleryRunner
+    from ynet_db.service.runners import worker_runner
+
+    runner = worker_runner(Settings(broker_url="redis://127.0.0.1:6379/15"), timeout_s=1.0)
+    assert isinstance(runner, CeleryRunner)

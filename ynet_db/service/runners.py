@@ -62,8 +62,7 @@ def _load(record: ActiveModel, settings: Settings) -> RetrievalModel:
 
 def worker_runner(settings: Settings, timeout_s: float) -> QueryRunner:
     """Queries sent to search workers through the broker (YNET_BROKER_URL, or the database)."""
+    from ynet_db.search.client import CeleryRunner
     from ynet_db.workers.app import make_app
-    from ynet_db.workers.search_tasks import CeleryRunner
 
-    runner: QueryRunner = CeleryRunner(make_app(settings), timeout_s=timeout_s)
-    return runner
+    return CeleryRunner(make_app(settings), timeout_s=timeout_s)
