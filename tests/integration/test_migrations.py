@@ -214,7 +214,7 @@ def _check_names(conn: Connection) -> set[str]:
 
 
 def _orm_check_names() -> set[str]:
-    return {c.name for t in Base.metadata.tables.values() for c in t.constraints if isinstance(c, CheckConstraint)}
+    return {str(c.name) for t in Base.metadata.tables.values() for c in t.constraints if isinstance(c, CheckConstraint)}
 
 
 def test_0013_names_0001s_checks_as_the_orm_does_and_dates_content_by_the_last_update(empty_engine: Engine) -> None:
