@@ -8,6 +8,7 @@ the result is activated only where the held-out products say it beats the active
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from ynet_db.images.policy import FetchPolicy
 from ynet_db.models import evidence
 from ynet_db.models.evidence import Split
 from ynet_db.models.held_out import register_checked
-from ynet_db.models.registry import ModelIdentity, activate, find, register
+from ynet_db.models.registry import Activation, ModelIdentity, activate, find, register
 from ynet_db.nn.checkpoint import CheckpointInfo, differing_tensors, save_checkpoint
 from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.model import RetrievalModel, build_network
@@ -238,3 +239,39 @@ def test_train_from_an_empty_database_says_how_many_products_it_found(
     assert refused.exit_code == 2 and "--register goes with --from-catalogue" in refused.output
     missing = CliRunner().invoke(main, ["train", "--out", str(tmp_path / "m")])
     assert missing.exit_code == 2 and "DATASET" in missing.output and "is needed" in missing.output
+
+
+def test_a_winner_judged_against_a_model_replaced_meanwhile_is_kept_back(
+    engine: Engine, shop: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The switch lands after every check `register_checked` could make itself, just before `activate` locks:
+    only `activate(expected_active=...)`, checking under the registry's locks, sees it."""
+    judged_against = register_active(engine, RetrievalModel.load_default(), None)
+    other = register(engine, ModelIdentity("other", "other@1", 16, "0" * 64, {})).version
+
+    def wins(candidate: RetrievalModel, baseline: RetrievalModel, held: object, split: Split, **_: object) -> Any:
+        return evidence.HeldOutEvidence(
+            candidate=evidence.Scores(candidate.version, dict.fromkeys(("1", "5", "10", "20", "50"), 1.0)),
+            baseline=evidence.Scores(baseline.version, dict.fromkeys(("1", "5", "10", "20", "50"), 0.0)),
+            baseline_role="active",
+            queries=6,
+            gain_standard_error=0.1,
+            split=split,
+            judged_at="2026-12-03T10:00:00+00:00",
+        )
+
+    def activate_after_another_switch(*args: Any, **kwargs: Any) -> Activation:
+        with engine.begin() as conn:  # as the dispatcher's promotion of another model would
+            conn.execute(text("UPDATE ynet.models SET state = 'retired' WHERE state = 'active'"))
+            conn.execute(text("UPDATE ynet.models SET state = 'active' WHERE version = :v"), {"v": other})
+        return activate(*args, **kwargs)
+
+    monkeypatch.setattr("ynet_db.models.held_out.compare", wins)
+    monkeypatch.setattr("ynet_db.models.held_out.activate", activate_after_another_switch)
+    candidate = poor_checkpoint(tmp_path / "candidate" / "model.safetensors")
+    outcome = register_checked(engine, candidate, held_out(shop, 6), SPLIT, progress=False)
+    assert not outcome.decision.activated and outcome.backfill_jobs == 0
+    assert outcome.decision.reason == (
+        f"beats the active model {judged_against}, but the active model changed to {other} meanwhile: judge again"
+    )
+    assert states(engine) == {judged_against: "retired", other: "active", outcome.record.version: "registered"}

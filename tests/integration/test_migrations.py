@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, inspect, text
+from sqlalchemy import CheckConstraint, Connection, Engine, inspect, text
 from sqlalchemy.exc import DBAPIError
 
 from ynet_db.db import migrate
@@ -201,3 +203,45 @@ def test_0008_gives_rows_attached_before_it_their_tables_source(empty_engine: En
     with empty_engine.connect() as conn:
         names = conn.execute(text("SELECT external_id FROM ynet.products ORDER BY 1")).scalars().all()
     assert names == ["a", "c"]
+
+
+def _check_names(conn: Connection) -> set[str]:
+    rows = conn.execute(
+        text("SELECT conname FROM pg_constraint WHERE connamespace = CAST(:s AS regnamespace) AND contype = 'c'"),
+        {"s": SCHEMA},
+    )
+    return set(rows.scalars())
+
+
+def _orm_check_names() -> set[str]:
+    return {str(c.name) for t in Base.metadata.tables.values() for c in t.constraints if isinstance(c, CheckConstraint)}
+
+
+def test_0013_names_0001s_checks_as_the_orm_does_and_dates_content_by_the_last_update(empty_engine: Engine) -> None:
+    """0001's check names were prefixed twice by the naming convention; existing products get `updated_at`."""
+    migrate.upgrade(empty_engine, "0012")
+    with empty_engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO ynet.products (external_id, category, image_uri, updated_at) "
+                "VALUES ('sku-1', 'dress', '/img/1.jpg', '2026-01-02T03:04:05Z')"
+            )
+        )
+        doubled = _check_names(conn)
+    assert {f"ck_{name}" for name in ("models_ck_models_state", "embedding_jobs_ck_embedding_jobs_state")} <= doubled
+    migrate.upgrade(empty_engine)
+    with empty_engine.connect() as conn:
+        assert _check_names(conn) == _orm_check_names() | {
+            "ck_search_requests_one_image",
+            "ck_search_requests_k",
+            "ck_search_requests_image_size",
+            "ck_search_requests_image_url",
+            "ck_search_requests_filters_size",
+        }
+        dates = conn.execute(text("SELECT updated_at, content_changed_at FROM ynet.products")).one()
+    assert dates[0] == dates[1] == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), "updated_at untouched"
+    migrate.downgrade(empty_engine, "0012")
+    with empty_engine.connect() as conn:
+        assert _check_names(conn) == doubled
+        columns = {c["name"] for c in inspect(conn).get_columns("products", schema=SCHEMA)}
+    assert "content_changed_at" not in columns

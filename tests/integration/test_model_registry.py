@@ -21,6 +21,7 @@ from ynet_db.db.server import libpq_dsn
 from ynet_db.ingestion import jobs
 from ynet_db.models.registry import (
     Activation,
+    ActiveModelChanged,
     ModelIdentity,
     NoActiveModel,
     RegistryError,
@@ -315,3 +316,96 @@ def test_the_two_scale_default_is_registered_from_the_command_line_and_a_bad_siz
     with engine.connect() as conn:
         config = conn.execute(text("SELECT config FROM ynet.models")).scalar_one()
     assert config["model"]["second_input_size"] == 320, "workers rebuild the model from the registered config"
+
+
+def change(engine: Engine, product: str, assignment: str) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(f"UPDATE ynet.products SET {assignment} WHERE external_id = :p"), {"p": product})
+
+
+def queued_products(engine: Engine, model_id: int) -> list[str]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT p.external_id FROM ynet.embedding_jobs j JOIN ynet.products p ON p.id = j.product_id "
+                "WHERE j.model_id = :m AND j.state IN ('pending', 'retry', 'running') ORDER BY 1"
+            ),
+            {"m": model_id},
+        )
+        return list(rows.scalars())
+
+
+@pytest.fixture
+def rolled_forward(engine: Engine, switching: tuple[int, int]) -> tuple[int, int]:
+    """m@2 has replaced m@1, which is retired with its vectors of a, b, c and d kept."""
+    first, second = switching
+    add_product(engine, "d")
+    assert (embed(engine, first), embed(engine, second)) == (1, 4)
+    promoted = promote_if_complete(engine)
+    assert promoted is not None and states(engine) == {"m@1": "retired", "m@2": "active"}
+    return switching
+
+
+def test_a_rollback_re_embeds_what_changed_while_its_model_was_retired(
+    engine: Engine, rolled_forward: tuple[int, int]
+) -> None:
+    first, second = rolled_forward
+    change(engine, "a", "image_uri = '/img/a2'")
+    change(engine, "b", "tags = '{color:blue}'")
+    change(engine, "c", "price = 12, stock = 3")
+    assert queued_products(engine, first) == [], "the triggers record no work for a retired model"
+    assert embed(engine, second) == 2, "a and b under the active model"
+    rollback = activate(engine, "m@1")
+    assert (rollback.model.state, rollback.backfill_jobs) == ("backfilling", 2)
+    assert queued_products(engine, first) == ["a", "b"], "c's change was its price, d did not change"
+    assert promote_if_complete(engine) is None, "a and b have their old vectors only"
+    with engine.connect() as conn:
+        (row,) = coverage(conn, version="m@1")
+    assert (row.embedded, row.products, row.open_jobs, row.dead) == (2, 4, 2, 0)
+    assert embed(engine, first) == 2
+    promoted = promote_if_complete(engine)
+    assert promoted is not None and promoted.version == "m@1"
+
+
+def test_a_rollback_queues_a_changed_product_whose_old_job_is_still_running(
+    engine: Engine, switching: tuple[int, int]
+) -> None:
+    """A job claimed before the change is open, but its write will be refused: it queues nothing for the product."""
+    first, second = switching
+    change(engine, "a", "image_uri = '/img/a2'")
+    (running,) = jobs.claim(engine, "slow", 1, model_id=first)
+    assert embed(engine, second) == 3
+    assert promote_if_complete(engine) is not None and states(engine)["m@1"] == "retired"
+    change(engine, "a", "image_uri = '/img/a3'")
+    assert activate(engine, "m@1").backfill_jobs == 1
+    assert not jobs.complete(engine, running, "slow", [1.0, 0.0], "a" * 64), "made for /img/a2"
+    assert queued_products(engine, first) == ["a"]
+
+
+def test_an_activation_decided_on_a_model_that_no_longer_serves_is_refused(
+    engine: Engine, switching: tuple[int, int]
+) -> None:
+    first, second = switching
+    register(engine, identity("m@3"))
+    before = states(engine), queued_products(engine, second)
+    for stale in ("m@2", None):
+        with pytest.raises(ActiveModelChanged) as refused:
+            activate(engine, "m@3", expected_active=stale)
+        assert str(refused.value) == (
+            f"the active model is m@1, not {stale or 'none'} as expected: it changed since the caller looked, "
+            "so nothing was activated; decide again"
+        )
+        assert (states(engine), queued_products(engine, second)) == before, "m@2's back-fill goes on"
+    accepted = activate(engine, "m@3", expected_active="m@1")
+    assert (accepted.model.state, accepted.backfill_jobs) == ("backfilling", 3)
+    assert states(engine) == {"m@1": "active", "m@2": "registered", "m@3": "backfilling"}
+
+
+def test_with_no_model_active_an_activation_expecting_none_serves_at_once(engine: Engine) -> None:
+    add_product(engine, "a")
+    register(engine, identity("m@1"))
+    first = activate(engine, "m@1", expected_active=None)
+    assert (first.model.state, first.backfill_jobs) == ("active", 1)
+    with pytest.raises(ActiveModelChanged, match="^the active model is m@1, not none as expected"):
+        activate(engine, register(engine, identity("m@2")).version, expected_active=None)
+    assert states(engine) == {"m@1": "active", "m@2": "registered"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import select
 from collections.abc import Iterator
+from datetime import datetime
 
 import psycopg
 import pytest
@@ -34,6 +35,10 @@ def _product(sku: str = "sku-1") -> Product:
     )
 
 
+def _content_changed_at(session: Session) -> datetime:
+    return session.execute(sa_select(Product.content_changed_at)).scalar_one()
+
+
 def _jobs(session: Session, state: str | None = None) -> int:
     query = sa_select(func.count()).select_from(EmbeddingJob)
     if state:
@@ -61,11 +66,13 @@ def test_insert_creates_exactly_one_job(session: Session) -> None:
 def test_image_or_tag_change_creates_one_job(session: Session, change: dict[str, object]) -> None:
     session.add(_product())
     session.commit()
+    inserted = _content_changed_at(session)
     session.execute(update(Product).values(**change))
     session.commit()
     assert _jobs(session) == 2
     assert _jobs(session, "pending") == 1, "the job for the old image is superseded"
     assert _jobs(session, "superseded") == 1
+    assert _content_changed_at(session) > inserted, "a retired model's vector of the product is stale now"
 
 
 @pytest.mark.parametrize(
@@ -77,17 +84,21 @@ def test_image_or_tag_change_creates_one_job(session: Session, change: dict[str,
 def test_price_title_stock_or_category_change_creates_no_job(session: Session, change: dict[str, object]) -> None:
     session.add(_product())
     session.commit()
+    inserted = _content_changed_at(session)
     session.execute(update(Product).values(**change))
     session.commit()
     assert _jobs(session) == 1
+    assert _content_changed_at(session) == inserted, "every model's vector of the product stays current"
 
 
 def test_setting_the_same_tags_again_creates_no_job(session: Session) -> None:
     session.add(_product())
     session.commit()
+    inserted = _content_changed_at(session)
     session.execute(update(Product).values(tags=["color:red"], image_uri="/img/1.jpg"))
     session.commit()
     assert _jobs(session) == 1
+    assert _content_changed_at(session) == inserted
 
 
 def test_rolled_back_insert_leaves_no_job(session: Session) -> None:

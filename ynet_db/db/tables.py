@@ -77,6 +77,12 @@ class Product(Base):
     extra: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(Timestamp, server_default=func.now())
+    content_changed_at: Mapped[datetime] = mapped_column(
+        Timestamp,
+        server_default=func.now(),
+        comment="When the image or the tags last changed (or the row was inserted); "
+        "an embedding older than this is stale.",
+    )
 
     embeddings: Mapped[list[Embedding]] = relationship(
         back_populates="product", cascade="all, delete-orphan", passive_deletes=True

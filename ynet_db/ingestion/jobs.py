@@ -38,6 +38,12 @@ DEFAULT_BATCH_SIZE = 16
 """Jobs a worker claims per forward pass; the dispatcher sends one task per this many ready jobs."""
 OPEN_STATES = "('pending', 'retry', 'running')"
 """The states of a job that will still be worked on, as SQL."""
+CURRENT_EMBEDDING = "e.created_at >= p.content_changed_at"
+"""Embedding `e` of product `p` was written since the product's image or tags last changed (migration 0013), as
+SQL; an older one is stale, as a retired model's is for what changed while it was retired. One written in the
+same transaction as its product counts as current."""
+JOB_FOR_CONTENT = "p.image_uri = j.image_uri AND p.tags = j.tags AND p.image_sha256 IS NOT DISTINCT FROM j.image_sha256"
+"""Job `j` was made for product `p`'s image and tags as they are now, as SQL."""
 BACKOFF_BASE = timedelta(seconds=2)
 BACKOFF_CAP = timedelta(minutes=30)
 MAX_ERROR_LENGTH = 2000
@@ -103,7 +109,7 @@ def claim(
 # database's share of a worker's time small; a crash before the commit loses the batch's writes and
 # its 'done' marks together, and the lease brings the jobs back.
 COMPLETE = text(
-    """
+    f"""
     WITH finished AS (
         SELECT * FROM unnest(CAST(:job_ids AS bigint[]), CAST(:hashes AS text[]), CAST(:embeddings AS text[]))
                    AS f(job_id, image_sha256, embedding)
@@ -112,9 +118,7 @@ COMPLETE = text(
           FROM ynet.embedding_jobs j
           JOIN finished f ON f.job_id = j.id
           JOIN ynet.products p ON p.id = j.product_id
-         WHERE j.state = 'running' AND j.claimed_by = :worker
-           AND p.image_uri = j.image_uri AND p.tags = j.tags
-           AND p.image_sha256 IS NOT DISTINCT FROM j.image_sha256
+         WHERE j.state = 'running' AND j.claimed_by = :worker AND {JOB_FOR_CONTENT}
            FOR UPDATE OF j
     ), job AS (  -- one row per embedding: the newest job, should one batch ever hold two for a product
         SELECT DISTINCT ON (product_id, model_id) * FROM current ORDER BY product_id, model_id, id DESC
@@ -338,15 +342,20 @@ def redrive(engine: Engine, job_ids: Sequence[int] | None = None) -> int:
 
 # -- a model's work: queued by the registry when it is activated, dropped when it is replaced ---------
 
-# Products whose embedding under the model is missing and not already queued.
+# Products without a current embedding under the model (none, or a stale one: the triggers record no work
+# for a retired or registered model, so what changed meanwhile is found here) and not already queued for
+# their content as it is now. An open job for older content is a running one (a change supersedes the
+# queued ones); its write will be refused, so it does not count.
 BACKFILL = text(
     f"""
     INSERT INTO ynet.embedding_jobs (product_id, model_id, image_uri, image_sha256, tags)
     SELECT p.id, :model_id, p.image_uri, p.image_sha256, p.tags
       FROM ynet.products p
-     WHERE NOT EXISTS (SELECT 1 FROM ynet.embeddings e WHERE e.product_id = p.id AND e.model_id = :model_id)
+     WHERE NOT EXISTS (SELECT 1 FROM ynet.embeddings e
+                        WHERE e.product_id = p.id AND e.model_id = :model_id AND {CURRENT_EMBEDDING})
        AND NOT EXISTS (SELECT 1 FROM ynet.embedding_jobs j
-                        WHERE j.product_id = p.id AND j.model_id = :model_id AND j.state IN {OPEN_STATES})
+                        WHERE j.product_id = p.id AND j.model_id = :model_id AND j.state IN {OPEN_STATES}
+                          AND {JOB_FOR_CONTENT})
     """
 )
 SUPERSEDE = text(
@@ -358,8 +367,9 @@ SUPERSEDE = text(
 
 
 def backfill(conn: Connection, model_id: int) -> int:
-    """Queue a job for every product the model has neither embedded nor queued (in the caller's
-    transaction, which holds the locks that keep products from slipping between); wakes the dispatchers."""
+    """Queue a job for every product the model has neither embedded since its last image or tag change nor
+    queued (in the caller's transaction, which holds the locks that keep products from slipping between);
+    wakes the dispatchers."""
     queued = conn.execute(BACKFILL, {"model_id": model_id}).rowcount
     if queued:
         notify(conn)
@@ -393,7 +403,7 @@ class Backlog:
     open: int
     """Jobs that will still be worked on (pending, retry, running)."""
     dead: int
-    """Products given up on: no embedding, no open job, and a dead job. They wait for an operator
+    """Products given up on: no current embedding, no open job, and a dead job. They wait for an operator
     (`ynet-db jobs list --state dead`, then `jobs retry`)."""
 
 
@@ -406,7 +416,8 @@ BACKLOG = text(
              WHERE d.model_id = m.id AND d.state = 'dead'
                AND NOT EXISTS (SELECT 1 FROM ynet.embedding_jobs j WHERE j.product_id = d.product_id
                                   AND j.model_id = m.id AND j.state IN {OPEN_STATES})
-               AND NOT EXISTS (SELECT 1 FROM ynet.embeddings e WHERE e.product_id = d.product_id AND e.model_id = m.id))
+               AND NOT EXISTS (SELECT 1 FROM ynet.embeddings e JOIN ynet.products p ON p.id = e.product_id
+                                WHERE e.product_id = d.product_id AND e.model_id = m.id AND {CURRENT_EMBEDDING}))
       FROM unnest(CAST(:model_ids AS integer[])) AS m(id)
     """
 )

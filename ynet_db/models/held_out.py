@@ -24,7 +24,7 @@ from ynet_db.data.records import Product, RetrievalDataset
 from ynet_db.models import evidence
 from ynet_db.models.evaluate import KS, evaluate_model, topk_accuracy
 from ynet_db.models.evidence import Decision, HeldOutEvidence, Scores, Split
-from ynet_db.models.registry import ModelIdentity, ModelRecord, activate, register
+from ynet_db.models.registry import ActiveModelChanged, ModelIdentity, ModelRecord, activate, register
 from ynet_db.nn.calibration import paired_standard_error
 from ynet_db.nn.model import RetrievalModel
 
@@ -116,11 +116,11 @@ def register_checked(
     )
     if not judged.beats:
         return _decided(engine, record, Decision(judged, False, judged.reason))
-    now = active_version(engine)
-    if now != serving:  # another activation finished while we measured: this evidence is about another model
-        changed = f"{judged.reason}, but the active model changed to {now[1] if now else 'none'} meanwhile: judge again"
-        return _decided(engine, record, Decision(judged, False, changed))
-    activation = activate(engine, record.version)
+    try:  # refused if another activation finished while we measured: this evidence is about another model
+        activation = activate(engine, record.version, expected_active=serving[1] if serving else None)
+    except ActiveModelChanged as changed:
+        why = f"{judged.reason}, but the active model changed to {changed.actual or 'none'} meanwhile: judge again"
+        return _decided(engine, record, Decision(judged, False, why))
     return _decided(engine, activation.model, Decision(judged, True, judged.reason), activation.backfill_jobs)
 
 

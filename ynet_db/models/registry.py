@@ -17,8 +17,9 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from sqlalchemy import Connection, Engine, text
 
@@ -113,6 +114,25 @@ class NoActiveModel(RegistryError):
     """No model serves search yet."""
 
 
+class ActiveModelChanged(RegistryError):
+    """An activation refused: the active model is not the one its caller decided on; nothing was changed."""
+
+    def __init__(self, expected: str | None, actual: str | None) -> None:
+        self.expected, self.actual = expected, actual
+        super().__init__(
+            f"the active model is {actual or 'none'}, not {expected or 'none'} as expected: it changed since the "
+            "caller looked, so nothing was activated; decide again"
+        )
+
+
+class _Unchecked(Enum):
+    UNCHECKED = "unchecked"
+
+
+UNCHECKED: Final = _Unchecked.UNCHECKED
+"""`activate`'s default `expected_active`: activate whichever model is active (None there expects none)."""
+
+
 def _records(conn: Connection, where: str, params: Mapping[str, Any], order: str = "id") -> list[ModelRecord]:
     """The models matching `where` (SQL written here, values bound), as records."""
     columns = ", ".join(RECORD_COLUMNS)
@@ -204,22 +224,36 @@ def _leave_state(conn: Connection, state: str, to: str, keep: int = 0) -> list[i
     return [int(i) for i in conn.execute(LEAVE_STATE, {"state": state, "to": to, "keep": keep}).scalars()]
 
 
-def activate(engine: Engine, name_or_version: str) -> Activation:
-    """Make a model active at once (none active) or start its back-fill; queue jobs for what it lacks."""
+def activate(
+    engine: Engine,
+    name_or_version: str,
+    *,
+    expected_active: str | None | Literal[_Unchecked.UNCHECKED] = UNCHECKED,
+) -> Activation:
+    """Make a model active at once (none active) or start its back-fill; queue jobs for what it lacks (no
+    embedding, or a stale one).
+
+    A caller that decided from which model serves (a comparison with it) passes that model's version, or
+    None for none, as `expected_active`: checked under the locks the switch takes, so `ActiveModelChanged`
+    is raised, and nothing changes, if another activation or promotion came between.
+    """
     with engine.begin() as conn:
         # SHARE blocks product writes until commit: a product committed between our state change and
         # the back-fill query would otherwise be missed by both the trigger and the back-fill.
         conn.execute(text("LOCK TABLE ynet.products IN SHARE MODE"))
         conn.execute(LOCK_MODELS)
         model = find(conn, name_or_version)
+        serving = _records(conn, "state = 'active'", {})
+        actual = serving[0].version if serving else None
+        if expected_active is not UNCHECKED and actual != expected_active:
+            raise ActiveModelChanged(expected_active, actual)
         if model.state == "active":
             return Activation(model, 0)
-        has_active = bool(_records(conn, "state = 'active'", {}))
         # Only one back-fill at a time: a newer activation cancels an unfinished one.
         cancelled = _leave_state(conn, "backfilling", "registered", keep=model.id)
         if cancelled:
             jobs.supersede(conn, cancelled)
-        _set_state(conn, model.id, "backfilling" if has_active else "active")
+        _set_state(conn, model.id, "backfilling" if serving else "active")
         queued = jobs.backfill(conn, model.id)
         return Activation(_by_version(conn, model.version), queued)
 
@@ -228,8 +262,10 @@ def activate(engine: Engine, name_or_version: str) -> Activation:
 class Coverage:
     """How much of the catalogue a model has embedded.
 
-    `dead` counts the products it cannot embed (`jobs.Backlog.dead`): they wait for an operator, so
-    they do not hold back a switch.
+    `embedded` counts current embeddings only (`jobs.CURRENT_EMBEDDING`): a vector made before its product's
+    image or tags changed is not counted, so a retired model activated again is not switched to while it
+    would serve old vectors for what changed meanwhile. `dead` counts the products it cannot embed
+    (`jobs.Backlog.dead`): they wait for an operator, so they do not hold back a switch.
     """
 
     model: ModelRecord
@@ -260,7 +296,7 @@ EMBEDDED = text(
     f"""
     SELECT {", ".join("m." + c for c in RECORD_COLUMNS)},
            (SELECT count(*) FROM ynet.embeddings e JOIN ynet.products p ON p.id = e.product_id
-             WHERE e.model_id = m.id),
+             WHERE e.model_id = m.id AND {jobs.CURRENT_EMBEDDING}),
            (SELECT count(*) FROM ynet.products)
       FROM ynet.models m
      WHERE (CAST(:state AS text) IS NULL OR m.state = :state)
