@@ -7,7 +7,7 @@ first use, and loads the new one when another model is activated (as a search wo
 switch-over needs (`ynet_db/models/loaded.py`); concurrent queries share them (the encoders are safe to call
 from several threads).
 
-`--via worker` hands queries to `workers.search_tasks.CeleryRunner`, which batches concurrent callers.
+`--via worker` hands queries to `ynet_db.search.client.CeleryRunner`, which batches concurrent callers.
 """
 
 from __future__ import annotations
