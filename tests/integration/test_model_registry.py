@@ -409,3 +409,18 @@ def test_with_no_model_active_an_activation_expecting_none_serves_at_once(engine
     with pytest.raises(ActiveModelChanged, match="^the active model is m@1, not none as expected"):
         activate(engine, register(engine, identity("m@2")).version, expected_active=None)
     assert states(engine) == {"m@1": "active", "m@2": "registered"}
+
+
+def test_the_command_line_activates_only_on_the_active_model_it_was_told_to_expect(
+    engine: Engine, switching: tuple[int, int], settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("YNET_DATABASE_URL", str(settings.database_url))
+    monkeypatch.setenv("YNET_DATA_DIR", str(settings.data_dir))
+    register(engine, identity("m@3"))
+    for stale in ("m@2", "none"):
+        refused = CliRunner().invoke(main, ["model", "activate", "m@3", "--expect-active", stale])
+        assert refused.exit_code == 1
+        assert f"the active model is m@1, not {stale} as expected" in refused.output
+        assert states(engine)["m@3"] == "registered"
+    accepted = CliRunner().invoke(main, ["model", "activate", "m@3", "--expect-active", "m@1"])
+    assert (accepted.exit_code, accepted.output.splitlines()[0]) == (0, "m@3: backfilling, 3 products queued")

@@ -13,6 +13,7 @@ from ynet_db.cli.context import App, pass_app
 from ynet_db.cli.terminal import safe
 from ynet_db.models import evidence
 from ynet_db.models.registry import (
+    UNCHECKED,
     Coverage,
     ModelIdentity,
     RegistryError,
@@ -66,11 +67,18 @@ def two_scale_default(path: Path | None, second_input_size: int) -> RetrievalMod
 
 @model.command("activate")
 @click.argument("name_or_version")
+@click.option(
+    "--expect-active",
+    metavar="VERSION|none",
+    help="Refuse, changing nothing, unless VERSION (or no model, 'none') is the active model when the switch "
+    "starts: for a script that decided from what served when it looked.",
+)
 @pass_app
-def activate_(app: App, name_or_version: str) -> None:
+def activate_(app: App, name_or_version: str, expect_active: str | None) -> None:
     """Serve NAME_OR_VERSION: at once if no model is active, else after it has embedded the catalogue."""
+    expected = UNCHECKED if expect_active is None else None if expect_active == "none" else expect_active
     try:
-        result = activate(app.migrated_engine, name_or_version)
+        result = activate(app.migrated_engine, name_or_version, expected_active=expected)
     except RegistryError as error:
         raise click.ClickException(str(error)) from error
     click.echo(f"{result.model.version}: {result.model.state}, {result.backfill_jobs} products queued")
