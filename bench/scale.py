@@ -10,6 +10,9 @@ encoded products of one category (`bench/grown.py`). Queries are encoded street 
 drawn at random. Ground truth is NumPy brute force over exactly the vectors loaded (`bench/truth.py`), and the
 project's exact path is itself checked against it.
 
+The server gets `--shared-buffers` (4GB, as `bench/search.py` gives it): a search server holds its HNSW index in
+memory (docs/operations.md), and PostgreSQL's default 128MB would time copies from the operating system's cache.
+
 Measured, with the machine's load average beside each figure:
 - the shipped defaults (`ynet_db.search.prefilter`, the model's index as `ynet.build_model_index` builds it):
   recall of the 256 candidates, the true top 20 among them, the first 20 against the true first 20, and the
@@ -45,6 +48,7 @@ from bench_db import (
     filter_rows,
     fresh_database,
     load_catalogue,
+    shared_buffers_option,
     stats,
     throughput,
 )
@@ -258,6 +262,7 @@ def query_picks(catalogue: EncodedCatalogue, count: int, seed: int) -> np.ndarra
     help="Where the encoded vectors are kept, under the model version.",
 )
 @click.option("--threads", default=os.cpu_count() or 1, show_default=True, type=click.IntRange(1))
+@shared_buffers_option
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Mixtures and query draw.")
 @click.option(
     "--out",
@@ -273,6 +278,7 @@ def main(
     cache: Path,
     threads: int,
     seed: int,
+    shared_buffers: str,
     out: Path | None,
 ) -> None:
     """Measure search at SIZE products on DATASET's encoded vectors (a generated benchmark)."""
@@ -301,9 +307,10 @@ def main(
             "within_256": round(float(np.mean(rank < CANDIDATES)), 4),
         },
         "load_start": load(),
+        "shared_buffers": shared_buffers,
     }
     links = IndexLinks()
-    with fresh_database() as database:
+    with fresh_database(shared_buffers) as database:
         click.echo(f"loading {size} x {vectors.shape[1]} vectors ...", err=True)
         loaded = load_catalogue(database.engine, model.version, vectors, links)
         result.update({key: loaded[key] for key in ("load_s", "index_build_s", "index")}, load_after_build=load())
