@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import click
 import numpy as np
 from PIL import Image
 from sqlalchemy import URL, Engine, text
@@ -30,6 +31,15 @@ FILTER_SHARES = {"10%": 10, "1%": 100, "0.1%": 1000}
 
 Photo = Image.Image | bytes
 """A query photo: a picture, or a file's bytes as a shopper uploads it."""
+
+
+shared_buffers_option = click.option(
+    "--shared-buffers",
+    default="4GB",
+    show_default=True,
+    help="The server's shared_buffers: enough to hold the HNSW index, as a search server is configured.",
+)
+"""The search benchmarks' server memory option: one default, so their latencies compare."""
 
 
 class IndexLinks(NamedTuple):

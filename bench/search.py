@@ -44,6 +44,7 @@ from bench_db import (
     end_to_end,
     fresh_database,
     load_catalogue,
+    shared_buffers_option,
     start_search_worker,
     stats,
     throughput,
@@ -204,12 +205,7 @@ def run_size(
 @click.option(
     "--ef-construction", type=click.IntRange(4, 1000), default=64, show_default=True, help="HNSW build list (>= 2m)."
 )
-@click.option(
-    "--shared-buffers",
-    default="4GB",
-    show_default=True,
-    help="The server's shared_buffers: enough to hold the HNSW index, as a search server is configured.",
-)
+@shared_buffers_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write the numbers as JSON.")
 def main(
     sizes: str,
