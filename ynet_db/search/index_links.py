@@ -5,7 +5,11 @@ The links trade recall at scale against the cost of every insert (migration 0006
 benchmark's `bench/results/search-1280.json` and `search-1m-256.json`, README "Search"):
 - pgvector's defaults (m 16, ef_construction 64) gave recall of the 256 candidates 1.000 at 10,000 and
   0.991 at 100,000 1280-d products, and 0.85 at 1,000,000 (256-d): for 3 queries in 30 the graph search
-  never reached the query's cluster, whatever the search list;
+  never reached the query's cluster, whatever the search list. Those were generated clustered vectors; on
+  the model's own embeddings of street photos at 100,000 products the defaults kept 0.940 with the search
+  list of 512 and 0.969 with 768, which the policy now uses (`policy.EF_SEARCH`; m 32 / ef_construction 128
+  kept 0.983 with 512, for 2.4 times the build and a slower search, 31.6 against 26.3 ms;
+  `bench/search_list.py`);
 - m 32 / ef_construction 128 gave 0.976 at 1,000,000, for 2.5 times the build time (510 s), and every
   insert costs about three times as much (a worker's batch of 16 1280-d embeddings: 293 ms instead of
   102 ms; one worker's pipeline fell from 0.81 to 0.59 of the encoder alone).
