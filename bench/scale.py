@@ -59,6 +59,8 @@ from storage import BIT, HALFVEC, VECTOR, Storage, centred_bit, inspect, nearest
 from tqdm import tqdm
 from truth import nearest_rows, ranks, recall
 
+from ynet_db.search.index_links import BY_SIZE
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -328,7 +330,8 @@ def main(
         "load_start": load(),
         "shared_buffers": shared_buffers,
     }
-    links = IndexLinks()
+    shipped = BY_SIZE.links(size)  # the graph ynet.build_model_index chooses for a catalogue of this size
+    links = IndexLinks(shipped.m, shipped.ef_construction)
     with fresh_database(shared_buffers) as database:
         click.echo(f"loading {size} x {vectors.shape[1]} vectors ...", err=True)
         loaded = load_catalogue(database.engine, model.version, vectors, links)
