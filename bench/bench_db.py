@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import click
 import numpy as np
 from PIL import Image
-from sqlalchemy import URL, Engine, text
+from sqlalchemy import URL, Connection, Engine, text
 from tqdm import tqdm
 
 K = 20
@@ -130,9 +130,7 @@ def load_catalogue(engine: Engine, version: str, vectors: np.ndarray, links: Ind
     load_s = time.perf_counter() - started
     started = time.perf_counter()
     with engine.begin() as conn:
-        conn.execute(text(f"SET LOCAL maintenance_work_mem = '{build_memory_mb(n, dim, links.m)}MB'"))
-        build = text("SELECT ynet.build_model_index(:id, :m, :ef)")  # as the trigger builds it, links as asked
-        conn.execute(build, {"id": model_id, "m": links.m, "ef": links.ef_construction})
+        build_index(conn, model_id, links, n, dim)
         conn.execute(
             text("UPDATE ynet.models SET state = 'active', activated_at = now() WHERE id = :id"), {"id": model_id}
         )
@@ -146,6 +144,13 @@ def load_catalogue(engine: Engine, version: str, vectors: np.ndarray, links: Ind
         "index_build_s": round(index_s, 1),
         "index": links._asdict(),
     }
+
+
+def build_index(conn: Connection, model_id: int, links: IndexLinks, n: int, dim: int) -> None:
+    """The model's index, built as the trigger builds it with the links asked, with the memory the build wants."""
+    conn.execute(text(f"SET LOCAL maintenance_work_mem = '{build_memory_mb(n, dim, links.m)}MB'"))
+    build = text("SELECT ynet.build_model_index(:id, :m, :ef)")
+    conn.execute(build, {"id": model_id, "m": links.m, "ef": links.ef_construction})
 
 
 def build_memory_mb(n: int, dim: int, m: int, bytes_per_dim: float = 4) -> int:

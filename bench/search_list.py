@@ -13,7 +13,6 @@ force, and the prefilter's median and p99 latency, with the load average beside 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,12 +20,12 @@ from typing import Any
 
 import click
 import numpy as np
-from bench_db import CANDIDATES, IndexLinks, build_memory_mb, fresh_database, load_catalogue, shared_buffers_option
+from bench_db import CANDIDATES, IndexLinks, build_index, fresh_database, load_catalogue, shared_buffers_option
 from encoded import CACHE, encoded, serving_model
 from grown import grown
-from scale import query_picks
+from scale import measured, query_picks, summary
 from sqlalchemy import Engine, text
-from truth import nearest_rows, recall
+from truth import nearest_rows
 
 from ynet_db.search import policy
 from ynet_db.search.prefilter import prefilter
@@ -49,29 +48,14 @@ def rebuild(engine: Engine, links: IndexLinks, size: int, dim: int) -> float:
         model_id = conn.execute(text("SELECT id FROM ynet.models WHERE state = 'active'")).scalar_one()
         name = conn.execute(text("SELECT ynet.model_index_name(:id)"), {"id": model_id}).scalar_one()
         conn.execute(text(f'DROP INDEX ynet."{name}"'))
-        conn.execute(text(f"SET LOCAL maintenance_work_mem = '{build_memory_mb(size, dim, links.m)}MB'"))
-        conn.execute(
-            text("SELECT ynet.build_model_index(:id, :m, :ef)"),
-            {"id": model_id, "m": links.m, "ef": links.ef_construction},
-        )
+        build_index(conn, model_id, links, size, dim)
     return round(time.perf_counter() - started, 1)
 
 
 def measure(engine: Engine, queries: np.ndarray, truth: np.ndarray, row_of: dict[int, int]) -> dict[str, Any]:
-    found, seconds = [], []
-    for query in queries:
-        started = time.perf_counter()
-        answer = prefilter(engine, query, candidates=CANDIDATES)
-        seconds.append(time.perf_counter() - started)
-        found.append([row_of[c.product_id] for c in answer.candidates])
-    recalls, ms = recall(found, truth), 1000 * np.asarray(seconds)
-    return {
-        "recall": round(float(recalls.mean()), 4),
-        "recall_min": round(float(recalls.min()), 4),
-        "median_ms": round(float(np.median(ms)), 2),
-        "p99_ms": round(float(np.percentile(ms, 99)), 2),
-        "load": [round(value, 2) for value in os.getloadavg()],
-    }
+    """scale.py's summary of the shipped prefilter on these queries: recall, latency, load."""
+    answers, seconds = measured("prefilter", queries, lambda q: prefilter(engine, q, candidates=CANDIDATES))
+    return summary([[row_of[c.product_id] for c in a.candidates] for a in answers], truth, seconds)
 
 
 @click.command()

@@ -51,7 +51,13 @@ class LoadedModels(Generic[M]):
             with self._lock:
                 self._held[model_id] = model
                 dropped = [self._held.popitem(last=False)[0] for _ in range(len(self._held) - self.keep)]
-        log.info("process %s loaded model id %s; let go of %s", os.getpid(), model_id, dropped or "none")
+        if dropped:  # each caller logs the load itself, with what it loaded
+            log.info(
+                "process %s let go of model ids %s (it holds the %s most recently used)",
+                os.getpid(),
+                dropped,
+                self.keep,
+            )
         return model
 
     def _recall(self, model_id: int) -> M | None:

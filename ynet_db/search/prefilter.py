@@ -256,12 +256,17 @@ SET_LOCAL = text(
     "SELECT set_config(name, value, true) "
     "FROM unnest(CAST(:names AS text[]), CAST(:values AS text[])) AS s(name, value)"
 )
+"""Transaction-scoped settings (SET LOCAL) from two bound arrays: `_settings(...)` binds them."""
 
 
 def set_local(conn: Connection, settings: Mapping[str, object]) -> None:
     """Transaction-scoped settings (SET LOCAL), in one round trip: gone at commit or rollback, never
     left in the pool."""
-    conn.execute(SET_LOCAL, {"names": list(settings), "values": [str(value) for value in settings.values()]})
+    conn.execute(SET_LOCAL, _settings(settings))
+
+
+def _settings(settings: Mapping[str, object]) -> dict[str, list[str]]:
+    return {"names": list(settings), "values": [str(value) for value in settings.values()]}
 
 
 CUSTOM_PLANS = {"plan_cache_mode": "force_custom_plan"}
@@ -277,11 +282,7 @@ SCANS_OF_MODEL_INDEX = (
 
 INDEX_SCANS = text(f"SELECT {SCANS_OF_MODEL_INDEX}")
 
-SETTINGS_AND_SCANS = text(
-    "SELECT (SELECT count(set_config(name, value, true)) "
-    "FROM unnest(CAST(:names AS text[]), CAST(:values AS text[])) AS s(name, value)), "
-    f"{SCANS_OF_MODEL_INDEX}"
-)
+SETTINGS_AND_SCANS = text(f"SELECT (SELECT count(*) FROM ({SET_LOCAL.text}) AS settings), {SCANS_OF_MODEL_INDEX}")
 
 
 def index_scans(conn: Connection, model: IndexedModel) -> int | None:
@@ -291,8 +292,7 @@ def index_scans(conn: Connection, model: IndexedModel) -> int | None:
 
 def set_local_then_count_scans(conn: Connection, model: IndexedModel, settings: Mapping[str, object]) -> int | None:
     """`set_local` and `index_scans` in one round trip (a search's first two statements)."""
-    values = {"names": list(settings), "values": [str(value) for value in settings.values()], "model_id": model.id}
-    return _count_or_none(conn.execute(SETTINGS_AND_SCANS, values).one()[1])
+    return _count_or_none(conn.execute(SETTINGS_AND_SCANS, {**_settings(settings), "model_id": model.id}).one()[1])
 
 
 def _count_or_none(count: int | None) -> int | None:
@@ -342,7 +342,8 @@ def nearest(
     if exact is None and filters.narrows:
         exact = policy.exact_first(count_matching(conn, filters.where, policy.EXACT_BELOW + 1))
     if not exact:
-        rows = _fetch(conn, model, query, filters, limit, exact=False, with_vectors=with_vectors)
+        sql = prefilter_sql(conn.dialect, model, query, filters, limit, exact=False, with_vectors=with_vectors)
+        rows = _fetch(conn, *sql)
         scanned = _grew(before, index_scans(conn, model))
         if (
             exact is False
@@ -350,25 +351,15 @@ def nearest(
             or not policy.exact_again(len(rows), limit, count_capped(conn, model, filters.where, limit))
         ):
             return _prefilter(rows, "ann", limit, model.version, with_vectors, scanned)
-    rows = _fetch(conn, model, query, filters, limit, exact=True, with_vectors=with_vectors)
-    return _prefilter(rows, "exact", limit, model.version, with_vectors, False)
+    sql = prefilter_sql(conn.dialect, model, query, filters, limit, exact=True, with_vectors=with_vectors)
+    return _prefilter(_fetch(conn, *sql), "exact", limit, model.version, with_vectors, False)
 
 
 def _grew(before: int | None, after: int | None) -> bool | None:
     return None if before is None or after is None else after > before
 
 
-def _fetch(
-    conn: Connection,
-    model: IndexedModel,
-    query: np.ndarray,
-    filters: CompiledFilters,
-    limit: int,
-    *,
-    exact: bool,
-    with_vectors: bool,
-) -> list[Any]:
-    sql, params = prefilter_sql(conn.dialect, model, query, filters, limit, exact=exact, with_vectors=with_vectors)
+def _fetch(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[Any]:
     # Iterative scans return rows in relaxed order; ties broken by id so both paths agree exactly.
     return sorted(fetch_binary(conn, sql, params), key=lambda row: (row.distance, row.id))
 

@@ -95,9 +95,13 @@ class RegisteredModels:
     models: LoadedModels[QueryModel] = field(default_factory=LoadedModels)
 
     def model_for(self, active: ActiveModel) -> QueryModel:
+        return self.models.get(active.id, lambda: self._load(active))
+
+    def _load(self, active: ActiveModel) -> QueryModel:
         from ynet_db.models.serving import load_record
 
-        model: QueryModel = self.models.get(active.id, lambda: load_record(active, self.settings))
+        model = load_record(active, self.settings)
+        log.info("search worker %s loaded model %s (id %s)", os.getpid(), active.version, active.id)
         return model
 
 
