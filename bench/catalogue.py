@@ -35,11 +35,19 @@ from ladder import limited, row
 @click.option("--distill-weight", default=1.0, show_default=True)
 @click.option("--train-products", type=int, help="Use only the first N training products (sorted ids).")
 @click.option("--test-products", type=int, help="Use only the first N test products (sorted ids).")
+@click.option(
+    "--validation",
+    "validation_products",
+    type=int,
+    help="Measure on the last N training products' street photos instead of the test split; training then "
+    "leaves them out. For choices (recipe, epochs, views): the test split is never used for one.",
+)
 @click.option("--cache", "cache_dir", type=click.Path(file_okay=False, path_type=Path), help="Trunk-feature cache.")
 @click.option(
     "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-data/catalogue")
 )
 @click.option("--threads", default=2, show_default=True)
+@click.option("--controls/--no-controls", default=True, show_default=True, help="Also train the two controls.")
 @click.option("--seed", default=0, show_default=True)
 def catalogue(
     dataset: Path,
@@ -50,9 +58,11 @@ def catalogue(
     distill_weight: float,
     train_products: int | None,
     test_products: int | None,
+    validation_products: int | None,
     cache_dir: Path | None,
     out_dir: Path,
     threads: int,
+    controls: bool,
     seed: int,
 ) -> None:
     """Print catalogue-only TagYNet beside its control and the pretrained start on DATASET's test split."""
@@ -64,7 +74,11 @@ def catalogue(
     from ynet_db.nn.model import build_network
 
     torch.set_num_threads(threads)
-    data = limited(load_dataset(dataset), train_products, test_products)
+    data = load_dataset(dataset)
+    if validation_products:
+        data = with_validation(data, validation_products)
+    data = limited(data, train_products, test_products)
+    measured_on = "val" if validation_products else "test"
     cache = cache_dir or out_dir / "cache"
     catalogue_products = data.split("train").products  # products, photos and tags: no street photo is read
     plan = CataloguePlan(
@@ -73,17 +87,23 @@ def catalogue(
     results: dict[str, Any] = {}
     trained: dict[str, Any] = {}
     seconds: dict[str, float] = {}
-    for label, variant in (
+    variants = [
         ("PCA 256-d start (no training)", replace(plan, epochs=0, tag_epochs=0, crop_views=False)),
         ("catalogue TagYNet", plan),
-        ("whole-photo views: the same without the crop", replace(plan, crop_views=False)),
-        ("control: the same without tag attention", replace(plan, use_tags=False)),
-    ):
+    ]
+    if controls:
+        variants += [
+            ("whole-photo views: the same without the crop", replace(plan, crop_views=False)),
+            ("control: the same without tag attention", replace(plan, use_tags=False)),
+        ]
+    for label, variant in variants:
         began = time.perf_counter()
         trained[label] = train_from_catalogue(catalogue_products, variant, cache_dir=cache)
         seconds[label] = time.perf_counter() - began
     network, vocabulary, _ = trained["catalogue TagYNet"]
-    test = cache_split(network, data.split("test"), views=1, crop=False, cache_dir=cache, device=torch.device("cpu"))
+    test = cache_split(
+        network, data.split(measured_on), views=1, crop=False, cache_dir=cache, device=torch.device("cpu")
+    )
     click.echo("| model | top-1 | top-5 | top-10 | top-20 | top-50 |\n|---|---|---|---|---|---|")
     identity = build_network(ModelConfig(), 0)
     results["pretrained (1280-d, average pooling)"] = report(cached_ranking(identity, test, vocabulary, use_tags=False))
@@ -97,8 +117,8 @@ def catalogue(
     click.echo(f"\ncrop against the release's product boxes (mean IoU): {crops}")
     summary = {
         "results": results,
-        "tagynet_minus_control_top1": top1["catalogue TagYNet"] - top1["control: the same without tag attention"],
-        "crop_minus_whole_photo_top1": top1["catalogue TagYNet"] - top1["whole-photo views: the same without the crop"],
+        "tagynet_minus_control_top1": minus(top1, "control: the same without tag attention"),
+        "crop_minus_whole_photo_top1": minus(top1, "whole-photo views: the same without the crop"),
         "crop_iou": crops,
         "train_seconds": seconds,
         "settings": {
@@ -109,12 +129,30 @@ def catalogue(
             "distill_weight": distill_weight,
             "train_products": train_products,
             "test_products": test_products,
+            "measured_on": measured_on,
+            "validation_products": validation_products,
             "seed": seed,
             "threads": threads,
         },
     }
     write_json(summary, out_dir / "catalogue.json")
     click.echo(f"\nwrote {out_dir / 'catalogue.json'}")
+
+
+def minus(top1: dict[str, float], control: str) -> float | None:
+    """Catalogue TagYNet's top-1 minus `control`'s, where the control was trained."""
+    return top1["catalogue TagYNet"] - top1[control] if control in top1 else None
+
+
+def with_validation(data: Any, count: int) -> Any:
+    """The dataset with the last `count` training products (sorted ids) and their pairs moved to 'val'."""
+    from dataclasses import replace as changed
+
+    from ynet_db.data.records import RetrievalDataset
+
+    held = set(sorted(data.split("train").products)[-count:])
+    pairs = [changed(p, split="val") if p.item_id in held else p for p in data.pairs]
+    return RetrievalDataset(data.name, data.root, data.products, pairs)
 
 
 def crop_overlap(network: Any, vocabulary: Any, products: dict[str, Any], cache: Path) -> dict[str, float]:

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
+from ynet_db.nn.garment_cut import garment_mask
+
 
 def augmented_view(image: Image.Image, rng: random.Random) -> Image.Image:
     """A random crop (60-100% of the area, aspect 3:4..4:3), a coin-flip mirror, brightness/contrast jitter."""
@@ -26,29 +28,59 @@ def augmented_view(image: Image.Image, rng: random.Random) -> Image.Image:
     view = image.crop((left, top, left + crop_w, top + crop_h))
     if rng.random() < 0.5:
         view = ImageOps.mirror(view)
-    view = ImageEnhance.Brightness(view).enhance(rng.uniform(0.7, 1.3))
-    return ImageEnhance.Contrast(view).enhance(rng.uniform(0.7, 1.3))
+    alpha = view.getchannel("A") if view.mode == "RGBA" else None
+    view = ImageEnhance.Brightness(view.convert("RGB")).enhance(rng.uniform(0.7, 1.3))
+    view = ImageEnhance.Contrast(view).enhance(rng.uniform(0.7, 1.3))
+    if alpha is not None:  # the jitter is the garment's light; its outline stays as it was
+        view.putalpha(alpha)
+    return view
 
 
-def street_view(image: Image.Image, others: Sequence[Image.Image], rng: random.Random) -> Image.Image:
+STREET_VIEWS = "v2"
+"""The street views' recipe: a view cache is kept per recipe, since its key sees only the photos."""
+
+
+def street_view(
+    image: Image.Image, others: Sequence[Image.Image], rng: random.Random, cut_out: bool = True
+) -> Image.Image:
     """A street-like photo made from a catalogue photo alone (issue 9 item 5).
 
-    The photo is cropped, tilted in perspective and shrunk onto a background cut from another
-    catalogue photo, partly hidden by an occluder cut from a third, then re-lit, blurred and
-    JPEG-compressed: what a phone adds to a garment, with the garment's own pixels unchanged in kind.
+    The garment is cut out of its plain backdrop (`cut_out`, where it has one; else the rectangle),
+    cropped, tilted in perspective, turned and shrunk onto a busy background (a corner of another
+    catalogue photo with other garments cut from others in front of it, as passers-by are), partly
+    hidden by an occluder cut from a third, then re-lit, blurred and JPEG-compressed: what a phone
+    adds to a garment, with the garment's own pixels unchanged in kind.
     """
     size = image.size
-    view = perspective(augmented_view(image, rng), rng)
-    scale = rng.uniform(0.55, 0.95)
-    garment = view.resize((max(1, round(size[0] * scale)), max(1, round(size[1] * scale))))
+    garment = perspective(augmented_view(cutout(image) if cut_out else image.convert("RGBA"), rng), rng)
+    garment = garment.rotate(rng.uniform(-15, 15), Image.Resampling.BILINEAR, expand=True)
     canvas = background(others, size, rng) if others else Image.new("RGB", size, (128, 128, 128))
-    canvas.paste(garment, (rng.randint(0, size[0] - garment.width), rng.randint(0, size[1] - garment.height)))
+    for other in rng.sample(list(others), k=min(len(others), rng.randint(0, 2))):
+        paste(canvas, cutout(other), rng.uniform(0.3, 0.7), rng)
+    paste(canvas, garment, rng.uniform(0.55, 0.95), rng)
     if others and rng.random() < 0.7:
         occlude(canvas, rng.choice(others), rng)
     canvas = ImageEnhance.Color(canvas).enhance(rng.uniform(0.6, 1.4))
     canvas = ImageEnhance.Brightness(canvas).enhance(rng.uniform(0.6, 1.3))
     canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.5)))
     return jpeg(canvas, rng.randint(30, 85))
+
+
+def cutout(image: Image.Image) -> Image.Image:
+    """RGBA: the garment nearest the centre cut from its plain backdrop, or the whole photo where it has none."""
+    cut = image.convert("RGBA")
+    mask = garment_mask(image)
+    if mask is not None:
+        cut.putalpha(mask)
+        cut = cut.crop(mask.getbbox())
+    return cut
+
+
+def paste(canvas: Image.Image, piece: Image.Image, scale: float, rng: random.Random) -> None:
+    """`piece` (RGBA) resized to `scale` of the canvas's sides, pasted at a random place through its alpha."""
+    width, height = max(1, round(canvas.width * scale)), max(1, round(canvas.height * scale))
+    piece = piece.resize((width, height), Image.Resampling.BILINEAR)
+    canvas.paste(piece, (rng.randint(0, canvas.width - width), rng.randint(0, canvas.height - height)), piece)
 
 
 def perspective(image: Image.Image, rng: random.Random, strength: float = 0.15) -> Image.Image:

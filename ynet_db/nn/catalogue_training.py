@@ -1,16 +1,18 @@
 """TagYNet from the catalogue alone (issue 9 item 5): no street photos, only products, photos and tags.
 
 - Street side: each product's street views are made by augmentation of its own catalogue photo
-  (augment.street_view: crop, scale, perspective, backgrounds and occluders cut from other
-  catalogue photos, light, blur, JPEG), or are its second photo where it has one.
+  (augment.street_view: the garment cut from its backdrop, crop, scale, perspective, turn, backgrounds,
+  garments and occluders cut from other catalogue photos, light, blur, JPEG), or are its second photo
+  where it has one.
 - Tag attention learns where the tagged garment is from the tags themselves: a linear head predicts
   the product's tags (multi-hot BCE) from the attention-pooled shop map, so with several garments
   in a photo only attention on the right one predicts its tags.
 - The street views are cut from where that attention rests (`crop_views`): a catalogue photo may show
   the product beside other garments, a shopper's photo shows the product, so after `tag_epochs` of
-  tag prediction alone each photo is cropped to the box its attention picks out (`attended_box`)
-  before it is made into street views. Without the crop the street branch learns to match whole
-  multi-garment scenes, which no shopper photographs.
+  tag prediction alone each photo is cropped to the box its attention picks out (`attended_box`),
+  narrowed on a plain backdrop to the outline of the garment under the attention's peak
+  (`garment_box`), before it is made into street views. Without the crop the street branch learns
+  to match whole multi-garment scenes, which no shopper photographs.
 - Distillation keeps both branches' embeddings near the pretrained start (cosine to the PCA-start
   network's vectors of the same input): a model trained on generated composites alone forgot what
   transfers to real photos (top-20 0.62 -> 0.33,
@@ -35,10 +37,11 @@ from torch import nn
 from tqdm import tqdm
 
 from ynet_db.data.records import Box, ImageRef, Product
-from ynet_db.nn.augment import street_view
+from ynet_db.nn.augment import STREET_VIEWS, street_view
 from ynet_db.nn.checkpoint import Checkpoint, CheckpointInfo, differing_tensors, save_checkpoint
 from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.features import cached_trunk_features, default_reader
+from ynet_db.nn.garment_cut import garment_mask, mask_box
 from ynet_db.nn.losses import triplet_loss
 from ynet_db.nn.model import build_network
 from ynet_db.nn.tags import TagVocabulary
@@ -83,8 +86,9 @@ class CatalogueFeatures:
     items: list[str] = field(default_factory=list)
 
 
-def street_reader(refs: Sequence[ImageRef], seed: int) -> Callable[[ImageRef], Image.Image]:
+def street_reader(refs: Sequence[ImageRef], seed: int, cut_out: bool) -> Callable[[ImageRef], Image.Image]:
     """Reads a ref as a street view of it; backgrounds and occluders come from two other catalogue photos.
+    `cut_out`: the garment is cut from its backdrop (the refs are crops to one garment, `attended_refs`).
 
     Called in order by the trunk cache, so the views are the same for the same refs and seed.
     """
@@ -93,7 +97,7 @@ def street_reader(refs: Sequence[ImageRef], seed: int) -> Callable[[ImageRef], I
 
     def reader(ref: ImageRef) -> Image.Image:
         others = [read(rng.choice(refs)) for _ in range(2)]
-        return street_view(read(ref), others, rng)
+        return street_view(read(ref), others, rng, cut_out=cut_out)
 
     return reader
 
@@ -162,15 +166,15 @@ def cache_street_views(
     street_refs = side.street_refs
     if crop:
         street_refs = attended_refs(network, side, cache_dir=cache_dir, device=device)
-    # The views are made by a reader the cache key does not see: a folder of their own, per seed
-    # (the key does see the crop boxes).
-    view_dir = cache_dir / f"street-views-seed{seed}" if cache_dir else None
+    # The views are made by a reader the cache key does not see: a folder of their own, per recipe
+    # and seed (the key does see the crop boxes).
+    view_dir = cache_dir / f"street-views-{STREET_VIEWS}-seed{seed}" if cache_dir else None
     street = cached_trunk_features(
         network.trunk,
         network.config,
         street_refs * views,
         view_dir,
-        reader=street_reader(side.shop_refs, seed),
+        reader=street_reader(side.shop_refs, seed, cut_out=crop),
         progress="street views" if progress else None,
         device=device,
     )
@@ -241,12 +245,28 @@ def attended_refs(network: YNet, side: ShopSide, *, cache_dir: Path | None, devi
         for offset, cells in enumerate(weights.view(-1, side_cells, side_cells).cpu()):
             ref = side.street_refs[start + offset]
             try:
-                width, height = read(ref).size
+                image = read(ref)
             except (ValueError, OSError):  # unreadable: the trunk cache records why; nothing to cut
                 refs.append(ref)
                 continue
-            refs.append(ImageRef(ref.path, attended_box(cells, width, height)))
+            refs.append(ImageRef(ref.path, garment_box(image, cells)))
     return refs
+
+
+def garment_box(image: Image.Image, weights: torch.Tensor) -> Box:
+    """The attended box (`attended_box`), narrowed on a plain backdrop to the garment under the attention's
+    peak: the box holds what the attention covers, often a neighbour's sleeve too; the outline does not."""
+    box = attended_box(weights, image.width, image.height)
+    if bool((weights >= CROP_KEEP * weights.max()).all()):  # no peak to follow (an untrained attention)
+        return box
+    row, col = divmod(int(weights.argmax()), weights.shape[1])
+    peak = ((col + 0.5) * image.width / weights.shape[1], (row + 0.5) * image.height / weights.shape[0])
+    mask = garment_mask(image, at=peak)
+    if mask is None:
+        return box
+    inside = Image.new("L", mask.size, 0)
+    inside.paste(mask.crop((box.left, box.top, box.right, box.bottom)), (box.left, box.top))
+    return mask_box(inside) or box
 
 
 def learn_tag_attention(

@@ -32,8 +32,8 @@ def two_garments(path: Path, product: str, other: str, product_left: bool) -> No
     """A 64x64 shop photo: the product's colour block on one half, another garment's on the other."""
     image = Image.new("RGB", (64, 64), (235, 235, 235))
     left, right = (product, other) if product_left else (other, product)
-    image.paste(COLOURS[left], (4, 8, 30, 56))
-    image.paste(COLOURS[right], (34, 8, 60, 56))
+    image.paste(COLOURS[left], (4, 8, 28, 56))
+    image.paste(COLOURS[right], (36, 8, 60, 56))
     image.save(path)
 
 
@@ -140,12 +140,15 @@ def test_street_views_are_cut_from_the_tagged_garment(tmp_path: Path) -> None:
     network, vocabulary, _ = train_from_catalogue(products, plan, cache_dir=tmp_path / "cache", progress=False)
     side = cache_shop_side(network, products, vocabulary, cache_dir=tmp_path / "cache", device=torch.device("cpu"))
     crops = attended_refs(network, side, cache_dir=tmp_path / "cache", device=torch.device("cpu"))
-    on_product = 0
+    on_product = tight = 0
     for item, crop in zip(side.items, crops, strict=True):
         assert crop.path == products[item].shop_images[0].path and crop.box is not None
         centre = (crop.box.left + crop.box.right) / 2
         on_product += (centre < 32) == (int(item[1:]) % 2 == 1)  # odd items have the product on the left
+        # on the plain backdrop the box is the garment's outline (24 x 48) and its margin, not map cells
+        tight += crop.box.right - crop.box.left <= 28 and crop.box.bottom - crop.box.top <= 52
     assert on_product >= 0.8 * len(crops), on_product
+    assert tight >= 0.8 * len(crops), tight
     # without the tag stage the attention is uniform and the crop is the whole photo
     untrained, vocabulary, _ = train_from_catalogue(
         products, CataloguePlan(epochs=0, tag_epochs=0, embedding_dim=16, input_size=128, map_size=4), progress=False
