@@ -32,9 +32,8 @@ def session(path: Path, threads: int, spin: bool = False) -> Any:
     is woken about a hundred times per image, which cost a batch-1 street encode (a search's query)
     16% of its time (74.6 -> 89.1 images/s, bench/encoder.py). Batches of 8 or more gained 1-3%, while
     an ingestion worker's spinning threads would compete with PostgreSQL and the writer thread for the
-    same cores, so only the street graph (queries) spins. After a run the threads stop
-    (`force_spinning_stop`): left spinning, they held a core through the whole pause after every run
-    (tests/unit/nn/test_runtime.py).
+    same cores, so only the street graph (queries) spins. After a run the threads stop (`force_spinning_stop`): left spinning, they held
+    a core through the whole pause after every run (tests/unit/nn/test_runtime.py).
     """
     import onnxruntime
 
