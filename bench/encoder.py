@@ -119,7 +119,7 @@ def int8_engine(fp32: OnnxEngine, cache: Path, threads: int, pixels: np.ndarray)
             calibrate_method=CalibrationMethod.MinMax,
             reduce_range=INT8_REDUCE_RANGE,
         )
-        sessions[kind] = session(target, threads, spin=kind == "street")  # as verified_engine does
+        sessions[kind] = session(target, threads)
     return OnnxEngine(fp32.network, sessions["shop"], sessions["street"], threads, name="onnxruntime-int8")
 
 

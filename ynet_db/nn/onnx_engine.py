@@ -25,15 +25,11 @@ class GraphMismatch(RuntimeError):
     """An ONNX graph whose outputs differ from the PyTorch network's on the check input."""
 
 
-def session(path: Path, threads: int, spin: bool = False) -> Any:
-    """An ONNX Runtime CPU session with `threads` intra-op threads; with `spin`, they spin while a run lasts.
+def session(path: Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session with `threads` intra-op threads and no thread spinning.
 
-    Spinning, a thread waits for the next operator of a run awake instead of asleep: a sleeping thread
-    is woken about a hundred times per image, which cost a batch-1 street encode (a search's query)
-    16% of its time (74.6 -> 89.1 images/s, bench/encoder.py). Batches of 8 or more gained 1-3%, while
-    an ingestion worker's spinning threads would compete with PostgreSQL and the writer thread for the
-    same cores, so only the street graph (queries) spins. After a run the threads stop (`force_spinning_stop`): left spinning, they held
-    a core through the whole pause after every run (tests/unit/nn/test_runtime.py).
+    Spinning threads keep polling for work after a run: with several worker processes on few cores
+    they take the CPU from the process that has work (and from its database writer thread).
     """
     import onnxruntime
 
@@ -42,8 +38,7 @@ def session(path: Path, threads: int, spin: bool = False) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    options.add_session_config_entry("session.force_spinning_stop", "1")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -82,7 +77,7 @@ def _array(tensor: torch.Tensor) -> Any:
 
 def verified_engine(network: YNet, shop: Path, street: Path, threads: int) -> OnnxEngine:
     """Load both graphs and compare them with `network` on a fixed input; raise if they are not the same."""
-    engine = OnnxEngine(network, session(shop, threads), session(street, threads, spin=True), threads)
+    engine = OnnxEngine(network, session(shop, threads), session(street, threads), threads)
     check(engine)
     return engine
 

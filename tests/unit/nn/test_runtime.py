@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from ynet_db.models.serving import load_serving
 from ynet_db.nn.checkpoint import load_checkpoint
 from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.model import RetrievalModel
-from ynet_db.nn.onnx_engine import MIN_COSINE, session
+from ynet_db.nn.onnx_engine import MIN_COSINE
 from ynet_db.nn.onnx_export import GRAPHS, graph_path, network_digest
 from ynet_db.nn.runtime import RuntimeUnavailable, accelerate, resolve_runtime
 from ynet_db.nn.runtime_threads import set_inference_threads
@@ -153,22 +152,6 @@ def test_the_graphs_pad_by_constants_that_onnxruntime_fuses_into_the_convolution
         onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         optimized = {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
         assert "Conv" in optimized and "Pad" not in optimized, (graph.name, sorted(optimized))
-
-
-def test_the_encoders_threads_stop_spinning_when_a_run_ends(tmp_path: Path, small_config: ModelConfig) -> None:
-    # They spin between a run's operators (batch-1 latency); left spinning after it, one of them held a core
-    # through the whole pause that follows, which a worker's database writer or the re-rank needs.
-    small_on_onnx(small_config, tmp_path)
-    street = session(next(tmp_path.glob("*street*.onnx")), threads=2, spin=True)
-    size = small_config.input_size
-    pixels = {"pixels": torch.randn(1, 3, size, size).numpy()}
-    pause_s, burnt = 0.05, 0.0
-    for _ in range(20):
-        street.run(None, pixels)
-        before = time.process_time()  # every thread of this process
-        time.sleep(pause_s)
-        burnt += time.process_time() - before
-    assert burnt < 0.25 * 20 * pause_s, f"{burnt:.2f} CPU seconds in {20 * pause_s:.1f} s of pauses after runs"
 
 
 def test_a_corrupt_cached_graph_is_refused_and_exported_again(
