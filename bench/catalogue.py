@@ -11,7 +11,9 @@ and measures on the test split's street photos against its shop photos, each que
   control               the same training with the attention kept uniform (no tag attention, so no crop)
 The crop is also scored against the release's product boxes, which training never reads: mean IoU,
 beside the IoU of the whole photo.
-The test split is never trained on nor used for a choice.
+No choice is made on the test split (`--validation N` measures on the last N training products
+instead), and its street photos are never trained on. With `--with-searched-products` its products'
+photos and tags are, as a shop's own training reads its whole catalogue, the products it searches too.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ from ladder import limited, row
     "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("bench-data/catalogue")
 )
 @click.option("--threads", default=2, show_default=True)
+@click.option(
+    "--with-searched-products",
+    is_flag=True,
+    help="Also train on the searched products' photos and tags, as a shop trains on its whole catalogue "
+    "(`ynet-db train --from-catalogue`); their street photos are still never read.",
+)
 @click.option("--controls/--no-controls", default=True, show_default=True, help="Also train the two controls.")
 @click.option("--seed", default=0, show_default=True)
 def catalogue(
@@ -62,6 +70,7 @@ def catalogue(
     cache_dir: Path | None,
     out_dir: Path,
     threads: int,
+    with_searched_products: bool,
     controls: bool,
     seed: int,
 ) -> None:
@@ -81,6 +90,8 @@ def catalogue(
     measured_on = "val" if validation_products else "test"
     cache = cache_dir or out_dir / "cache"
     catalogue_products = data.split("train").products  # products, photos and tags: no street photo is read
+    if with_searched_products:
+        catalogue_products = {**catalogue_products, **data.split(measured_on).products}
     plan = CataloguePlan(
         epochs=epochs, views=views, lr=lr, tag_weight=tag_weight, distill_weight=distill_weight, seed=seed
     )
@@ -131,6 +142,7 @@ def catalogue(
             "test_products": test_products,
             "measured_on": measured_on,
             "validation_products": validation_products,
+            "with_searched_products": with_searched_products,
             "seed": seed,
             "threads": threads,
         },

@@ -70,9 +70,10 @@ def cutout(image: Image.Image) -> Image.Image:
     """RGBA: the garment nearest the centre cut from its plain backdrop, or the whole photo where it has none."""
     cut = image.convert("RGBA")
     mask = garment_mask(image)
-    if mask is not None:
+    bounds = mask.getbbox() if mask is not None else None
+    if mask is not None and bounds is not None:  # a piece of a few pixels can vanish in the scaled mask
         cut.putalpha(mask)
-        cut = cut.crop(mask.getbbox())
+        cut = cut.crop(bounds)
     return cut
 
 
