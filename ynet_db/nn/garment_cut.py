@@ -17,9 +17,13 @@ from ynet_db.data.records import Box
 
 BACKDROP_TOLERANCE = 28
 """Largest difference in any channel (0-255) from the backdrop's colour that still counts as backdrop:
-JPEG ringing and soft shadows stay under it; garments, even white ones, mostly do not."""
+the backdrop's own gradient and JPEG noise stay under it (at most 8 on the generated shop photos); a
+garment's colours do not, nor the darker part of its drop shadow, which then goes with the garment."""
 PLAIN_BORDER_SHARE = 0.9
 """Share of the border's pixels that must be the backdrop's colour for the photo to have a backdrop."""
+MASK_SIDE = 112
+"""The outline is traced at most this many pixels wide, then scaled back to the photo: a garment's
+outline needs no more, and the piece grows one pixel per step."""
 
 
 def backdrop_colour(rgb: np.ndarray) -> np.ndarray | None:
@@ -28,11 +32,6 @@ def backdrop_colour(rgb: np.ndarray) -> np.ndarray | None:
     colour = np.median(border, axis=0)
     plain = (np.abs(border - colour).max(axis=1) <= BACKDROP_TOLERANCE).mean() >= PLAIN_BORDER_SHARE
     return colour if plain else None
-
-
-MASK_SIDE = 112
-"""The outline is traced at most this many pixels wide, then scaled back to the photo: a garment's
-outline needs no more, and the piece grows one pixel per step."""
 
 
 def garment_mask(image: Image.Image, at: tuple[float, float] | None = None) -> Image.Image | None:
