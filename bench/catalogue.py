@@ -158,12 +158,10 @@ def minus(top1: dict[str, float], control: str) -> float | None:
 
 def with_validation(data: Any, count: int) -> Any:
     """The dataset with the last `count` training products (sorted ids) and their pairs moved to 'val'."""
-    from dataclasses import replace as changed
-
     from ynet_db.data.records import RetrievalDataset
 
     held = set(sorted(data.split("train").products)[-count:])
-    pairs = [changed(p, split="val") if p.item_id in held else p for p in data.pairs]
+    pairs = [replace(p, split="val") if p.item_id in held else p for p in data.pairs]
     return RetrievalDataset(data.name, data.root, data.products, pairs)
 
 

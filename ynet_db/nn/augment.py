@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-from ynet_db.nn.garment_cut import garment_mask
+from ynet_db.nn.garment_cut import cutout
 
 
 def augmented_view(image: Image.Image, rng: random.Random) -> Image.Image:
@@ -64,17 +64,6 @@ def street_view(
     canvas = ImageEnhance.Brightness(canvas).enhance(rng.uniform(0.6, 1.3))
     canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.0, 1.5)))
     return jpeg(canvas, rng.randint(30, 85))
-
-
-def cutout(image: Image.Image) -> Image.Image:
-    """RGBA: the garment nearest the centre cut from its plain backdrop, or the whole photo where it has none."""
-    cut = image.convert("RGBA")
-    mask = garment_mask(image)
-    bounds = mask.getbbox() if mask is not None else None
-    if mask is not None and bounds is not None:  # a piece of a few pixels can vanish in the scaled mask
-        cut.putalpha(mask)
-        cut = cut.crop(bounds)
-    return cut
 
 
 def paste(canvas: Image.Image, piece: Image.Image, scale: float, rng: random.Random) -> None:

@@ -64,6 +64,17 @@ def _mask(image: Image.Image, at: tuple[float, float] | None) -> Image.Image | N
     return Image.fromarray(filled(piece_at(closed, int(ys[nearest]), int(xs[nearest]))).astype(np.uint8) * 255)
 
 
+def cutout(image: Image.Image) -> Image.Image:
+    """RGBA: the garment nearest the centre cut from its plain backdrop, or the whole photo where it has none."""
+    cut = image.convert("RGBA")
+    mask = garment_mask(image)
+    bounds = mask.getbbox() if mask is not None else None
+    if mask is not None and bounds is not None:  # a piece of a few pixels can vanish in the scaled mask
+        cut.putalpha(mask)
+        cut = cut.crop(bounds)
+    return cut
+
+
 def piece_at(foreground: np.ndarray, row: int, col: int) -> np.ndarray:
     """The 4-connected piece of `foreground` [H, W] bool holding (row, col): grown from there one step at
     a time, never leaving the foreground (a few hundred vector steps, not a pixel-by-pixel fill)."""

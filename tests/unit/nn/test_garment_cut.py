@@ -6,8 +6,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ynet_db.data.records import Box
-from ynet_db.nn.augment import cutout
-from ynet_db.nn.garment_cut import garment_mask, mask_box
+from ynet_db.nn.garment_cut import cutout, garment_mask, mask_box
 
 BACKDROP = (232, 236, 234)
 
