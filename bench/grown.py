@@ -14,10 +14,14 @@ from __future__ import annotations
 import numpy as np
 
 LAMBDA = (0.3, 0.7)
+CHUNK = 65_536
 
 
-def mixtures(vectors: np.ndarray, categories: np.ndarray, count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`count` new unit vectors (float32), each a mixture of two products of one category, and their categories.
+def mixtures(
+    vectors: np.ndarray, categories: np.ndarray, count: int, seed: int, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """`count` new unit vectors (float32, written into `out` when given), each a mixture of two products of
+    one category, and their categories.
 
     A category with a single product cannot mix; its products are never drawn as the first of a pair."""
     rng = np.random.default_rng(seed)
@@ -34,14 +38,20 @@ def mixtures(vectors: np.ndarray, categories: np.ndarray, count: int, seed: int)
             draw = rng.integers(0, len(rows) - 1, size=len(chosen))
             second[chosen] = rows[draw + (draw >= np.searchsorted(rows, first[chosen]))]
     weight = rng.uniform(*LAMBDA, size=(count, 1)).astype(np.float32)
-    mixed = weight * vectors[first] + (1 - weight) * vectors[second]
-    mixed /= np.linalg.norm(mixed, axis=1, keepdims=True)
-    return mixed.astype(np.float32), categories[first]
+    mixed = out if out is not None else np.empty((count, vectors.shape[1]), np.float32)
+    # In chunks: a million 1280-d mixtures are 5 GB, and the whole-array expression held four of them at once.
+    for start in range(0, count, CHUNK):
+        rows = slice(start, start + CHUNK)
+        part = weight[rows] * vectors[first[rows]] + (1 - weight[rows]) * vectors[second[rows]]
+        mixed[rows] = part / np.linalg.norm(part, axis=1, keepdims=True)
+    return mixed, categories[first]
 
 
 def grown(vectors: np.ndarray, categories: np.ndarray, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The encoded products first (rows 0..N-1, in their order), then mixtures up to `size` rows."""
     if size < len(vectors):
         raise ValueError(f"cannot grow {len(vectors)} encoded products to fewer ({size})")
-    extra, extra_categories = mixtures(vectors, categories, size - len(vectors), seed)
-    return np.concatenate([vectors, extra]), np.concatenate([categories, extra_categories])
+    catalogue = np.empty((size, vectors.shape[1]), np.float32)
+    catalogue[: len(vectors)] = vectors
+    _, extra_categories = mixtures(vectors, categories, size - len(vectors), seed, out=catalogue[len(vectors) :])
+    return catalogue, np.concatenate([categories, extra_categories])

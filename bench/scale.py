@@ -332,24 +332,32 @@ def main(
     }
     shipped = BY_SIZE.links(size)  # the graph ynet.build_model_index chooses for a catalogue of this size
     links = IndexLinks(shipped.m, shipped.ef_construction)
+    target = out or RESULTS / f"scale-{size}.json"
+
+    def save(complete: bool = False) -> None:
+        # After every stage: a run at a million products takes hours, and one that dies keeps what it measured.
+        target.write_text(json.dumps({**result, "complete": complete}, indent=2) + "\n")
+
     with fresh_database(shared_buffers) as database:
         click.echo(f"loading {size} x {vectors.shape[1]} vectors ...", err=True)
         loaded = load_catalogue(database.engine, model.version, vectors, links)
         result.update({key: loaded[key] for key in ("load_s", "index_build_s", "index")}, load_after_build=load())
         bench = Bench(database.engine, loaded["model_id"], vectors)
         result.update(shipped_defaults(bench, query_vectors, truth))
+        save()
         result["exact_check"] = exact_check(bench, query_vectors[:exact_checks], truth[:exact_checks])
+        save()
         result["filters"] = filtered(bench, query_vectors)
+        save()
         click.echo("end to end ...", err=True)
         result.update(in_process(bench, model, street_photos(dataset, catalogue, picks)))
+        save()
         click.echo("storage choices ...", err=True)
         factors = [int(f) for f in overfetch.split(",")]
         result["storage"] = storage_choices(bench, query_vectors, truth, links, loaded["index_build_s"], factors)
     result["load_end"] = load()
-    text_out = json.dumps(result, indent=2)
-    click.echo(text_out)
-    target = out or RESULTS / f"scale-{size}.json"
-    target.write_text(text_out + "\n")
+    save(complete=True)
+    click.echo(json.dumps(result, indent=2))
     click.echo(f"wrote {target}", err=True)
 
 
