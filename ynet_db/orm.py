@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from ynet_db.db.tables import Embedding, Model, Product
 from ynet_db.search.filters import DEFAULT_SCHEMA, MAX_K, CompiledFilters, FilterSchema, bounded, compile_filters
+from ynet_db.search.index_links import VECTOR
+from ynet_db.search.model_index import serving_element
 from ynet_db.search.prefilter import SearchError, distance_to, model_constant, nearest
 from ynet_db.search.prefilter import active_model as active_record
 
@@ -92,11 +94,15 @@ def product_embedding(session: Session, product: Product, model: Model | None = 
 
 
 def nearest_to(vector: np.ndarray, model: Model) -> ColumnElement[float]:
-    """Cosine distance of stored vectors to `vector`, in the form `model`'s HNSW index serves.
+    """Cosine distance of stored vectors to `vector`, in the form `model`'s HNSW index serves (in the element
+    type it stores, read through the session `model` was loaded in: `vector`, or `halfvec` for a large
+    catalogue's index, whose order is the half-precision copies').
 
     Use with `Embedding.model_id == model_constant(model.id)` in the same statement, and order by it.
     """
-    return distance_to(vector, model.embedding_dim)
+    session = object_session(model)
+    element = VECTOR if session is None else serving_element(session.connection(), model.id)
+    return distance_to(vector, model.embedding_dim, element=element)
 
 
 def similar_products(

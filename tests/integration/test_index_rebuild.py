@@ -33,7 +33,15 @@ from ynet_db.presentation.status import catalogue_status
 from ynet_db.search import index_links, policy
 from ynet_db.search.index_links import BY_SIZE, Links, SizeRule, links_problem
 from ynet_db.search.index_sql import DEFINITION_SIGNATURE, LINKS_SIGNATURE, definition_body, index_functions, links_body
-from ynet_db.search.model_index import REBUILD_LOCK, IndexState, RebuildError, model_indexes, rebuild
+from ynet_db.search.model_index import (
+    REBUILD_LOCK,
+    IndexState,
+    RebuildError,
+    follow_rule,
+    model_indexes,
+    rebuild,
+    serving_element,
+)
 from ynet_db.search.prefilter import prefilter
 
 LOCK_TIMEOUT_MS = 300
@@ -95,6 +103,8 @@ class Traffic:
     done: list[tuple[str, float, float]] = field(default_factory=list)
     """(kind, started, seconds) of each statement that succeeded."""
     errors: list[str] = field(default_factory=list)
+    unindexed: int = 0
+    """Searches PostgreSQL answered without scanning the model's own HNSW index (a sequential scan)."""
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
 
@@ -127,7 +137,9 @@ class Traffic:
             n += 1
 
     def _search(self, n: int) -> str:
-        prefilter(self.engine, self.queries[n % len(self.queries)], candidates=CANDIDATES, exact=False)
+        found = prefilter(self.engine, self.queries[n % len(self.queries)], candidates=CANDIDATES, exact=False)
+        # None: the model's index name was not there to count (a swap between its two statements)
+        self.unindexed += found.index_scanned is False
         return "search"
 
     def _insert(self, n: int) -> str:
@@ -199,8 +211,67 @@ def test_a_rebuild_blocks_no_search_or_write_and_serves_the_same_results(
         None,
     )
     assert [(i.name, i.links, i.valid) for i in indexes(tagged_engine)] == [(name, DENSER, True)]
-    assert said[0].startswith(f"model small@1: building ynet.{name}_rebuild with m 24, ef_construction 64 (as asked)")
-    assert said[-1].startswith(f"swapped: ynet.{name} (m 24, ef_construction 64) serves model small@1; built in ")
+    building = f"model small@1: building ynet.{name}_rebuild with m 24, ef_construction 64, vector "
+    assert said[0].startswith(building + "(m and ef_construction as asked, the rest chosen by size")
+    assert said[-1].startswith(f"swapped: ynet.{name} ({DENSER}) serves model small@1; built in ")
+
+
+@pytest.mark.usefixtures("long_search_list")
+def test_a_conversion_to_halfvec_serves_every_search_from_an_index_and_the_same_rows(
+    tagged_engine: Engine, index_engine: Engine, tagged_url: URL, queries: np.ndarray
+) -> None:
+    """The search asks in the element type of the index that serves: before the swap the old `vector` index,
+    after it the new `halfvec` one, so no search reads every row (as one asking in the wrong type would)."""
+    model = active(tagged_engine)
+    before = search_all(index_engine, queries)
+    in_sql = nearest_in_sql(index_engine, model, queries[0])
+    with Traffic(tagged_url, model.id, queries, far_from(queries)) as traffic:
+        rebuilt = rebuild(tagged_engine, model, element="halfvec")
+    assert traffic.errors == [] and traffic.during(0, time.monotonic())["search"] > 0
+    assert traffic.unindexed == 0, "a search during the conversion read every row"
+    assert (rebuilt.replaced, rebuilt.links) == (Links(16, 64), Links(16, 64, "halfvec"))
+    with tagged_engine.connect() as conn:
+        assert serving_element(conn, model.id) == "halfvec"
+    assert search_all(index_engine, queries) == before  # each answered by the halfvec index (search_all checks)
+    assert nearest_in_sql(index_engine, model, queries[0]) == in_sql
+    assert catalogue_status(tagged_engine).warnings == [], "a halfvec index covers the rule's vector choice"
+
+
+def nearest_in_sql(engine: Engine, model: ModelRecord, query: np.ndarray) -> list[tuple[str, float]]:
+    """`ynet.nearest_products`' rows, after checking that the model's own index answered it."""
+    index = f"ynet.embeddings_hnsw_model_{model.id}"
+    scans = text(f"SELECT pg_stat_get_xact_numscans('{index}'::regclass)")
+    with engine.begin() as conn:
+        before = conn.execute(scans).scalar_one()
+        rows = conn.execute(
+            text("SELECT external_id, distance FROM ynet.nearest_products(CAST(:q AS vector), 20)"),
+            {"q": vector_text(query)},
+        ).all()
+        assert conn.execute(scans).scalar_one() > before, "the model's index answered ynet.nearest_products"
+    return [(external_id, round(distance, 6)) for external_id, distance in rows]
+
+
+def test_follow_rule_rebuilds_what_the_rule_now_builds_otherwise_once(tagged_engine: Engine) -> None:
+    """A rule that makes 3,000 rows a large catalogue (indexed as halfvec) stands in for 300,000."""
+    large = SizeRule(dense_from=2000, large=Links(24, 64, "halfvec"))
+    said: list[str] = []
+    rebuilt = follow_rule(tagged_engine, rule=large, say=said.append)
+    assert [(r.links, r.replaced) for r in rebuilt] == [(large.large, Links(16, 64))]
+    assert said[0].startswith("model small@1: building ynet.")
+    assert catalogue_status(tagged_engine, rule=large).warnings == []
+    assert follow_rule(tagged_engine, rule=large) == [], "nothing left to convert"
+
+
+def test_db_upgrade_rebuilds_a_searched_models_missing_index(tagged_engine: Engine, cli: Callable[..., Result]) -> None:
+    model = active(tagged_engine)
+    with tagged_engine.begin() as conn:
+        conn.execute(text(f'DROP INDEX ynet."embeddings_hnsw_model_{model.id}"'))
+    skipped = cli("db", "upgrade", "--skip-index-rebuild")
+    assert skipped.exit_code == 0 and "building" not in skipped.output and indexes(tagged_engine) == []
+    result = cli("db", "upgrade")
+    assert result.exit_code == 0, result.output
+    assert "swapped: ynet.embeddings_hnsw_model_" in result.output
+    assert [(i.links, i.valid) for i in indexes(tagged_engine)] == [(Links(16, 64), True)]
 
 
 def test_the_same_traffic_fails_against_the_blocking_build(
@@ -387,7 +458,7 @@ def test_the_command_names_the_model_it_cannot_find(tagged_engine: Engine, cli: 
     assert "no model is active" in cli("index", "rebuild").output
     result = cli("index", "rebuild", "--model", "small@1")
     assert result.exit_code == 0, result.output
-    assert "with m 16, ef_construction 64 (chosen by size for 3,000 embedded rows)" in result.output
+    assert "with m 16, ef_construction 64, vector (chosen by size for 3,000 embedded rows)" in result.output
 
 
 def test_status_warns_with_the_command_when_the_catalogue_has_outgrown_its_index(tagged_engine: Engine) -> None:
@@ -396,11 +467,14 @@ def test_status_warns_with_the_command_when_the_catalogue_has_outgrown_its_index
     assert catalogue_status(tagged_engine).warnings == []
     status = catalogue_status(tagged_engine, rule=small)
     assert status.warnings == [
-        "model small@1: its 3,000 embedded rows have outgrown its index (m 16, ef_construction 64), the size rule "
-        "chooses m 24, ef_construction 64: `ynet-db index rebuild --model small@1 --m 24 --ef-construction 64`"
+        "model small@1: its 3,000 embedded rows have outgrown its index (m 16, ef_construction 64, vector), the size "
+        "rule chooses m 24, ef_construction 64, vector: "
+        "`ynet-db index rebuild --model small@1 --m 24 --ef-construction 64 --element vector`"
     ]
     assert status.models[0].index == Links(16, 64)
-    assert "model small (small@1, active): 3000/3000 embedded (100%); index m 16, ef_construction 64" in str(status)
+    assert "model small (small@1, active): 3000/3000 embedded (100%); index m 16, ef_construction 64, vector" in str(
+        status
+    )
     rebuilt = rebuild(tagged_engine, active(tagged_engine), rule=small)
     assert (rebuilt.links, rebuilt.rows) == (DENSER, 3000)
     after = catalogue_status(tagged_engine, rule=small)
@@ -432,7 +506,10 @@ def test_the_installed_functions_are_the_rules_rendering(engine: Engine) -> None
         assert installed_source(conn, DEFINITION_SIGNATURE) == definition_body()
         rows = [0, 1, BY_SIZE.dense_from - 1, BY_SIZE.dense_from, 10**9]
         in_sql = conn.execute(
-            text("SELECT l.m, l.ef_construction FROM unnest(CAST(:rows AS bigint[])) r, ynet.model_index_links(r) l"),
+            text(
+                "SELECT l.m, l.ef_construction, l.element "
+                "FROM unnest(CAST(:rows AS bigint[])) r, ynet.model_index_links(r) l"
+            ),
             {"rows": rows},
         ).all()
     assert [Links(*row) for row in in_sql] == [BY_SIZE.links(r) for r in rows]
@@ -463,8 +540,24 @@ def test_sql_and_python_refuse_the_same_links_in_the_same_words(engine: Engine, 
     assert str(raised.value.orig).splitlines()[0] == problem
 
 
+def test_sql_and_python_refuse_the_same_element_type_and_build_a_halfvec_index_on_request(engine: Engine) -> None:
+    problem = links_problem(16, 64, "bit")
+    assert problem == "the element type must be one of vector, halfvec, got bit"
+    model_id = catalogue(engine, "few@1", unit_vectors(300, 8, seed=4))
+    with pytest.raises(DBAPIError) as raised, engine.begin() as conn:
+        conn.execute(text("SELECT ynet.build_model_index(:id, element => 'bit')"), {"id": model_id})
+    assert str(raised.value.orig).splitlines()[0] == problem
+    with engine.begin() as conn:
+        conn.execute(text("SELECT ynet.build_model_index(:id, element => 'halfvec')"), {"id": model_id})
+        assert serving_element(conn, model_id) == "halfvec"
+    assert [i.links for i in indexes(engine)] == [Links(16, 64, "halfvec")]
+
+
 def test_one_revision_down_restores_0006s_build_model_index(empty_engine: Engine) -> None:
-    arguments = "SELECT pg_get_function_arguments('ynet.build_model_index(integer, integer, integer)'::regprocedure)"
+    arguments = (
+        "SELECT pg_get_function_arguments(oid) FROM pg_proc "
+        "WHERE proname = 'build_model_index' AND pronamespace = 'ynet'::regnamespace"
+    )
     definition = f"SELECT to_regprocedure('{DEFINITION_SIGNATURE}')"
     migrate.upgrade(empty_engine)
     migrate.downgrade(empty_engine, "0011")
@@ -481,3 +574,19 @@ def test_one_revision_down_restores_0006s_build_model_index(empty_engine: Engine
 def _no_leftover_threads() -> Iterator[None]:
     yield
     assert not [t for t in threading.enumerate() if t.name == "index-progress"], "a progress watcher outlived its build"
+
+
+def test_one_revision_down_rebuilds_a_halfvec_index_as_vector_and_restores_0012s_functions(
+    tagged_engine: Engine,
+) -> None:
+    model = active(tagged_engine)
+    rebuild(tagged_engine, model, element="halfvec")
+    migrate.downgrade(tagged_engine, "0014")
+    assert [(i.links, i.valid) for i in indexes(tagged_engine)] == [(Links(16, 64), True)]
+    with tagged_engine.connect() as conn:
+        assert conn.execute(text(f"SELECT to_regprocedure('{DEFINITION_SIGNATURE}')")).scalar_one() is None
+        old = "ynet.model_index_definition(integer, integer, integer, text, boolean)"
+        assert conn.execute(text(f"SELECT to_regprocedure('{old}')")).scalar_one() is not None
+    migrate.upgrade(tagged_engine)
+    with tagged_engine.connect() as conn:
+        assert installed_source(conn, DEFINITION_SIGNATURE) == definition_body()

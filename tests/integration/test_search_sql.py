@@ -152,6 +152,29 @@ def test_filters_and_distances_compose_in_ordinary_selects(engine: Engine, vecto
     assert names == [f"p{rare[i]}" for i in np.argsort(1.0 - vectors[rare] @ vectors[0])[:3]]
 
 
+def test_nearest_to_orders_by_a_halfvec_index_in_halfvec(engine: Engine, vectors: np.ndarray) -> None:
+    """A large catalogue's index stores halfvec: an ORM select ordered by `nearest_to` is still served by it."""
+    with Session(engine) as session:
+        model = active_orm_model(session)
+        session.execute(text("SELECT ynet.build_model_index(:id, element => 'halfvec')"), {"id": model.id})
+        statement = (
+            select(Product.external_id)
+            .join(Embedding, Embedding.product_id == Product.id)
+            .where(Embedding.model_id == model_constant(model.id))
+            .order_by(nearest_to(vectors[0], model))
+            .limit(5)
+        )
+        for plan_off in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):  # 400 rows: it would rather sort
+            session.execute(text(f"SET LOCAL {plan_off} = off"))
+        plan = "\n".join(session.scalars(text("EXPLAIN " + str(statement.compile(compile_kwargs=LITERAL)))))
+        names = session.scalars(statement).all()
+    assert f"embeddings_hnsw_model_{model.id}" in plan
+    assert names == [f"p{i}" for i in np.argsort(1.0 - vectors @ vectors[0])[:5]]
+
+
+LITERAL = {"literal_binds": True}
+
+
 def test_more_like_this_asks_for_a_source_when_several_use_the_external_id(engine: Engine, vectors: np.ndarray) -> None:
     with engine.begin() as conn:
         conn.execute(

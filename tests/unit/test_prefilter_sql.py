@@ -24,17 +24,19 @@ FILTERS: list[dict[str, Any] | None] = [
 @pytest.mark.parametrize("filters", FILTERS)
 @pytest.mark.parametrize("exact", [False, True])
 @pytest.mark.parametrize("with_vectors", [False, True])
+@pytest.mark.parametrize("element", ["vector", "halfvec"])
 def test_the_templated_sql_is_the_whole_statement_compiled(
-    filters: dict[str, Any] | None, exact: bool, with_vectors: bool
+    filters: dict[str, Any] | None, exact: bool, with_vectors: bool, element: str
 ) -> None:
     dialect = PGDialect_psycopg()
     query = np.linspace(-1, 1, 8, dtype=np.float32)
     compiled = CompiledFilters.of(filters)
     for model in (ActiveModel(3, "a@1", 8), ActiveModel(4, "b@1", 8)):  # one template each
-        whole = prefilter_statement(model, query, compiled.where, 17, exact=exact, with_vectors=with_vectors).compile(
+        options: dict[str, Any] = {"exact": exact, "with_vectors": with_vectors, "element": element}
+        whole = prefilter_statement(model, query, compiled.where, 17, **options).compile(
             dialect=dialect, compile_kwargs={"render_postcompile": True}
         )
-        sql, params = prefilter_sql(dialect, model, query, compiled, 17, exact=exact, with_vectors=with_vectors)
+        sql, params = prefilter_sql(dialect, model, query, compiled, 17, **options)
         assert tokens(sql) == tokens(str(whole))
         assert params == whole.params
         assert f"model_id = {model.id}" in sql
@@ -52,3 +54,14 @@ def tokens(sql: str) -> list[str]:
         else:
             kept.append(word)
     return kept
+
+
+def test_a_halfvec_index_is_asked_in_halfvec_and_the_distances_are_the_full_vectors() -> None:
+    dialect = PGDialect_psycopg()
+    model, query, compiled = ActiveModel(3, "a@1", 8), np.ones(8, np.float32), CompiledFilters.of(None)
+    sql, _ = prefilter_sql(dialect, model, query, compiled, 17, exact=False, with_vectors=False, element="halfvec")
+    select_list, order = sql.split("ORDER BY")
+    assert "CAST(ynet.embeddings.embedding AS HALFVEC(8)) <=> CAST(%(query)s::VARCHAR AS HALFVEC(8))" in order
+    assert "ynet.embeddings.embedding <=> CAST(%(query)s::VARCHAR AS VECTOR(8)) AS distance" in select_list
+    vector, _ = prefilter_sql(dialect, model, query, compiled, 17, exact=False, with_vectors=False, element="vector")
+    assert "HALFVEC" not in vector and "CAST(ynet.embeddings.embedding AS VECTOR(8)) <=>" in vector.split("ORDER BY")[1]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from ynet_db.cli.context import App, pass_app
+from ynet_db.cli.terminal import safe
 from ynet_db.db import migrate, server
+from ynet_db.search.model_index import RebuildError, follow_rule
 
 
 @click.group()
@@ -45,11 +47,26 @@ def url(app: App) -> None:
 
 @db.command()
 @click.argument("revision", default="head")
+@click.option(
+    "--skip-index-rebuild",
+    is_flag=True,
+    help="Leave indexes the size rule would build otherwise for `ynet-db index rebuild` (status warns).",
+)
 @pass_app
-def upgrade(app: App, revision: str) -> None:
-    """Migrate the ynet schema up to REVISION (default: the newest)."""
+def upgrade(app: App, revision: str, skip_index_rebuild: bool) -> None:
+    """Migrate the ynet schema up to REVISION (default: the newest).
+
+    At the newest revision, each searched model's HNSW index that the size rule now builds otherwise is then
+    rebuilt concurrently (as `ynet-db index rebuild` does): searches and writes go on, served by the old index
+    until the new one is swapped in. Revision 0015 indexes catalogues of 300,000 rows or more as halfvec."""
     migrate.upgrade(app.engine, revision)
-    click.echo(f"schema at {migrate.status(app.engine).current}")
+    state = migrate.status(app.engine)
+    click.echo(f"schema at {state.current}")
+    if state.up_to_date and not skip_index_rebuild:
+        try:
+            follow_rule(app.engine, say=lambda line: click.echo(safe(line)))
+        except RebuildError as error:
+            raise click.ClickException(safe(str(error))) from error
 
 
 @db.command()

@@ -25,11 +25,11 @@ then the old one is dropped (DROP INDEX CONCURRENTLY) and the new one takes its 
 index until the new one is ready; writes go to both while it is built. The build's phase is shown as it
 goes (pg_stat_progress_create_index).
 
-Links left out are chosen from the model's embedded rows, as every index build chooses them: m
-{BY_SIZE.small.m}, ef_construction {BY_SIZE.small.ef_construction} (pgvector's defaults) below
-{BY_SIZE.dense_from:,} rows, m {BY_SIZE.large.m}, ef_construction {BY_SIZE.large.ef_construction} from there;
-`ynet-db status` warns when a catalogue has outgrown its index. One value given alone must suit the other's
-choice (ef_construction >= 2 * m).
+Links and element type left out are chosen from the model's embedded rows, as every index build chooses
+them: {BY_SIZE.small} (pgvector's defaults) below {BY_SIZE.dense_from:,} rows, {BY_SIZE.large} from there
+(the index stores half-precision copies; the table keeps the full vectors, and searches follow the element
+type of the index that serves); `ynet-db status` warns when a catalogue has outgrown its index. One value
+given alone must suit the other's choice (ef_construction >= 2 * m).
 
 An index an interrupted rebuild left under the new name is dropped first, and a build that fails drops its
 own; the command says what it did. One rebuild of a model runs at a time."""
@@ -47,13 +47,19 @@ own; the command says what it did. One rebuild of a model runs at a time."""
     type=click.IntRange(2 * index_links.M_MIN, index_links.EF_CONSTRUCTION_MAX),
     help="Search list while building, at least 2 * m (default: chosen by the catalogue's size).",
 )
+@click.option(
+    "--element",
+    type=click.Choice(index_links.ELEMENTS),
+    help="What the index stores of each vector: vector (4 bytes an element) or halfvec (2) "
+    "(default: chosen by the catalogue's size).",
+)
 @pass_app
-def rebuild_(app: App, model: str | None, m: int | None, ef_construction: int | None) -> None:
+def rebuild_(app: App, model: str | None, m: int | None, ef_construction: int | None, element: str | None) -> None:
     engine = app.migrated_engine
     try:
         with engine.connect() as conn:
             record = registry.find(conn, model) if model else registry.active(conn)
-        rebuild(engine, record, m, ef_construction, say=lambda line: click.echo(safe(line)))
+        rebuild(engine, record, m, ef_construction, element=element, say=lambda line: click.echo(safe(line)))
     except LinksError as error:
         raise click.BadParameter(str(error), param_hint="'--m' / '--ef-construction'") from error
     except (registry.RegistryError, RebuildError) as error:

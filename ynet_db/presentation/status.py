@@ -24,7 +24,7 @@ from ynet_db.db.tables import JOB_STATES, Model, Product, Worker
 from ynet_db.ingestion import jobs
 from ynet_db.models.registry import Coverage, coverage
 from ynet_db.search.index_links import BY_SIZE, Links, SizeRule
-from ynet_db.search.model_index import IndexState, model_indexes
+from ynet_db.search.model_index import SEARCHED, IndexState, model_indexes
 
 RECENT_ERRORS = 5
 HEARTBEAT_INTERVAL = timedelta(seconds=5)
@@ -159,10 +159,6 @@ def _serving(model_id: int, indexes: Sequence[IndexState]) -> IndexState | None:
     return next((i for i in indexes if i.model_id == model_id and i.serving and i.valid), None)
 
 
-SEARCHED = ("active", "backfilling")
-"""States whose index searches use now or soon: only theirs are judged by size."""
-
-
 def index_warnings(row: Coverage, indexes: Sequence[IndexState], rule: SizeRule) -> list[str]:
     """What is wrong with a model's indexes, each with the command that mends it."""
     model = row.model
@@ -187,6 +183,7 @@ def index_warnings(row: Coverage, indexes: Sequence[IndexState], rule: SizeRule)
     elif not serving.links.covers(wanted):
         warnings.append(
             f"model {model.version}: its {row.embedded:,} embedded rows have outgrown its index ({serving.links}), "
-            f"the size rule chooses {wanted}: `{command} --m {wanted.m} --ef-construction {wanted.ef_construction}`"
+            f"the size rule chooses {wanted}: "
+            f"`{command} --m {wanted.m} --ef-construction {wanted.ef_construction} --element {wanted.element}`"
         )
     return warnings

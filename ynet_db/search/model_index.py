@@ -8,7 +8,8 @@ searches or writes (`ynet-db index rebuild`).
    invalid index from a failed build, or a built one whose swap was interrupted; except a built one whose
    swap stopped between its two statements, the model's only index then: it is renamed (the swap finished);
 3. CREATE INDEX CONCURRENTLY under the new name, the statement `ynet.model_index_definition` makes (the same
-   expression and predicate as the old index, so the planner serves searches from either);
+   predicate as the old index; the same expression unless the element type changes, `vector` to `halfvec`,
+   and searches ask in the element type of whichever index serves, `serving_element_sql`);
 4. the swap: DROP INDEX CONCURRENTLY the old index, then rename the new one to `ynet.model_index_name`,
    the name the search path counts its scans by.
 CREATE and DROP INDEX CONCURRENTLY take SHARE UPDATE EXCLUSIVE on the table, and renaming an index takes the
@@ -23,15 +24,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from ynet_db.models import registry
 from ynet_db.models.registry import ModelRecord
-from ynet_db.search.index_links import BY_SIZE, Links, SizeRule
+from ynet_db.search.index_links import BY_SIZE, ELEMENTS, VECTOR, Links, SizeRule
 
 REBUILD_SUFFIX = "_rebuild"
 """The new index's name during a rebuild: the model's index name with this suffix."""
@@ -64,9 +66,43 @@ class IndexState:
         return not self.name.endswith(REBUILD_SUFFIX)
 
 
+INDEX_ELEMENT = (
+    "(SELECT t.typname::text FROM pg_opclass o JOIN pg_type t ON t.oid = o.opcintype WHERE o.oid = i.indclass[0])"
+)
+"""The element type (`vector`, `halfvec`) the index `i` (a pg_index row) stores: its operator class's input type."""
+
+
+def serving_index_sql(model: str) -> str:
+    """A query of one row (`oid`, `element`), or none: the index searches of the model ask (`model`: an SQL
+    expression of its id) and the element type they ask in. The index a rebuild built beside the model's own,
+    from the moment it is valid, else its own.
+
+    So an index converted by a rebuild (`vector` to `halfvec`) serves every search from the moment it is built,
+    and the old one is dropped only when no transaction that could have read the old type is left (`_swap`):
+    no search reads every row because of a conversion."""
+    return (
+        f"SELECT c.oid, {INDEX_ELEMENT} AS element FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        f"WHERE c.relnamespace = 'ynet'::regnamespace AND i.indisvalid AND c.relname IN "
+        f"(ynet.model_index_name({model}), ynet.model_index_name({model}) || '{REBUILD_SUFFIX}') "
+        "ORDER BY c.relname DESC LIMIT 1"  # the rebuild's name is the model's own and a suffix
+    )
+
+
+def serving_element_sql(model: str) -> str:
+    """A scalar SQL expression: the element type of `serving_index_sql`; 'vector' when the model has no index
+    (a search then reads every row, whatever it asks)."""
+    return f"coalesce((SELECT s.element FROM ({serving_index_sql(model)}) AS s), '{VECTOR}')"
+
+
+def serving_element(conn: Connection, model_id: int) -> str:
+    """The element type searches of the model ask in (`serving_index_sql`)."""
+    element = text(f"SELECT {serving_element_sql('CAST(:id AS integer)')}")
+    return str(conn.execute(element, {"id": model_id}).scalar_one())
+
+
 INDEXES = text(
-    """
-    SELECT m.id, c.relname, c.reloptions, i.indisvalid,
+    f"""
+    SELECT m.id, c.relname, c.reloptions, {INDEX_ELEMENT}, i.indisvalid,
            EXISTS (SELECT 1 FROM pg_locks l
                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
                       AND l.classid::bigint = :lock AND l.objid::bigint = m.id)
@@ -83,7 +119,9 @@ def model_indexes(conn: Connection) -> list[IndexState]:
     """Every model's index, and any a rebuild is building (or left) beside it."""
     rows = conn.execute(INDEXES, {"lock": REBUILD_LOCK, "suffix": REBUILD_SUFFIX})
     return [
-        IndexState(id_, name, Links.from_reloptions(options), valid, busy) for id_, name, options, valid, busy in rows
+        # an index under the name that ynet-db did not make (by hand; not HNSW) is reported as `vector`
+        IndexState(id_, name, Links.from_catalog(options, element if element in ELEMENTS else VECTOR), valid, busy)
+        for id_, name, options, element, valid, busy in rows
     ]
 
 
@@ -106,35 +144,60 @@ def rebuild(
     m: int | None = None,
     ef_construction: int | None = None,
     *,
+    element: str | None = None,
     rule: SizeRule = BY_SIZE,
     say: Say = lambda line: None,
     progress_every_s: float = PROGRESS_EVERY_S,
 ) -> Rebuilt:
     """Build `model`'s index again beside the old one, then swap them; `say` hears each step as it
-    happens, and the build's progress. Links not given are chosen by `rule` from the model's embedded rows
-    (as `ynet.model_index_definition` chooses them); links pgvector would refuse raise `LinksError` before
-    anything is changed."""
+    happens, and the build's progress. Links and element type not given are chosen by `rule` from the model's
+    embedded rows (as `ynet.model_index_definition` chooses them); links pgvector would refuse raise
+    `LinksError` before anything is changed."""
+    asked = {"m": m, "ef_construction": ef_construction, "element": element}
     with _session(engine) as conn:
         _lock(conn, model)
         rows = _embedded_rows(conn, model)
         by_size = rule.links(rows)
         links = Links(
-            by_size.m if m is None else m, by_size.ef_construction if ef_construction is None else ef_construction
+            by_size.m if m is None else m,
+            by_size.ef_construction if ef_construction is None else ef_construction,
+            by_size.element if element is None else element,
         )
         name = str(conn.execute(text("SELECT ynet.model_index_name(:id)"), {"id": model.id}).scalar_one())
         building = name + REBUILD_SUFFIX
         leftover = _settle_leftover(conn, model, name, building, say)
         replaced = next((i.links for i in model_indexes(conn) if i.name == name and i.valid), None)
         say(
-            f"model {model.version}: building ynet.{building} with {links} ({_why(m, ef_construction, rows)}) "
+            f"model {model.version}: building ynet.{building} with {links} ({_why(asked, rows)}) "
             f"concurrently beside ynet.{name} ({replaced or 'none'}); searches and writes go on"
         )
         started = time.monotonic()
         _build(conn, engine, model, links, building, rows, say, progress_every_s)
         build_s = time.monotonic() - started
-        _swap(conn, name, building)
+        _swap(conn, name, building, say)
         say(f"swapped: ynet.{name} ({links}) serves model {model.version}; built in {build_s:.1f} s")
         return Rebuilt(name, links, rows, replaced, leftover, build_s)
+
+
+SEARCHED = ("active", "backfilling")
+"""States whose index searches use now or soon: only theirs are judged by size."""
+
+
+def follow_rule(engine: Engine, *, rule: SizeRule = BY_SIZE, say: Say = lambda line: None) -> list[Rebuilt]:
+    """Rebuild, one after the other, the index of every model searches use whose index the size rule would
+    not build now (none valid, or one `Links.covers` says falls short); each as `rebuild` does, never
+    blocking searches or writes. `ynet-db db upgrade` runs it after the migrations, so that a catalogue the
+    rule now indexes otherwise (revision 0015: `halfvec` from 300,000 rows) is converted in place."""
+    done = []
+    for model in registry.list_models(engine):
+        if model.state not in SEARCHED:
+            continue
+        with engine.connect() as conn:
+            rows = _embedded_rows(conn, model)
+            serving = next((i for i in model_indexes(conn) if i.model_id == model.id and i.serving and i.valid), None)
+        if serving is None or not serving.links.covers(rule.links(rows)):
+            done.append(rebuild(engine, model, rule=rule, say=say))
+    return done
 
 
 def _embedded_rows(conn: Connection, model: ModelRecord) -> int:
@@ -142,13 +205,14 @@ def _embedded_rows(conn: Connection, model: ModelRecord) -> int:
     return int(conn.execute(count, {"id": model.id}).scalar_one())
 
 
-def _why(m: int | None, ef_construction: int | None, rows: int) -> str:
+def _why(asked: Mapping[str, object], rows: int) -> str:
     by_size = f"chosen by size for {rows:,} embedded rows"
-    if m is None and ef_construction is None:
+    given = [key for key, value in asked.items() if value is not None]
+    if not given:
         return by_size
-    if m is not None and ef_construction is not None:
+    if len(given) == len(asked):
         return "as asked"
-    return f"{'m' if m is not None else 'ef_construction'} as asked, the other {by_size}"
+    return f"{' and '.join(given)} as asked, the rest {by_size}"
 
 
 @contextmanager
@@ -221,8 +285,8 @@ def _build(
 ) -> None:
     """Step 3; a failed build's invalid index is dropped before the error is raised."""
     statement = conn.execute(
-        text("SELECT ynet.model_index_definition(:id, :m, :ef, :name, true)"),
-        {"id": model.id, "m": links.m, "ef": links.ef_construction, "name": building},
+        text("SELECT ynet.model_index_definition(:id, :m, :ef, :name, true, :element)"),
+        {"id": model.id, "m": links.m, "ef": links.ef_construction, "name": building, "element": links.element},
     ).scalar_one()
     pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
     try:
@@ -249,8 +313,27 @@ def _drop_failed(conn: Connection, building: str, say: Say) -> str:
     return outcome
 
 
-def _swap(conn: Connection, name: str, building: str) -> None:
-    """Step 4. Between the two statements the new index serves searches under its own name."""
+SWAP_WAIT_S = 30.0
+"""How long the swap waits for the transactions older than the new index before it drops the old one."""
+
+OLDER_TRANSACTIONS = text(
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+    "AND backend_type = 'client backend' AND xact_start < :built"
+)
+
+
+def _swap(conn: Connection, name: str, building: str, say: Say) -> None:
+    """Step 4. From the moment the new index is valid, searches ask in its element type (`serving_element_sql`);
+    one that read the old type just before still plans its statement against the old index, so the old index
+    is dropped once the transactions older than the new one have ended (DROP INDEX CONCURRENTLY waits only for
+    those that locked the table, and a search locks it only with that statement). Between the two statements
+    the new index serves searches under its own name."""
+    built = conn.execute(text("SELECT clock_timestamp()")).scalar_one()
+    deadline = time.monotonic() + SWAP_WAIT_S
+    while (older := conn.execute(OLDER_TRANSACTIONS, {"built": built}).scalar_one()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if older:
+        say(f"  {older} transactions older than the new index still open after {SWAP_WAIT_S:.0f} s: dropping it now")
     conn.exec_driver_sql(f"DROP INDEX CONCURRENTLY IF EXISTS {_qualified(name)}")
     conn.exec_driver_sql(f'ALTER INDEX {_qualified(building)} RENAME TO "{name}"')
 

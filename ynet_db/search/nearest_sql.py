@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ynet_db.search import policy
 from ynet_db.search.filters import MAX_CANDIDATES
+from ynet_db.search.model_index import serving_element_sql
 
 SIGNATURE = "ynet.nearest_products(vector, integer, text, text[], text[], integer)"
 
@@ -41,6 +42,7 @@ def function_body() -> str:
     return f"""
 DECLARE
     m record;
+    element text;
     filtered boolean := category IS NOT NULL OR tags_any IS NOT NULL OR tags_all IS NOT NULL;
     exact boolean := false;
     embedded integer;
@@ -52,13 +54,14 @@ DECLARE
     conditions constant text := '($2::text IS NULL OR p.category = $2)'
         ' AND ($3::text[] IS NULL OR p.tags && $3) AND ($4::text[] IS NULL OR p.tags @> $4)'
         ' AND ($5::integer IS NULL OR p.id <> $5)';
-    -- %1$s the distance's stored side, %2$s the model id; relaxed_order may return rows slightly out
-    -- of order, so the outer query sorts them (ties by id, as the Python prefilter breaks them).
+    -- %1$s the order's stored side, %2$s the model id, %3$s the order's query side; the distances are the
+    -- full vectors' whatever the order's type. relaxed_order may return rows slightly out of order, so the
+    -- outer query sorts them (ties by id, as the Python prefilter breaks them).
     nearest constant text := 'SELECT array_agg(s.id ORDER BY s.distance, s.id),'
         ' array_agg(s.external_id ORDER BY s.distance, s.id), array_agg(s.distance ORDER BY s.distance, s.id)'
-        ' FROM (SELECT p.id, p.external_id, (%1$s <=> $1)::double precision AS distance'
+        ' FROM (SELECT p.id, p.external_id, (e.embedding <=> $1)::double precision AS distance'
         ' FROM ynet.embeddings e JOIN ynet.products p ON p.id = e.product_id'
-        ' WHERE e.model_id = %2$s AND ' || conditions || ' ORDER BY %1$s <=> $1 LIMIT $6) s';
+        ' WHERE e.model_id = %2$s AND ' || conditions || ' ORDER BY %1$s <=> %3$s LIMIT $6) s';
 BEGIN
     IF k IS NULL OR k < 1 OR k > {MAX_CANDIDATES} THEN
         RAISE EXCEPTION 'k must be between 1 and {MAX_CANDIDATES}, got %', k USING ERRCODE = 'invalid_parameter_value';
@@ -83,11 +86,13 @@ BEGIN
         EXECUTE 'SELECT count(*) <= $7 FROM (SELECT 1 FROM ynet.products p WHERE ' || conditions || ' LIMIT $7 + 1) s'
            INTO exact USING query, category, tags_any, tags_all, exclude_product, k, {policy.EXACT_BELOW};
     END IF;
-    IF NOT exact THEN  -- step 2: the model's HNSW index
+    IF NOT exact THEN  -- step 2: the model's HNSW index, asked in the element type it stores
         -- Read only now: pgvector defines its settings when its library loads (vector_dims above did).
         {_save_settings()}
         {_set_settings()}
-        EXECUTE format(nearest, format('e.embedding::vector(%s)', m.embedding_dim), m.id)
+        element := {serving_element_sql("m.id")};
+        EXECUTE format(nearest, format('e.embedding::%s(%s)', element, m.embedding_dim), m.id,
+                       format('$1::%s(%s)', element, m.embedding_dim))
            INTO ids, names, distances USING query, category, tags_any, tags_all, exclude_product, k;
         {_restore_settings()}
         IF coalesce(cardinality(ids), 0) < k THEN  -- step 3: short while more rows match
@@ -99,7 +104,7 @@ BEGIN
     END IF;
     IF exact THEN
         -- `e.embedding` has no index: an exact scan of the matching rows.
-        EXECUTE format(nearest, 'e.embedding', m.id)
+        EXECUTE format(nearest, 'e.embedding', m.id, '$1')
            INTO ids, names, distances USING query, category, tags_any, tags_all, exclude_product, k;
     END IF;
     RETURN QUERY SELECT * FROM unnest(ids, names, distances);

@@ -3,10 +3,12 @@ nearest-neighbour policy (`policy.py`: the search list, iterative scans, exact s
 matches few products and for an index scan that came back short).
 
 Only the active model's rows are read, through its partial HNSW index
-(`WHERE model_id = m ORDER BY embedding::vector(d) <=> q`; the model id and dimension are integers from
-`ynet.models`, written into the SQL so the planner can match the index). The settings are set with
-`set_config(..., true)`: they end with the transaction and never reach the next user of a pooled
-connection. `prefilter` runs in a transaction of its own; `nearest` runs in the caller's
+(`WHERE model_id = m ORDER BY embedding::vector(d) <=> q`, or `::halfvec(d)` where the index stores
+half-precision elements, `index_links`; the model id and dimension are integers from `ynet.models`, written
+into the SQL so the planner can match the index). The element type is read from the index that serves, in
+the search's first round trip, so an index converted by a rebuild serves from the moment it is swapped in.
+The settings are set with `set_config(..., true)`: they end with the transaction and never reach the next
+user of a pooled connection. `prefilter` runs in a transaction of its own; `nearest` runs in the caller's
 (`ynet_db.orm.similar_products`).
 """
 
@@ -42,6 +44,8 @@ from ynet_db.models import registry
 from ynet_db.models.registry import ModelRecord
 from ynet_db.search import policy
 from ynet_db.search.filters import DEFAULT_SCHEMA, CompiledFilters, FilterSchema
+from ynet_db.search.index_links import HALFVEC, VECTOR
+from ynet_db.search.model_index import serving_index_sql
 
 Path_ = Literal["ann", "exact"]
 
@@ -148,20 +152,24 @@ def prefilter_statement(
     *,
     exact: bool,
     with_vectors: bool = False,
+    element: str = VECTOR,
 ) -> Select[Any]:
-    """The candidate query. ANN orders by the indexed expression; exact by one no index has.
+    """The candidate query. ANN orders by the indexed expression (in the index's `element` type); exact by one
+    no index has. The distances are the full vectors' either way.
 
     With vectors, the ranking runs in a subquery and the outer query encodes only the rows that survive
     its limit: encoded below the sort, every row matching the filter would be (10 ms per 1,000 at 1280-d).
     """
     e, p = Embedding.__table__.c, Product.__table__.c
-    distance = distance_to(query, model.embedding_dim, indexed=not exact, name=QUERY)
+    order = distance_to(query, model.embedding_dim, indexed=not exact, element=element, name=QUERY)
+    full = element == VECTOR or exact  # else the order is a halfvec index's, and the distance computed apart
+    distance = order if full else distance_to(query, model.embedding_dim, indexed=False, name=QUERY)
     columns = [p.id, p.external_id, p.title, p.category, p.tags, p.image_uri, distance.label("distance")]
     statement = (
         select(*columns, *([e.embedding.label("stored")] if with_vectors else []))
         .select_from(Embedding.__table__.join(Product.__table__, p.id == e.product_id))
         .where(e.model_id == model_constant(model.id), where)
-        .order_by(distance)
+        .order_by(order)
         .limit(bindparam(LIMIT, limit, Integer))
     )
     if not with_vectors:
@@ -179,7 +187,7 @@ FILTERS_MARK = "__ynet_filters__"
 
 
 @lru_cache(maxsize=256)
-def statement_template(model_id: int, dim: int, exact: bool, with_vectors: bool, dialect: Dialect) -> str:
+def statement_template(model_id: int, dim: int, exact: bool, with_vectors: bool, element: str, dialect: Dialect) -> str:
     """The prefilter statement's SQL for one model and path, with `FILTERS_MARK` where the filter goes.
 
     Only the filter differs from one search to the next, so the rest is built and compiled once:
@@ -191,6 +199,7 @@ def statement_template(model_id: int, dim: int, exact: bool, with_vectors: bool,
         0,
         exact=exact,
         with_vectors=with_vectors,
+        element=element,
     )
     return str(statement.compile(dialect=dialect, compile_kwargs={"render_postcompile": True}))
 
@@ -204,10 +213,11 @@ def prefilter_sql(
     *,
     exact: bool,
     with_vectors: bool,
+    element: str = VECTOR,
 ) -> tuple[str, dict[str, Any]]:
     """The prefilter statement as SQL text and parameters for the driver (`prefilter_statement`, compiled)."""
     where = filters.where.compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    template = statement_template(model.id, model.embedding_dim, exact, with_vectors, dialect)
+    template = statement_template(model.id, model.embedding_dim, exact, with_vectors, element, dialect)
     sql = template.replace(FILTERS_MARK, f"({where})")
     return sql, {QUERY: vector_text(query), LIMIT: limit, **where.params}
 
@@ -219,14 +229,19 @@ def model_constant(model_id: int) -> ColumnElement[int]:
     return bindparam("model_id", int(model_id), Integer, literal_execute=True)
 
 
-def distance_to(query: np.ndarray, dim: int, *, indexed: bool = True, name: str | None = None) -> ColumnElement[float]:
+def distance_to(
+    query: np.ndarray, dim: int, *, indexed: bool = True, element: str = VECTOR, name: str | None = None
+) -> ColumnElement[float]:
     """Cosine distance of stored vectors to `query`: in the form the model's HNSW index serves
-    (`embedding::vector(dim) <=> q`), or, for exact search, in a form no index has. `name`: the query's
-    parameter name (anonymous by default, so that one statement may hold several distances)."""
+    (`embedding::vector(dim) <=> q`, both sides `halfvec(dim)` for an index of that `element` type), or, for
+    exact search, in a form no index has. `name`: the query's parameter name (anonymous by default, so that
+    one statement may hold several distances)."""
+    from pgvector.sqlalchemy import HALFVEC as HalfVector
     from pgvector.sqlalchemy import Vector
 
-    q = cast(bindparam(name, vector_text(query), String), Vector(dim))
-    stored = cast(Embedding.__table__.c.embedding, Vector(dim)) if indexed else Embedding.__table__.c.embedding
+    as_indexed = HalfVector(dim) if indexed and element == HALFVEC else Vector(dim)
+    q = cast(bindparam(name, vector_text(query), String), as_indexed)
+    stored = cast(Embedding.__table__.c.embedding, as_indexed) if indexed else Embedding.__table__.c.embedding
     return stored.op("<=>", return_type=Float())(q)
 
 
@@ -275,24 +290,43 @@ generic plan that ignores the filter's values: a 10% tag filter at 100,000 produ
 to 460 ms on a pooled connection's sixth query. A plan for these values costs well under 1 ms."""
 
 
-SCANS_OF_MODEL_INDEX = (
-    "CASE WHEN current_setting('track_counts')::boolean "
-    "THEN pg_stat_get_xact_numscans(to_regclass('ynet.' || ynet.model_index_name(:model_id))) END"
+SETTINGS_AND_SERVING_INDEX = text(
+    f"SELECT (SELECT count(*) FROM ({SET_LOCAL.text}) AS settings), s.oid, coalesce(s.element, '{VECTOR}'), "
+    "CASE WHEN current_setting('track_counts')::boolean THEN pg_stat_get_xact_numscans(s.oid) END "
+    f"FROM (SELECT) AS one LEFT JOIN LATERAL ({serving_index_sql('CAST(:model_id AS integer)')}) AS s ON true"
 )
 
-INDEX_SCANS = text(f"SELECT {SCANS_OF_MODEL_INDEX}")
-
-SETTINGS_AND_SCANS = text(f"SELECT (SELECT count(*) FROM ({SET_LOCAL.text}) AS settings), {SCANS_OF_MODEL_INDEX}")
-
-
-def index_scans(conn: Connection, model: IndexedModel) -> int | None:
-    """Scans of the model's HNSW index counted in this backend and not yet reported; None when unknown."""
-    return _count_or_none(conn.execute(INDEX_SCANS, {"model_id": model.id}).scalar_one())
+INDEX_SCANS = text(
+    "SELECT CASE WHEN current_setting('track_counts')::boolean THEN pg_stat_get_xact_numscans(CAST(:oid AS oid)) END"
+)
 
 
-def set_local_then_count_scans(conn: Connection, model: IndexedModel, settings: Mapping[str, object]) -> int | None:
-    """`set_local` and `index_scans` in one round trip (a search's first two statements)."""
-    return _count_or_none(conn.execute(SETTINGS_AND_SCANS, {**_settings(settings), "model_id": model.id}).one()[1])
+@dataclass(frozen=True)
+class ServingIndex:
+    """The model's index a search asks (`model_index.serving_index_sql`), as its first statement found it."""
+
+    oid: int | None
+    """None: the model has no valid index."""
+    element: str
+    """The element type to ask in (`vector` when there is no index)."""
+    scans: int | None
+    """Its scans counted in this transaction so far; None when unknown (no index, or track_counts off)."""
+
+    def scanned(self, conn: Connection) -> bool | None:
+        """Whether it was scanned since (PostgreSQL's per-transaction count); None when nobody can tell."""
+        if self.oid is None or self.scans is None:
+            return None
+        after = _count_or_none(conn.execute(INDEX_SCANS, {"oid": self.oid}).scalar_one())
+        return None if after is None else after > self.scans
+
+
+def set_local_and_find_index(conn: Connection, model: IndexedModel, settings: Mapping[str, object]) -> ServingIndex:
+    """`set_local`, and the index the search asks with its scans so far, in one round trip (a search's first
+    statement)."""
+    _, oid, element, scans = conn.execute(
+        SETTINGS_AND_SERVING_INDEX, {**_settings(settings), "model_id": model.id}
+    ).one()
+    return ServingIndex(oid, str(element), _count_or_none(scans))
 
 
 def _count_or_none(count: int | None) -> int | None:
@@ -338,13 +372,15 @@ def nearest(
             f"the query vector has shape {tuple(query.shape)}, model {model.version} stores "
             f"{model.embedding_dim} dimensions"
         )
-    before = set_local_then_count_scans(conn, model, CUSTOM_PLANS | policy.ann_settings(limit))
+    serving = set_local_and_find_index(conn, model, CUSTOM_PLANS | policy.ann_settings(limit))
     if exact is None and filters.narrows:
         exact = policy.exact_first(count_matching(conn, filters.where, policy.EXACT_BELOW + 1))
     if not exact:
-        sql = prefilter_sql(conn.dialect, model, query, filters, limit, exact=False, with_vectors=with_vectors)
+        sql = prefilter_sql(
+            conn.dialect, model, query, filters, limit, exact=False, with_vectors=with_vectors, element=serving.element
+        )
         rows = _fetch(conn, *sql)
-        scanned = _grew(before, index_scans(conn, model))
+        scanned = serving.scanned(conn)
         if (
             exact is False
             or len(rows) == limit
@@ -353,10 +389,6 @@ def nearest(
             return _prefilter(rows, "ann", limit, model.version, with_vectors, scanned)
     sql = prefilter_sql(conn.dialect, model, query, filters, limit, exact=True, with_vectors=with_vectors)
     return _prefilter(_fetch(conn, *sql), "exact", limit, model.version, with_vectors, False)
-
-
-def _grew(before: int | None, after: int | None) -> bool | None:
-    return None if before is None or after is None else after > before
 
 
 def _fetch(conn: Connection, sql: str, params: Mapping[str, Any]) -> list[Any]:
