@@ -43,10 +43,12 @@ shared_buffers_option = click.option(
 
 
 class IndexLinks(NamedTuple):
-    """The model index's graph (`ynet.build_model_index`): pgvector's defaults unless asked."""
+    """The model index's graph (`ynet.build_model_index`): pgvector's defaults unless asked, and its element type
+    (None: chosen by the catalogue's size, `ynet_db.search.index_links`)."""
 
     m: int = 16
     ef_construction: int = 64
+    element: str | None = None
 
 
 class Database(NamedTuple):
@@ -149,8 +151,8 @@ def load_catalogue(engine: Engine, version: str, vectors: np.ndarray, links: Ind
 def build_index(conn: Connection, model_id: int, links: IndexLinks, n: int, dim: int) -> None:
     """The model's index, built as the trigger builds it with the links asked, with the memory the build wants."""
     conn.execute(text(f"SET LOCAL maintenance_work_mem = '{build_memory_mb(n, dim, links.m)}MB'"))
-    build = text("SELECT ynet.build_model_index(:id, :m, :ef)")
-    conn.execute(build, {"id": model_id, "m": links.m, "ef": links.ef_construction})
+    build = text("SELECT ynet.build_model_index(:id, :m, :ef, :element)")
+    conn.execute(build, {"id": model_id, "m": links.m, "ef": links.ef_construction, "element": links.element})
 
 
 def build_memory_mb(n: int, dim: int, m: int, bytes_per_dim: float = 4) -> int:

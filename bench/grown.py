@@ -41,9 +41,9 @@ def mixtures(
     mixed = out if out is not None else np.empty((count, vectors.shape[1]), np.float32)
     # In chunks: a million 1280-d mixtures are 5 GB, and the whole-array expression held four of them at once.
     for start in range(0, count, CHUNK):
-        rows = slice(start, start + CHUNK)
-        part = weight[rows] * vectors[first[rows]] + (1 - weight[rows]) * vectors[second[rows]]
-        mixed[rows] = part / np.linalg.norm(part, axis=1, keepdims=True)
+        chunk = slice(start, start + CHUNK)
+        part = weight[chunk] * vectors[first[chunk]] + (1 - weight[chunk]) * vectors[second[chunk]]
+        mixed[chunk] = part / np.linalg.norm(part, axis=1, keepdims=True)
     return mixed, categories[first]
 
 

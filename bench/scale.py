@@ -55,7 +55,7 @@ from bench_db import (
 from encoded import CACHE, EncodedCatalogue, encoded, serving_model
 from grown import grown
 from sqlalchemy import Engine, text
-from storage import BIT, HALFVEC, VECTOR, Storage, centred_bit, inspect, nearest
+from storage import BIT, HALFVEC, VECTOR, Storage, centred_bit, inspect, nearest, shipped
 from tqdm import tqdm
 from truth import nearest_rows, ranks, recall
 
@@ -194,19 +194,21 @@ def storage_choices(
     queries: np.ndarray,
     truth: np.ndarray,
     links: IndexLinks,
-    vector_build_s: float,
+    shipped_build_s: float,
     overfetch: Sequence[int],
 ) -> dict[str, Any]:
-    """Each index on the same rows: its size, build time, recall of the 256 candidates, latency."""
+    """Each index on the same rows: its size, build time, recall of the 256 candidates, latency. The model's own
+    index (`links.element`) is one of `vector` and `halfvec`; the other is built beside it."""
     n, dim = bench.vectors.shape
     out: dict[str, Any] = {}
     with bench.engine.connect() as conn:
         table = conn.execute(text("SELECT pg_table_size('ynet.embeddings')")).scalar_one()
     out["table_bytes"] = table
     out["table_bytes_per_product"] = round(table / n)
-    builds = {"vector": vector_build_s}
+    builds = {links.element: shipped_build_s}  # the model's own index: the other element type is built beside it
+    dense = [shipped(s) if s.name == links.element else s for s in (VECTOR, HALFVEC)]
     centred = centred_bit(bench.vectors.mean(axis=0))
-    for storage in (HALFVEC, BIT, centred):
+    for storage in [s for s in dense if s.name != links.element] + [BIT, centred]:
         started = time.perf_counter()
         with bench.engine.begin() as conn:
             conn.execute(text(f"SET LOCAL maintenance_work_mem = '{build_memory_mb(n, dim, links.m)}MB'"))
@@ -215,7 +217,7 @@ def storage_choices(
     with bench.engine.begin() as conn:
         conn.execute(text("ANALYZE ynet.embeddings"))
     bits = [replace(bit, overfetch=factor) for bit in (BIT, centred) for factor in overfetch]
-    variants = [VECTOR, HALFVEC, *bits]
+    variants = [*dense, *bits]
     for storage in variants:
         out[storage.label] = measure_storage(bench, storage, queries, truth, builds[storage.name])
     return out
@@ -330,8 +332,8 @@ def main(
         "load_start": load(),
         "shared_buffers": shared_buffers,
     }
-    shipped = BY_SIZE.links(size)  # the graph ynet.build_model_index chooses for a catalogue of this size
-    links = IndexLinks(shipped.m, shipped.ef_construction)
+    by_size = BY_SIZE.links(size)  # the index ynet.build_model_index chooses for a catalogue of this size
+    links = IndexLinks(by_size.m, by_size.ef_construction, by_size.element)
     target = out or RESULTS / f"scale-{size}.json"
 
     def save(complete: bool = False) -> None:
