@@ -58,7 +58,7 @@ def upgrade(app: App, revision: str, skip_index_rebuild: bool) -> None:
 
     At the newest revision, each searched model's HNSW index that the size rule now builds otherwise is then
     rebuilt concurrently (as `ynet-db index rebuild` does): searches and writes go on, served by the old index
-    until the new one is swapped in. Revision 0015 indexes catalogues of 300,000 rows or more as halfvec."""
+    until the new one is built. Revision 0015 indexes catalogues of 300,000 rows or more as halfvec."""
     migrate.upgrade(app.engine, revision)
     state = migrate.status(app.engine)
     click.echo(f"schema at {state.current}")

@@ -20,9 +20,10 @@ def index() -> None:
 BY_SIZE = index_links.BY_SIZE
 REBUILD_HELP = f"""Rebuild a model's HNSW index without blocking searches or writes.
 
-The new index is built with CREATE INDEX CONCURRENTLY beside the old one, under the name <index>_rebuild;
-then the old one is dropped (DROP INDEX CONCURRENTLY) and the new one takes its name. Searches use the old
-index until the new one is ready; writes go to both while it is built. The build's phase is shown as it
+The new index is built with CREATE INDEX CONCURRENTLY beside the old one, under the name <index>_rebuild.
+Searches use the old index until the new one is built, and the new one from then on; once the transactions
+older than the new index have ended, the old one is dropped (DROP INDEX CONCURRENTLY) and the new one takes
+its name. Writes go to both while it is built. The build's phase is shown as it
 goes (pg_stat_progress_create_index).
 
 Links and element type left out are chosen from the model's embedded rows, as every index build chooses
