@@ -76,7 +76,7 @@ def catalogue(
 ) -> None:
     """Print catalogue-only TagYNet beside its control and the pretrained start on DATASET's test split."""
     from ynet_db.data import load_dataset
-    from ynet_db.models.evaluate import report, write_json
+    from ynet_db.models.evaluate import paired_difference, report, write_json
     from ynet_db.nn.catalogue_training import CataloguePlan, train_from_catalogue
     from ynet_db.nn.config import ModelConfig
     from ynet_db.nn.fit import cache_split, cached_ranking
@@ -117,19 +117,33 @@ def catalogue(
     )
     click.echo("| model | top-1 | top-5 | top-10 | top-20 | top-50 |\n|---|---|---|---|---|---|")
     identity = build_network(ModelConfig(), 0)
-    results["pretrained (1280-d, average pooling)"] = report(cached_ranking(identity, test, vocabulary, use_tags=False))
-    click.echo(row("pretrained (1280-d, average pooling)", results["pretrained (1280-d, average pooling)"]))
-    for label, (net, vocab, losses) in trained.items():
-        results[label] = report(cached_ranking(net, test, vocab, use_tags="control" not in label))
-        results[label]["epoch_losses"] = losses
+    pretrained = "pretrained (1280-d, average pooling)"
+    rankings = {pretrained: cached_ranking(identity, test, vocabulary, use_tags=False)}
+    for label, (net, vocab, _) in trained.items():
+        rankings[label] = cached_ranking(net, test, vocab, use_tags="control" not in label)
+    ranks = {label: ranking.ranks for label, ranking in rankings.items()}
+    for label, ranking in rankings.items():
+        # the same queries in the same order for every model: the per-query ranks let runs be compared paired
+        results[label] = {**report(ranking), "ranks": ranking.ranks.tolist()}
+        if label in trained:
+            results[label]["epoch_losses"] = trained[label][2]
         click.echo(row(label, results[label]))
     top1 = {name: result["top_k"]["1"] for name, result in results.items()}
+    paired = {
+        f"catalogue TagYNet - {other}": paired_difference(ranks["catalogue TagYNet"], ranks[other])
+        for other in ranks
+        if other != "catalogue TagYNet"
+    }
+    for name, difference in paired.items():
+        top1_gain = difference["1"]
+        click.echo(f"{name}: top-1 {top1_gain['difference']:+.3f} (paired SE {top1_gain['standard_error']:.3f})")
     crops = crop_overlap(network, vocabulary, catalogue_products, cache)
     click.echo(f"\ncrop against the release's product boxes (mean IoU): {crops}")
     summary = {
         "results": results,
         "tagynet_minus_control_top1": minus(top1, "control: the same without tag attention"),
         "crop_minus_whole_photo_top1": minus(top1, "whole-photo views: the same without the crop"),
+        "paired": paired,
         "crop_iou": crops,
         "train_seconds": seconds,
         "settings": {

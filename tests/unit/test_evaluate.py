@@ -16,6 +16,7 @@ from ynet_db.models.evaluate import (
     catalogue_queries,
     evaluate_model,
     first_hit_ranks,
+    paired_difference,
     plot_topk,
     query_images,
     rank_queries,
@@ -70,6 +71,21 @@ def test_reranker_order_replaces_the_short_list() -> None:
     assert first_hit_ranks(queries, gallery, ["c"], items, reranker=prefer_c, rerank_depth=3).tolist() == [0.0]
     # outside the short list the re-ranker cannot help
     assert first_hit_ranks(queries, gallery, ["c"], items, reranker=prefer_c, rerank_depth=2).tolist() == [2.0]
+
+
+def test_a_paired_difference_has_a_smaller_error_than_its_rows_when_they_agree() -> None:
+    rng = np.random.default_rng(0)
+    control = rng.integers(0, 40, size=2000).astype(np.float64)
+    better = control.copy()
+    better[rng.choice(np.flatnonzero(control >= 1), size=60, replace=False)] = 0  # 60 more found first
+    gained = paired_difference(better, control, ks=(1, 20))
+    assert gained["1"]["difference"] == pytest.approx(60 / 2000)
+    assert gained["20"]["difference"] == pytest.approx(np.mean(control >= 20) - np.mean(better >= 20))
+    rows = math.hypot(bootstrap_standard_error((better < 1) * 1.0), bootstrap_standard_error((control < 1) * 1.0))
+    assert 0 < gained["1"]["standard_error"] < 0.75 * rows
+    assert paired_difference(control, control)["1"] == {"difference": 0.0, "standard_error": 0.0}
+    with pytest.raises(ValueError, match="the same queries"):
+        paired_difference(control, control[:10])
 
 
 def test_bootstrap_standard_error_is_close_to_the_binomial_one() -> None:

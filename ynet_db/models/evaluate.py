@@ -123,6 +123,21 @@ def bootstrap_standard_error(hits: np.ndarray, rounds: int = 1000, seed: int = 0
     return float(hits[samples].mean(axis=1).std(ddof=1))
 
 
+def paired_difference(
+    ranks: np.ndarray, control: np.ndarray, ks: Sequence[int] = KS, rounds: int = 1000
+) -> dict[str, dict[str, float]]:
+    """Top-k of `ranks` less top-k of `control`, the same queries ranked by two models, each difference with
+    its paired bootstrap standard error (the queries resampled together): far smaller than the two rows'
+    own errors combined when both models find the same easy queries."""
+    if ranks.shape != control.shape:
+        raise ValueError(f"paired rankings need the same queries: {ranks.shape} against {control.shape}")
+    out: dict[str, dict[str, float]] = {}
+    for k in ks:
+        gained = (ranks < k).astype(np.float64) - (control < k).astype(np.float64)
+        out[str(k)] = {"difference": float(gained.mean()), "standard_error": bootstrap_standard_error(gained, rounds)}
+    return out
+
+
 def report(ranking: Ranking, ks: Sequence[int] = KS, rounds: int = 1000) -> dict[str, Any]:
     """JSON-ready: overall and per-category top-k accuracy, each with its bootstrap standard error."""
     result = {"queries": len(ranking.ranks), **summary(ranking.ranks, ks, rounds)}
