@@ -24,7 +24,7 @@ from ynet_db.db.tables import JOB_STATES, Model, Product, Worker
 from ynet_db.ingestion import jobs
 from ynet_db.models.registry import Coverage, coverage
 from ynet_db.search.index_links import BY_SIZE, Links, SizeRule
-from ynet_db.search.model_index import SEARCHED, IndexState, model_indexes
+from ynet_db.search.model_index import SEARCHED, IndexState, model_indexes, own_valid_index
 
 RECENT_ERRORS = 5
 HEARTBEAT_INTERVAL = timedelta(seconds=5)
@@ -149,14 +149,9 @@ def live_workers(session: Session) -> list[LiveWorker]:
 
 def _coverage(row: Coverage, indexes: Sequence[IndexState]) -> ModelCoverage:
     """The registry's own count (`registry.coverage`), so status and promotion agree on what is dead."""
-    model, index = row.model, _serving(row.model.id, indexes)
+    model, index = row.model, own_valid_index(row.model.id, indexes)
     links = index.links if index else None
     return ModelCoverage(model.name, model.version, model.state, row.embedded, row.dead, links)
-
-
-def _serving(model_id: int, indexes: Sequence[IndexState]) -> IndexState | None:
-    """The model's own index, when it is valid."""
-    return next((i for i in indexes if i.model_id == model_id and i.serving and i.valid), None)
 
 
 def index_warnings(row: Coverage, indexes: Sequence[IndexState], rule: SizeRule) -> list[str]:
@@ -176,7 +171,7 @@ def index_warnings(row: Coverage, indexes: Sequence[IndexState], rule: SizeRule)
     ]
     if model.state not in SEARCHED:
         return warnings
-    serving = _serving(model.id, indexes)
+    serving = own_valid_index(model.id, indexes)
     wanted = rule.links(row.embedded)
     if serving is None:
         warnings.append(f"model {model.version} has no valid HNSW index, so searches read every row: `{command}`")

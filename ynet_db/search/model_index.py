@@ -9,9 +9,9 @@ searches or writes (`ynet-db index rebuild`).
    swap stopped between its two statements, the model's only index then: it is renamed (the swap finished);
 3. CREATE INDEX CONCURRENTLY under the new name, the statement `ynet.model_index_definition` makes (the same
    predicate as the old index; the same expression unless the element type changes, `vector` to `halfvec`,
-   and searches ask in the element type of whichever index serves, `serving_element_sql`);
-4. the swap: DROP INDEX CONCURRENTLY the old index, then rename the new one to `ynet.model_index_name`,
-   the name the search path counts its scans by.
+   and searches ask the new index, in its element type, from the moment it is valid: `serving_index_sql`);
+4. the swap: once the transactions older than the new index have ended, DROP INDEX CONCURRENTLY the old
+   index, then rename the new one to `ynet.model_index_name`.
 CREATE and DROP INDEX CONCURRENTLY take SHARE UPDATE EXCLUSIVE on the table, and renaming an index takes the
 same lock on the index (PostgreSQL >= 12): none of them conflicts with a search's ACCESS SHARE or a write's
 ROW EXCLUSIVE. CONCURRENTLY cannot run in a transaction block or a function, so each statement runs on its
@@ -179,6 +179,11 @@ def rebuild(
         return Rebuilt(name, links, rows, replaced, leftover, build_s)
 
 
+def own_valid_index(model_id: int, indexes: Sequence[IndexState]) -> IndexState | None:
+    """The model's own index (not one a rebuild builds beside it), when it is valid."""
+    return next((i for i in indexes if i.model_id == model_id and i.serving and i.valid), None)
+
+
 SEARCHED = ("active", "backfilling")
 """States whose index searches use now or soon: only theirs are judged by size."""
 
@@ -194,7 +199,7 @@ def follow_rule(engine: Engine, *, rule: SizeRule = BY_SIZE, say: Say = lambda l
             continue
         with engine.connect() as conn:
             rows = _embedded_rows(conn, model)
-            serving = next((i for i in model_indexes(conn) if i.model_id == model.id and i.serving and i.valid), None)
+            serving = own_valid_index(model.id, model_indexes(conn))
         if serving is None or not serving.links.covers(rule.links(rows)):
             done.append(rebuild(engine, model, rule=rule, say=say))
     return done
