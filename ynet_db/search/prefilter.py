@@ -6,7 +6,7 @@ Only the active model's rows are read, through its partial HNSW index
 (`WHERE model_id = m ORDER BY embedding::vector(d) <=> q`, or `::halfvec(d)` where the index stores
 half-precision elements, `index_links`; the model id and dimension are integers from `ynet.models`, written
 into the SQL so the planner can match the index). The element type is read from the index that serves, in
-the search's first round trip, so an index converted by a rebuild serves from the moment it is swapped in.
+the search's first round trip, so an index converted by a rebuild serves from the moment it is built.
 The settings are set with `set_config(..., true)`: they end with the transaction and never reach the next
 user of a pooled connection. `prefilter` runs in a transaction of its own; `nearest` runs in the caller's
 (`ynet_db.orm.similar_products`).
