@@ -359,7 +359,8 @@ def test_health_status_and_metrics(served: ServeProcess, default_model: Retrieva
     assert health.json()["checks"]["model"] == {"ok": True, "detail": f"active model {default_model.version}"}
     status = served.get("/status").json()
     assert status["products"] == 60 and status["models"][0]["embedded"] == 60
-    assert status["models"][0]["index"] == {"m": 16, "ef_construction": 64} and status["warnings"] == []
+    assert status["models"][0]["index"] == {"m": 16, "ef_construction": 64, "element": "vector"}
+    assert status["warnings"] == []
     assert [window["window_s"] for window in status["throughput"]] == [60.0, 300.0]
     served.post_form("/search", {"k": "2"}, {"image": png(2)})
     metrics = served.get("/metrics")
