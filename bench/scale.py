@@ -31,7 +31,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ import numpy as np
 from bench_db import (
     CANDIDATES,
     FILTER_SHARES,
+    Database,
     IndexLinks,
     K,
     build_memory_mb,
@@ -99,10 +101,12 @@ the order asked, so the index path measures the index (hnsw_index_scanned says w
 
 
 class Bench:
-    """One loaded catalogue: its engine, its model row and the mapping from product ids to catalogue rows."""
+    """One loaded catalogue: its engine, its model row, its size and mean vector (the catalogue's vectors
+    themselves are not kept: at a million products they are 5 GB the server's cache wants), and the mapping
+    from product ids to catalogue rows."""
 
-    def __init__(self, engine: Engine, model_id: int, vectors: np.ndarray) -> None:
-        self.engine, self.model_id, self.vectors = engine, model_id, vectors
+    def __init__(self, engine: Engine, model_id: int, size: int, mean: np.ndarray) -> None:
+        self.engine, self.model_id, self.size, self.mean = engine, model_id, size, mean
         with engine.connect() as conn:
             self.row_of = {
                 pid: int(ext[1:]) for pid, ext in conn.execute(text("SELECT id, external_id FROM ynet.products"))
@@ -158,15 +162,24 @@ def exact_check(bench: Bench, queries: np.ndarray, truth: np.ndarray) -> dict[st
     }
 
 
-def filtered(bench: Bench, queries: np.ndarray) -> dict[str, Any]:
-    """Per filter share: the policy's path, the index path (iterative scans, forced) and the exact path."""
+def filter_truths(vectors: np.ndarray, queries: np.ndarray) -> dict[str, np.ndarray]:
+    """Per filter share, each query's 256 nearest rows among those the filter keeps (NumPy)."""
+    truths = {}
+    for share, every in FILTER_SHARES.items():
+        rows = filter_rows(len(vectors), every)
+        truths[share] = rows[nearest_rows(vectors[rows], queries, CANDIDATES)]
+    return truths
+
+
+def filtered(bench: Bench, queries: np.ndarray, truths: dict[str, np.ndarray], path_queries: int) -> dict[str, Any]:
+    """Per filter share: the policy's path (every query), the index path (iterative scans, forced) and the
+    exact path (the first `path_queries`: at a million products an exact search under a 10% filter reads
+    most of the table)."""
     from ynet_db.search import policy
 
     out: dict[str, Any] = {}
-    n = len(bench.vectors)
     for share, every in FILTER_SHARES.items():
-        rows = filter_rows(n, every)
-        truth = rows[nearest_rows(bench.vectors[rows], queries, CANDIDATES)]
+        rows, truth = filter_rows(bench.size, every), truths[share]
         filters = {"tags": [f"f{every}"]}
         result: dict[str, Any] = {
             "matching": len(rows),
@@ -178,9 +191,11 @@ def filtered(bench: Bench, queries: np.ndarray) -> dict[str, Any]:
             "exact": lambda q, f=filters: bench.prefilter(q, filters=f, exact=True),
         }
         for path, run in paths.items():
-            answers, seconds = measured(f"{share} {path}", queries, run)
+            count = len(queries) if path == "policy" else path_queries
+            answers, seconds = measured(f"{share} {path}", queries[:count], run)
             result[path] = {
-                **summary([bench.rows(a) for a in answers], truth, seconds),
+                "queries": count,
+                **summary([bench.rows(a) for a in answers], truth[:count], seconds),
                 "paths": sorted({a.path for a in answers}),
                 "hnsw_index_scanned": sorted({str(a.index_scanned) for a in answers}),
             }
@@ -199,7 +214,7 @@ def storage_choices(
 ) -> dict[str, Any]:
     """Each index on the same rows: its size, build time, recall of the 256 candidates, latency. The model's own
     index (`links.element`) is one of `vector` and `halfvec`; the other is built beside it."""
-    n, dim = bench.vectors.shape
+    n, dim = bench.size, len(bench.mean)
     out: dict[str, Any] = {}
     with bench.engine.connect() as conn:
         table = conn.execute(text("SELECT pg_table_size('ynet.embeddings')")).scalar_one()
@@ -207,7 +222,7 @@ def storage_choices(
     out["table_bytes_per_product"] = round(table / n)
     builds = {links.element: shipped_build_s}  # the model's own index: the other element type is built beside it
     dense = [shipped(s) if s.name == links.element else s for s in (VECTOR, HALFVEC)]
-    centred = centred_bit(bench.vectors.mean(axis=0))
+    centred = centred_bit(bench.mean)
     for storage in [s for s in dense if s.name != links.element] + [BIT, centred]:
         started = time.perf_counter()
         with bench.engine.begin() as conn:
@@ -236,7 +251,7 @@ def measure_storage(
     found = [[bench.row_of[p] for p in a] for a in answers]
     return {
         "index_bytes": size,
-        "index_bytes_per_product": round(size / len(bench.vectors)),
+        "index_bytes_per_product": round(size / bench.size),
         "build_s": build_s,
         "overfetch": storage.overfetch,
         **inspect(bench.engine, storage, bench.model_id, queries[0], CANDIDATES),
@@ -288,6 +303,18 @@ def query_picks(catalogue: EncodedCatalogue, count: int, seed: int) -> np.ndarra
 @shared_buffers_option
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(0), help="Mixtures and query draw.")
 @click.option(
+    "--path-queries",
+    type=click.IntRange(1),
+    help="Queries the forced index path and the exact path answer under each filter [default: all].",
+)
+@click.option("--skip-storage", is_flag=True, help="Measure the shipped index only, not the other storage choices.")
+@click.option(
+    "--reuse",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The data directory of the server an interrupted run of the same SIZE and seed left running (its "
+    "catalogue loaded and indexed): measure on it, keeping what --out already holds, instead of loading again.",
+)
+@click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
     help="JSON results [default: bench/results/scale-SIZE.json].",
@@ -302,6 +329,9 @@ def main(
     threads: int,
     seed: int,
     shared_buffers: str,
+    path_queries: int | None,
+    skip_storage: bool,
+    reuse: Path | None,
     out: Path | None,
 ) -> None:
     """Measure search at SIZE products on DATASET's encoded vectors (a generated benchmark)."""
@@ -312,55 +342,88 @@ def main(
     picks = query_picks(catalogue, queries, seed + 1)
     query_vectors, own = catalogue.street[picks], catalogue.street_product[picks]
     click.echo(f"ground truth of {len(picks)} queries over {size} products ...", err=True)
-    truth = nearest_rows(vectors, query_vectors, CANDIDATES)
+    truth, truths = nearest_rows(vectors, query_vectors, CANDIDATES), filter_truths(vectors, query_vectors)
     rank = ranks(vectors, query_vectors, own)
-    result: dict[str, Any] = {
-        "products": size,
-        "encoded_products": len(catalogue.shop),
-        "mixtures": size - len(catalogue.shop),
-        "dim": int(vectors.shape[1]),
-        "model": model.version,
-        "runtime": model.runtime,
-        "queries": len(picks),
-        "encoding": catalogue.seconds,
-        # How real the queries are: where each photo's own product lies among all products (0 = nearest).
-        "own_product_rank": {
-            "median": float(np.median(rank)),
-            "first": round(float(np.mean(rank == 0)), 4),
-            "within_256": round(float(np.mean(rank < CANDIDATES)), 4),
-        },
-        "load_start": load(),
-        "shared_buffers": shared_buffers,
-    }
+    target = out or RESULTS / f"scale-{size}.json"
+    result: dict[str, Any] = json.loads(target.read_text()) if reuse else {}
+    result.update(
+        {
+            "products": size,
+            "encoded_products": len(catalogue.shop),
+            "mixtures": size - len(catalogue.shop),
+            "dim": int(vectors.shape[1]),
+            "model": model.version,
+            "runtime": model.runtime,
+            "queries": len(picks),
+            "encoding": catalogue.seconds,
+            # How real the queries are: where each photo's own product lies among all products (0 = nearest).
+            "own_product_rank": {
+                "median": float(np.median(rank)),
+                "first": round(float(np.mean(rank == 0)), 4),
+                "within_256": round(float(np.mean(rank < CANDIDATES)), 4),
+            },
+            "load_start": load(),
+            "shared_buffers": shared_buffers,
+        }
+    )
     by_size = BY_SIZE.links(size)  # the index ynet.build_model_index chooses for a catalogue of this size
     links = IndexLinks(by_size.m, by_size.ef_construction, by_size.element)
-    target = out or RESULTS / f"scale-{size}.json"
 
     def save(complete: bool = False) -> None:
         # After every stage: a run at a million products takes hours, and one that dies keeps what it measured.
         target.write_text(json.dumps({**result, "complete": complete}, indent=2) + "\n")
 
-    with fresh_database(shared_buffers) as database:
-        click.echo(f"loading {size} x {vectors.shape[1]} vectors ...", err=True)
-        loaded = load_catalogue(database.engine, model.version, vectors, links)
-        result.update({key: loaded[key] for key in ("load_s", "index_build_s", "index")}, load_after_build=load())
-        bench = Bench(database.engine, loaded["model_id"], vectors)
+    with running(reuse) if reuse else fresh_database(shared_buffers) as database:
+        if reuse:
+            result["resumed_on_the_loaded_server"] = True
+            model_id = active_model_id(database.engine)
+        else:
+            click.echo(f"loading {size} x {vectors.shape[1]} vectors ...", err=True)
+            loaded = load_catalogue(database.engine, model.version, vectors, links)
+            result.update({key: loaded[key] for key in ("load_s", "index_build_s", "index")}, load_after_build=load())
+            model_id = loaded["model_id"]
+        bench = Bench(database.engine, model_id, size, vectors.mean(axis=0))
+        del vectors  # 5 GB at a million products: the server's cache wants the memory
+        if reuse:  # the interrupted run measured the index right after its build: kept beside the warm figures
+            result["after_build"] = {key: result[key] for key in ("recall_at_256", "prefilter") if key in result}
         result.update(shipped_defaults(bench, query_vectors, truth))
         save()
-        result["exact_check"] = exact_check(bench, query_vectors[:exact_checks], truth[:exact_checks])
-        save()
-        result["filters"] = filtered(bench, query_vectors)
+        if "exact_check" not in result:  # at a million products each takes seconds: one run's is enough
+            result["exact_check"] = exact_check(bench, query_vectors[:exact_checks], truth[:exact_checks])
+            save()
+        result["filters"] = filtered(bench, query_vectors, truths, path_queries or len(query_vectors))
         save()
         click.echo("end to end ...", err=True)
         result.update(in_process(bench, model, street_photos(dataset, catalogue, picks)))
         save()
-        click.echo("storage choices ...", err=True)
-        factors = [int(f) for f in overfetch.split(",")]
-        result["storage"] = storage_choices(bench, query_vectors, truth, links, loaded["index_build_s"], factors)
+        if not skip_storage:
+            click.echo("storage choices ...", err=True)
+            factors = [int(f) for f in overfetch.split(",")]
+            result["storage"] = storage_choices(bench, query_vectors, truth, links, result["index_build_s"], factors)
     result["load_end"] = load()
     save(complete=True)
     click.echo(json.dumps(result, indent=2))
     click.echo(f"wrote {target}", err=True)
+
+
+@contextmanager
+def running(data_dir: Path) -> Iterator[Database]:
+    """The embedded server an interrupted run left in `data_dir` (its socket directory), left running after."""
+    from sqlalchemy.engine import URL
+
+    from ynet_db.db.engine import make_engine
+
+    url = URL.create("postgresql+psycopg", username="postgres", database="ynet", query={"host": str(data_dir)})
+    engine = make_engine(url, pool_size=20, max_overflow=0)
+    try:
+        yield Database(engine, url, data_dir)
+    finally:
+        engine.dispose()
+
+
+def active_model_id(engine: Engine) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT id FROM ynet.models WHERE state = 'active'")).scalar_one())
 
 
 if __name__ == "__main__":
