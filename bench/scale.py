@@ -386,7 +386,7 @@ def main(
         del vectors  # 5 GB at a million products: the server's cache wants the memory
         if reuse:  # the interrupted run measured the index right after its build: kept beside the warm figures
             result["after_build"] = {key: result[key] for key in ("recall_at_256", "prefilter") if key in result}
-        result.update(shipped_defaults(bench, query_vectors, truth))
+        result.update(shipped_defaults(bench, query_vectors, truth), **sizes(bench))
         save()
         if "exact_check" not in result:  # at a million products each takes seconds: one run's is enough
             result["exact_check"] = exact_check(bench, query_vectors[:exact_checks], truth[:exact_checks])
@@ -419,6 +419,19 @@ def running(data_dir: Path) -> Iterator[Database]:
         yield Database(engine, url, data_dir)
     finally:
         engine.dispose()
+
+
+def sizes(bench: Bench) -> dict[str, int]:
+    """Bytes on disk of the embeddings table and of the model's own index."""
+    with bench.engine.connect() as conn:
+        table, index = conn.execute(
+            text(
+                "SELECT pg_table_size('ynet.embeddings'), "
+                "pg_relation_size(to_regclass('ynet.' || ynet.model_index_name(:id)))"
+            ),
+            {"id": bench.model_id},
+        ).one()
+    return {"table_bytes": table, "index_bytes": index}
 
 
 def active_model_id(engine: Engine) -> int:
