@@ -307,6 +307,7 @@ def query_picks(catalogue: EncodedCatalogue, count: int, seed: int) -> np.ndarra
     type=click.IntRange(1),
     help="Queries the forced index path and the exact path answer under each filter [default: all].",
 )
+@click.option("--skip-filters", is_flag=True, help="Leave filtered searches out (--reuse keeps the last run's).")
 @click.option("--skip-storage", is_flag=True, help="Measure the shipped index only, not the other storage choices.")
 @click.option(
     "--reuse",
@@ -330,6 +331,7 @@ def main(
     seed: int,
     shared_buffers: str,
     path_queries: int | None,
+    skip_filters: bool,
     skip_storage: bool,
     reuse: Path | None,
     out: Path | None,
@@ -391,8 +393,9 @@ def main(
         if "exact_check" not in result:  # at a million products each takes seconds: one run's is enough
             result["exact_check"] = exact_check(bench, query_vectors[:exact_checks], truth[:exact_checks])
             save()
-        result["filters"] = filtered(bench, query_vectors, truths, path_queries or len(query_vectors))
-        save()
+        if not skip_filters:
+            result["filters"] = filtered(bench, query_vectors, truths, path_queries or len(query_vectors))
+            save()
         click.echo("end to end ...", err=True)
         result.update(in_process(bench, model, street_photos(dataset, catalogue, picks)))
         save()
