@@ -307,6 +307,11 @@ def query_picks(catalogue: EncodedCatalogue, count: int, seed: int) -> np.ndarra
     type=click.IntRange(1),
     help="Queries the forced index path and the exact path answer under each filter [default: all].",
 )
+@click.option(
+    "--prewarm",
+    is_flag=True,
+    help="Read the shipped index into shared_buffers first (pg_prewarm), as a server that has been serving holds it.",
+)
 @click.option("--skip-filters", is_flag=True, help="Leave filtered searches out (--reuse keeps the last run's).")
 @click.option("--skip-storage", is_flag=True, help="Measure the shipped index only, not the other storage choices.")
 @click.option(
@@ -331,6 +336,7 @@ def main(
     seed: int,
     shared_buffers: str,
     path_queries: int | None,
+    prewarm: bool,
     skip_filters: bool,
     skip_storage: bool,
     reuse: Path | None,
@@ -386,6 +392,7 @@ def main(
             model_id = loaded["model_id"]
         bench = Bench(database.engine, model_id, size, vectors.mean(axis=0))
         del vectors  # 5 GB at a million products: the server's cache wants the memory
+        result["prewarmed_pages"] = prewarmed(bench) if prewarm else None
         if reuse:  # the interrupted run measured the index right after its build: kept beside the warm figures
             result["after_build"] = {key: result[key] for key in ("recall_at_256", "prefilter") if key in result}
         result.update(shipped_defaults(bench, query_vectors, truth), **sizes(bench))
@@ -422,6 +429,14 @@ def running(data_dir: Path) -> Iterator[Database]:
         yield Database(engine, url, data_dir)
     finally:
         engine.dispose()
+
+
+def prewarmed(bench: Bench) -> int:
+    """pg_prewarm of the model's own index: the pages read into shared_buffers."""
+    with bench.engine.begin() as conn:
+        conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_prewarm"))
+        index = text("SELECT pg_prewarm(to_regclass('ynet.' || ynet.model_index_name(:id)))")
+        return int(conn.execute(index, {"id": bench.model_id}).scalar_one())
 
 
 def sizes(bench: Bench) -> dict[str, int]:
