@@ -121,7 +121,6 @@ def catalogue(
     rankings = {pretrained: cached_ranking(identity, test, vocabulary, use_tags=False)}
     for label, (net, vocab, _) in trained.items():
         rankings[label] = cached_ranking(net, test, vocab, use_tags="control" not in label)
-    ranks = {label: ranking.ranks for label, ranking in rankings.items()}
     for label, ranking in rankings.items():
         # the same queries in the same order for every model: the per-query ranks let runs be compared paired
         results[label] = {**report(ranking), "ranks": ranking.ranks.tolist()}
@@ -130,8 +129,8 @@ def catalogue(
         click.echo(row(label, results[label]))
     top1 = {name: result["top_k"]["1"] for name, result in results.items()}
     paired = {
-        f"catalogue TagYNet - {other}": paired_difference(ranks["catalogue TagYNet"], ranks[other])
-        for other in ranks
+        f"catalogue TagYNet - {other}": paired_difference(rankings["catalogue TagYNet"].ranks, rankings[other].ranks)
+        for other in rankings
         if other != "catalogue TagYNet"
     }
     for name, difference in paired.items():

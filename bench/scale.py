@@ -61,6 +61,7 @@ from storage import BIT, HALFVEC, VECTOR, Storage, centred_bit, inspect, nearest
 from tqdm import tqdm
 from truth import nearest_rows, ranks, recall
 
+from ynet_db.models import registry
 from ynet_db.search.index_links import BY_SIZE
 
 RESULTS = Path(__file__).parent / "results"
@@ -216,9 +217,7 @@ def storage_choices(
     index (`links.element`) is one of `vector` and `halfvec`; the other is built beside it."""
     n, dim = bench.size, len(bench.mean)
     out: dict[str, Any] = {}
-    with bench.engine.connect() as conn:
-        table = conn.execute(text("SELECT pg_table_size('ynet.embeddings')")).scalar_one()
-    out["table_bytes"] = table
+    out["table_bytes"] = table = sizes(bench)["table_bytes"]
     out["table_bytes_per_product"] = round(table / n)
     builds = {links.element: shipped_build_s}  # the model's own index: the other element type is built beside it
     dense = [shipped(s) if s.name == links.element else s for s in (VECTOR, HALFVEC)]
@@ -317,8 +316,9 @@ def query_picks(catalogue: EncodedCatalogue, count: int, seed: int) -> np.ndarra
 @click.option(
     "--reuse",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="The data directory of the server an interrupted run of the same SIZE and seed left running (its "
-    "catalogue loaded and indexed): measure on it, keeping what --out already holds, instead of loading again.",
+    help="The data directory (/tmp/ynet-bench-*/pgdata) of the server an interrupted run of the same SIZE and "
+    "seed left running, its catalogue loaded and indexed: measure on it, keeping what --out already holds, "
+    "instead of loading again.",
 )
 @click.option(
     "--out",
@@ -384,7 +384,8 @@ def main(
     with running(reuse) if reuse else fresh_database(shared_buffers) as database:
         if reuse:
             result["resumed_on_the_loaded_server"] = True
-            model_id = active_model_id(database.engine)
+            with database.engine.connect() as conn:
+                model_id = registry.active(conn).id
         else:
             click.echo(f"loading {size} x {vectors.shape[1]} vectors ...", err=True)
             loaded = load_catalogue(database.engine, model.version, vectors, links)
@@ -418,12 +419,14 @@ def main(
 
 @contextmanager
 def running(data_dir: Path) -> Iterator[Database]:
-    """The embedded server an interrupted run left in `data_dir` (its socket directory), left running after."""
-    from sqlalchemy.engine import URL
-
+    """The embedded server an interrupted run left in `data_dir` (fresh_database's), left running after."""
     from ynet_db.db.engine import make_engine
+    from ynet_db.db.server import embedded_running
 
-    url = URL.create("postgresql+psycopg", username="postgres", database="ynet", query={"host": str(data_dir)})
+    server = embedded_running(data_dir)
+    if server is None:
+        raise click.UsageError(f"no embedded server is running in {data_dir}: --reuse takes an interrupted run's")
+    url = server.url()
     engine = make_engine(url, pool_size=20, max_overflow=0)
     try:
         yield Database(engine, url, data_dir)
@@ -450,11 +453,6 @@ def sizes(bench: Bench) -> dict[str, int]:
             {"id": bench.model_id},
         ).one()
     return {"table_bytes": table, "index_bytes": index}
-
-
-def active_model_id(engine: Engine) -> int:
-    with engine.connect() as conn:
-        return int(conn.execute(text("SELECT id FROM ynet.models WHERE state = 'active'")).scalar_one())
 
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ from __future__ import annotations
 from importlib import import_module
 
 from alembic import op
-from sqlalchemy import text
 
+from ynet_db.search.index_links import HALFVEC, VECTOR
 from ynet_db.search.index_sql import DROP_FUNCTIONS, index_functions
+from ynet_db.search.model_index import model_indexes
 from ynet_db.search.nearest_sql import nearest_products_function
 
 revision = "0015"
@@ -51,14 +52,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     # In the migration's transaction (so blocking writes while it runs): the downgrade of a large catalogue
     # is better preceded by `ynet-db index rebuild --element vector`, which leaves nothing to do here.
-    models = op.get_bind().execute(
-        text(
-            "SELECT m.id FROM ynet.models m JOIN pg_index i "
-            "ON i.indexrelid = to_regclass('ynet.' || ynet.model_index_name(m.id)) "
-            "JOIN pg_opclass o ON o.oid = i.indclass[0] WHERE o.opcname = 'halfvec_cosine_ops'"
-        )
-    )
-    for (model_id,) in models.all():
-        op.execute(f"SELECT ynet.build_model_index({int(model_id)}, NULL, NULL, 'vector')")
+    for index in model_indexes(op.get_bind()):
+        if index.serving and index.links.element == HALFVEC:
+            op.execute(f"SELECT ynet.build_model_index({index.model_id}, NULL, NULL, '{VECTOR}')")
     op.execute(DROP_FUNCTIONS)
     op.execute(REVISION_0012.FUNCTIONS)

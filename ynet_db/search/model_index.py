@@ -193,16 +193,16 @@ def follow_rule(engine: Engine, *, rule: SizeRule = BY_SIZE, say: Say = lambda l
     not build now (none valid, or one `Links.covers` says falls short); each as `rebuild` does, never
     blocking searches or writes. `ynet-db db upgrade` runs it after the migrations, so that a catalogue the
     rule now indexes otherwise (revision 0015: `halfvec` from 300,000 rows) is converted in place."""
-    done = []
-    for model in registry.list_models(engine):
-        if model.state not in SEARCHED:
-            continue
-        with engine.connect() as conn:
-            rows = _embedded_rows(conn, model)
-            serving = own_valid_index(model.id, model_indexes(conn))
-        if serving is None or not serving.links.covers(rule.links(rows)):
-            done.append(rebuild(engine, model, rule=rule, say=say))
-    return done
+    searched = [model for model in registry.list_models(engine) if model.state in SEARCHED]
+    with engine.connect() as conn:
+        indexes = model_indexes(conn)
+        wanted = {model.id: rule.links(_embedded_rows(conn, model)) for model in searched}
+    outgrown = [
+        model
+        for model in searched
+        if (serving := own_valid_index(model.id, indexes)) is None or not serving.links.covers(wanted[model.id])
+    ]
+    return [rebuild(engine, model, rule=rule, say=say) for model in outgrown]
 
 
 def _embedded_rows(conn: Connection, model: ModelRecord) -> int:
