@@ -56,6 +56,14 @@ from ladder import limited, row
     "(`ynet-db train --from-catalogue`); their street photos are still never read.",
 )
 @click.option("--controls/--no-controls", default=True, show_default=True, help="Also train the two controls.")
+@click.option(
+    "--street-views",
+    type=click.Choice(["v2", "v3"]),
+    default="v3",
+    show_default=True,
+    help="The street views' recipe (ynet_db.nn.augment.STREET_VIEW_RECIPES); v2 is the one before clutter, "
+    "folds and the phone's sensor.",
+)
 @click.option("--seed", default=0, show_default=True)
 def catalogue(
     dataset: Path,
@@ -72,6 +80,7 @@ def catalogue(
     threads: int,
     with_searched_products: bool,
     controls: bool,
+    street_views: str,
     seed: int,
 ) -> None:
     """Print catalogue-only TagYNet beside its control and the pretrained start on DATASET's test split."""
@@ -93,7 +102,13 @@ def catalogue(
     if with_searched_products:
         catalogue_products = {**catalogue_products, **data.split(measured_on).products}
     plan = CataloguePlan(
-        epochs=epochs, views=views, lr=lr, tag_weight=tag_weight, distill_weight=distill_weight, seed=seed
+        epochs=epochs,
+        views=views,
+        lr=lr,
+        tag_weight=tag_weight,
+        distill_weight=distill_weight,
+        street_views=street_views,
+        seed=seed,
     )
     results: dict[str, Any] = {}
     trained: dict[str, Any] = {}
@@ -156,6 +171,7 @@ def catalogue(
             "measured_on": measured_on,
             "validation_products": validation_products,
             "with_searched_products": with_searched_products,
+            "street_views": street_views,
             "seed": seed,
             "threads": threads,
         },

@@ -66,6 +66,8 @@ class CataloguePlan:
     """Make the street views from the garment the tag attention finds, not from the whole photo."""
     tag_epochs: int = 4
     """Epochs of tag prediction alone (tag attention and head) before the crops are taken."""
+    street_views: str = STREET_VIEWS
+    """How the street views are made (augment.STREET_VIEW_RECIPES)."""
     name: str = "ynet-lite0-catalogue"
     seed: int = 0
     input_size: int = 224
@@ -86,7 +88,9 @@ class CatalogueFeatures:
     items: list[str] = field(default_factory=list)
 
 
-def street_reader(refs: Sequence[ImageRef], seed: int, cut_out: bool) -> Callable[[ImageRef], Image.Image]:
+def street_reader(
+    refs: Sequence[ImageRef], seed: int, cut_out: bool, recipe: str = STREET_VIEWS
+) -> Callable[[ImageRef], Image.Image]:
     """Reads a ref as a street view of it; backgrounds and occluders come from two other catalogue photos.
     `cut_out`: the garment is cut from its backdrop (the refs are crops to one garment, `attended_refs`).
 
@@ -97,7 +101,7 @@ def street_reader(refs: Sequence[ImageRef], seed: int, cut_out: bool) -> Callabl
 
     def reader(ref: ImageRef) -> Image.Image:
         others = [read(rng.choice(refs)) for _ in range(2)]
-        return street_view(read(ref), others, rng, cut_out=cut_out)
+        return street_view(read(ref), others, rng, cut_out=cut_out, recipe=recipe)
 
     return reader
 
@@ -160,6 +164,7 @@ def cache_street_views(
     crop: bool,
     cache_dir: Path | None,
     device: torch.device,
+    recipe: str = STREET_VIEWS,
     progress: bool = True,
 ) -> CatalogueFeatures:
     """`views` street views of each row's street photo, cut first to its attended garment when `crop`."""
@@ -168,13 +173,13 @@ def cache_street_views(
         street_refs = attended_refs(network, side, cache_dir=cache_dir, device=device)
     # The views are made by a reader the cache key does not see: a folder of their own, per recipe
     # and seed (the key does see the crop boxes).
-    view_dir = cache_dir / f"street-views-{STREET_VIEWS}-seed{seed}" if cache_dir else None
+    view_dir = cache_dir / f"street-views-{recipe}-seed{seed}" if cache_dir else None
     street = cached_trunk_features(
         network.trunk,
         network.config,
         street_refs * views,
         view_dir,
-        reader=street_reader(side.shop_refs, seed, cut_out=crop),
+        reader=street_reader(side.shop_refs, seed, cut_out=crop, recipe=recipe),
         progress="street views" if progress else None,
         device=device,
     )
@@ -193,11 +198,20 @@ def cache_catalogue(
     cache_dir: Path | None,
     device: torch.device,
     crop: bool = False,
+    recipe: str = STREET_VIEWS,
     progress: bool = True,
 ) -> CatalogueFeatures:
     side = cache_shop_side(network, products, vocabulary, cache_dir=cache_dir, device=device, progress=progress)
     return cache_street_views(
-        network, side, views=views, seed=seed, crop=crop, cache_dir=cache_dir, device=device, progress=progress
+        network,
+        side,
+        views=views,
+        seed=seed,
+        crop=crop,
+        cache_dir=cache_dir,
+        device=device,
+        recipe=recipe,
+        progress=progress,
     )
 
 
@@ -397,6 +411,7 @@ def train_from_catalogue(
         crop=crop,
         cache_dir=cache_dir,
         device=device,
+        recipe=plan.street_views,
         progress=progress,
     )
     fit_pca_projection(network, data.street[:, 0], data.shop, device)
@@ -459,6 +474,7 @@ def held_out_check(
     cache_dir: Path | None,
     device: torch.device,
     crop: bool = False,
+    recipe: str = STREET_VIEWS,
 ) -> dict[str, object]:
     """Catalogue mode on products training never saw: each held-out product's street view (made as in
     training, another seed, cut to the trained attention's box when `crop`) searched among their photos,
@@ -478,6 +494,7 @@ def held_out_check(
         cache_dir=cache_dir,
         device=device,
         crop=crop,
+        recipe=recipe,
         progress=False,
     )
     categories = [held[i].category for i in items]
@@ -524,7 +541,16 @@ def fit_from_catalogue(
         train, plan, device=device, cache_dir=cache_dir, progress=progress
     )
     crop = plan.use_tags and plan.crop_views
-    check = held_out_check(network, vocabulary, held, seed=plan.seed, cache_dir=cache_dir, device=device, crop=crop)
+    check = held_out_check(
+        network,
+        vocabulary,
+        held,
+        seed=plan.seed,
+        cache_dir=cache_dir,
+        device=device,
+        crop=crop,
+        recipe=plan.street_views,
+    )
     metrics = {"trained_from": "catalogue", "catalogue_losses": losses, "catalogue_check": check, "plan": asdict(plan)}
     info = CheckpointInfo(network.config, vocabulary, catalogue_hash(train), metrics, False)
     base = build_network(network.config, len(vocabulary)).state_dict()

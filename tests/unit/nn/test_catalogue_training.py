@@ -6,13 +6,14 @@ import json
 import random
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image, ImageChops
 
 from ynet_db.cli import main
 from ynet_db.data.records import Box, ImageRef, Product
-from ynet_db.nn.augment import street_view
+from ynet_db.nn.augment import STREET_VIEW_RECIPES, street_view
 from ynet_db.nn.catalogue_training import (
     CataloguePlan,
     attended_box,
@@ -50,13 +51,33 @@ def catalogue(folder: Path, count: int) -> dict[str, Product]:
     return products
 
 
-def test_a_street_view_is_a_new_photo_of_the_same_size_and_repeatable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("recipe", STREET_VIEW_RECIPES)
+def test_a_street_view_is_a_new_photo_of_the_same_size_and_repeatable(recipe: str) -> None:
     photos = [Image.new("RGB", (64, 48), colour) for colour in COLOURS.values()]
-    first = street_view(photos[0], photos[1:], random.Random(3))
-    again = street_view(photos[0], photos[1:], random.Random(3))
+    first = street_view(photos[0], photos[1:], random.Random(3), recipe=recipe)
+    again = street_view(photos[0], photos[1:], random.Random(3), recipe=recipe)
     assert first.size == (64, 48) and first.mode == "RGB"
     assert ImageChops.difference(first, again).getbbox() is None
     assert ImageChops.difference(first, photos[0]).getbbox() is not None
+
+
+def test_recipe_v3_adds_clutter_folds_and_sensor_to_v2_and_an_unknown_recipe_is_refused() -> None:
+    photos = [two_colour_photo(colour) for colour in COLOURS.values()]
+    v2 = street_view(photos[0], photos[1:3], random.Random(5), recipe="v2")
+    v3 = street_view(photos[0], photos[1:3], random.Random(5), recipe="v3")
+    assert ImageChops.difference(v2, v3).getbbox() is not None
+    # sensor noise and clutter: v3's pixels take more distinct colours than v2's
+    assert len(v3.getcolors(1 << 24) or []) > len(v2.getcolors(1 << 24) or [])
+    with pytest.raises(ValueError, match="unknown street-view recipe 'v9'"):
+        street_view(photos[0], photos[1:3], random.Random(5), recipe="v9")
+
+
+def two_colour_photo(colour: tuple[int, int, int]) -> Image.Image:
+    """A garment-like block of `colour` with a stripe, on a plain light backdrop."""
+    photo = Image.new("RGB", (96, 96), (235, 235, 230))
+    photo.paste(colour, (24, 16, 72, 84))
+    photo.paste((20, 20, 20), (24, 40, 72, 46))
+    return photo
 
 
 def test_tag_prediction_moves_the_attention_onto_the_tagged_garment(tmp_path: Path) -> None:
