@@ -399,7 +399,9 @@ def train_from_catalogue(
     )
     network = build_network(config, len(vocabulary)).to(device)
     side = cache_shop_side(network, products, vocabulary, cache_dir=cache_dir, device=device, progress=progress)
-    head = nn.Linear(config.map_channels, len(vocabulary)).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(plan.seed)  # the same seed, the same crops: the view cache is keyed on them
+        head = nn.Linear(config.map_channels, len(vocabulary)).to(device)
     crop = plan.use_tags and plan.crop_views
     if crop:
         learn_tag_attention(network, head, side, plan, device, progress)
