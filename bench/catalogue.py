@@ -27,6 +27,8 @@ import click
 import torch
 from ladder import limited, row
 
+from ynet_db.nn.augment import STREET_VIEW_RECIPES
+
 
 @click.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -58,7 +60,7 @@ from ladder import limited, row
 @click.option("--controls/--no-controls", default=True, show_default=True, help="Also train the two controls.")
 @click.option(
     "--street-views",
-    type=click.Choice(["v2", "v3"]),
+    type=click.Choice(STREET_VIEW_RECIPES),
     default="v3",
     show_default=True,
     help="The street views' recipe (ynet_db.nn.augment.STREET_VIEW_RECIPES); v2 is the one before clutter, "

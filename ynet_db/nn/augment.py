@@ -58,7 +58,7 @@ def street_view(
     catalogue photo with other garments cut from others in front of it, as passers-by are), partly
     hidden by an occluder cut from a third, then re-lit, blurred and JPEG-compressed: what a phone
     adds to a garment, with the garment's own pixels unchanged in kind. Recipe v3 also clutters the
-    backdrop with pieces of other photos, folds the garment and adds what a phone's sensor does:
+    backdrop with pieces of other garments, folds the garment and adds what a phone's sensor does:
     a shopper's photo is taken among things, of cloth on a body, by a small camera, and studio
     photos show none of that.
     """
