@@ -27,7 +27,7 @@ import click
 import torch
 from ladder import limited, row
 
-from ynet_db.nn.augment import STREET_VIEW_RECIPES
+from ynet_db.nn.augment import STREET_VIEW_RECIPES, STREET_VIEWS
 
 
 @click.command()
@@ -61,7 +61,7 @@ from ynet_db.nn.augment import STREET_VIEW_RECIPES
 @click.option(
     "--street-views",
     type=click.Choice(STREET_VIEW_RECIPES),
-    default="v3",
+    default=STREET_VIEWS,
     show_default=True,
     help="The street views' recipe (ynet_db.nn.augment.STREET_VIEW_RECIPES); v2 is the one before clutter, "
     "folds and the phone's sensor.",

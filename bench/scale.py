@@ -434,11 +434,15 @@ def running(data_dir: Path) -> Iterator[Database]:
         engine.dispose()
 
 
+MODEL_INDEX = "to_regclass('ynet.' || ynet.model_index_name(:id))"
+"""SQL: the regclass of model :id's own index."""
+
+
 def prewarmed(bench: Bench) -> int:
     """pg_prewarm of the model's own index: the pages read into shared_buffers."""
     with bench.engine.begin() as conn:
         conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_prewarm"))
-        index = text("SELECT pg_prewarm(to_regclass('ynet.' || ynet.model_index_name(:id)))")
+        index = text(f"SELECT pg_prewarm({MODEL_INDEX})")
         return int(conn.execute(index, {"id": bench.model_id}).scalar_one())
 
 
@@ -446,10 +450,7 @@ def sizes(bench: Bench) -> dict[str, int]:
     """Bytes on disk of the embeddings table and of the model's own index."""
     with bench.engine.connect() as conn:
         table, index = conn.execute(
-            text(
-                "SELECT pg_table_size('ynet.embeddings'), "
-                "pg_relation_size(to_regclass('ynet.' || ynet.model_index_name(:id)))"
-            ),
+            text(f"SELECT pg_table_size('ynet.embeddings'), pg_relation_size({MODEL_INDEX})"),
             {"id": bench.model_id},
         ).one()
     return {"table_bytes": table, "index_bytes": index}

@@ -62,8 +62,7 @@ def street_view(
     a shopper's photo is taken among things, of cloth on a body, by a small camera, and studio
     photos show none of that.
     """
-    if recipe not in STREET_VIEW_RECIPES:
-        raise ValueError(f"unknown street-view recipe {recipe!r}; choose one of {', '.join(STREET_VIEW_RECIPES)}")
+    check_recipe(recipe)
     richer = recipe != "v2"
     size = image.size
     garment = perspective(augmented_view(cutout(image) if cut_out else image.convert("RGBA"), rng), rng)
@@ -88,6 +87,11 @@ def street_view(
     return jpeg(canvas, rng.randint(30, 85))
 
 
+def check_recipe(recipe: str) -> None:
+    if recipe not in STREET_VIEW_RECIPES:
+        raise ValueError(f"unknown street-view recipe {recipe!r}; choose one of {', '.join(STREET_VIEW_RECIPES)}")
+
+
 def clutter(canvas: Image.Image, pieces: Sequence[Image.Image], rng: random.Random) -> None:
     """Patches of other garments (rectangles and ellipses, 5-40% of a side) strewn over the backdrop,
     then softened as a phone's depth of field would: a street or a room, not a studio."""
@@ -95,9 +99,7 @@ def clutter(canvas: Image.Image, pieces: Sequence[Image.Image], rng: random.Rand
     for _ in range(rng.randint(4, 12)):
         source = rng.choice(pieces)
         pw, ph = max(1, round(w * rng.uniform(0.05, 0.4))), max(1, round(h * rng.uniform(0.05, 0.4)))
-        sw, sh = source.size
-        left, top = rng.randint(0, max(0, sw - pw)), rng.randint(0, max(0, sh - ph))
-        patch = source.crop((left, top, left + pw, top + ph)).rotate(rng.uniform(0, 360))
+        patch = random_crop(source, pw, ph, rng).rotate(rng.uniform(0, 360))
         mask = Image.new("L", patch.size, 0)
         shape = ImageDraw.Draw(mask).ellipse if rng.random() < 0.5 else ImageDraw.Draw(mask).rectangle
         shape((0, 0, patch.width - 1, patch.height - 1), fill=255)
@@ -168,12 +170,16 @@ def occlude(canvas: Image.Image, source: Image.Image, rng: random.Random) -> Non
     """Paste an elliptical patch of `source` (an arm, a bag, a passer-by) over up to a quarter of the canvas."""
     w, h = canvas.size
     pw, ph = max(1, round(w * rng.uniform(0.15, 0.45))), max(1, round(h * rng.uniform(0.15, 0.5)))
-    sw, sh = source.size
-    left, top = rng.randint(0, max(0, sw - pw)), rng.randint(0, max(0, sh - ph))
-    patch = source.convert("RGB").crop((left, top, left + pw, top + ph))
+    patch = random_crop(source.convert("RGB"), pw, ph, rng)
     mask = Image.new("L", patch.size, 0)
     ImageDraw.Draw(mask).ellipse((0, 0, patch.width - 1, patch.height - 1), fill=255)
     canvas.paste(patch, (rng.randint(0, w - patch.width), rng.randint(0, h - patch.height)), mask)
+
+
+def random_crop(source: Image.Image, width: int, height: int, rng: random.Random) -> Image.Image:
+    """A `width` x `height` piece of `source` at a random place (cut short where `source` is smaller)."""
+    left, top = rng.randint(0, max(0, source.width - width)), rng.randint(0, max(0, source.height - height))
+    return source.crop((left, top, left + width, top + height))
 
 
 def jpeg(image: Image.Image, quality: int) -> Image.Image:

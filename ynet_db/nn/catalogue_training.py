@@ -37,7 +37,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ynet_db.data.records import Box, ImageRef, Product
-from ynet_db.nn.augment import STREET_VIEW_RECIPES, STREET_VIEWS, street_view
+from ynet_db.nn.augment import STREET_VIEWS, check_recipe, street_view
 from ynet_db.nn.checkpoint import Checkpoint, CheckpointInfo, differing_tensors, save_checkpoint
 from ynet_db.nn.config import ModelConfig
 from ynet_db.nn.features import cached_trunk_features, default_reader
@@ -75,10 +75,7 @@ class CataloguePlan:
     """Side of the branches' map at input_size (tests use small images)."""
 
     def __post_init__(self) -> None:
-        if self.street_views not in STREET_VIEW_RECIPES:  # refused before hours of caching, not after
-            raise ValueError(
-                f"unknown street-view recipe {self.street_views!r}; choose one of {', '.join(STREET_VIEW_RECIPES)}"
-            )
+        check_recipe(self.street_views)  # refused before hours of caching, not after
 
 
 @dataclass(frozen=True)
